@@ -1,0 +1,27 @@
+"""Lattices and tracking: Cheetah segments in, fast batched differentiable maps out."""
+
+from accelrl.physics.backends import BACKENDS, Beamline, CheetahBeamline, make_beamline
+from accelrl.physics.beam import INCOMING, PHASE_SPACE, TRANSVERSE, parameter_beam, particle_beam
+from accelrl.physics.compiled import BeamMoments, CompiledBeamline, compile
+from accelrl.physics.elements import SUPPORTED, UnsupportedElementError
+from accelrl.physics.lattices import ARES_EA_KNOBS, ARES_EA_SCREEN, ares_ea_segment
+
+__all__ = [
+    "ARES_EA_KNOBS",
+    "ARES_EA_SCREEN",
+    "BACKENDS",
+    "BeamMoments",
+    "Beamline",
+    "CheetahBeamline",
+    "CompiledBeamline",
+    "INCOMING",
+    "PHASE_SPACE",
+    "SUPPORTED",
+    "TRANSVERSE",
+    "UnsupportedElementError",
+    "ares_ea_segment",
+    "compile",
+    "make_beamline",
+    "parameter_beam",
+    "particle_beam",
+]

@@ -1,0 +1,154 @@
+"""Beamline backends behind one interface: numpy batches in, transverse readings out.
+
+``"fast"`` is the compiled map (:mod:`accelrl.physics.compiled`); ``"cheetah"`` tracks a
+``ParameterBeam`` through Cheetah; ``"cheetah-particles"`` tracks a ``ParticleBeam`` of
+``num_particles`` macro-particles (Monte-Carlo noise ~ 1/sqrt(N) on the sizes).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Protocol
+
+import cheetah
+import numpy as np
+import torch
+from torch import nn
+
+from accelrl.physics.beam import parameter_beam, particle_beam
+from accelrl.physics.compiled import BeamMoments, CompiledBeamline, Knob
+
+BACKENDS: tuple[str, ...] = ("fast", "cheetah", "cheetah-particles")
+
+
+class Beamline(Protocol):
+    """What an environment needs from a backend."""
+
+    knobs: list[Knob]
+    misaligned: list[str]
+
+    def evaluate(self, knobs: np.ndarray, incoming: np.ndarray, misalignments: np.ndarray) -> np.ndarray:
+        """Transverse reading ``[B, 4]`` ``(mu_x, sigma_x, mu_y, sigma_y)`` [m] of numpy inputs."""
+        ...
+
+
+class CheetahBeamline(nn.Module):
+    """Tracks through Cheetah itself, with the inputs and outputs of :class:`CompiledBeamline`.
+
+    :param compiled: A compiled beamline whose knobs, observation point and misalignment
+        inputs are reused (so both backends take identical inputs).
+    :param segment: The segment it was compiled from.
+    :param num_particles: ``None`` tracks a ``ParameterBeam``; an integer tracks a
+        ``ParticleBeam`` with that many particles.
+    """
+
+    def __init__(
+        self, compiled: CompiledBeamline, segment: cheetah.Segment, num_particles: int | None = None
+    ) -> None:
+        super().__init__()
+        if num_particles is not None and num_particles < 2:
+            raise ValueError(f"num_particles must be >= 2, got {num_particles}")
+        self.knobs = compiled.knobs
+        self.misaligned = compiled.misaligned
+        self.observe = compiled.observe
+        self.species = compiled.species
+        self.num_particles = num_particles
+        self.register_buffer("default_misalignments", compiled.default_misalignments.clone())
+        flat = copy.deepcopy(segment.flattened())
+        if self.observe is not None:
+            flat = flat.subcell(end=self.observe, include_end=True)
+            observed = flat.elements[-1]
+            if isinstance(observed, (cheetah.Screen, cheetah.BPM)):
+                observed.is_active = True
+                if isinstance(observed, cheetah.Screen):
+                    observed.is_blocking = False
+                self.register_buffer("_observed_misalignment", observed.misalignment.detach().clone())
+                observed.misalignment = torch.zeros_like(observed.misalignment)
+        self.segment = flat
+
+    def _elements(self, name: str) -> list[cheetah.Element]:
+        return [e for e in self.segment.elements if e.name == name]
+
+    def forward(
+        self,
+        knobs: torch.Tensor,
+        incoming: torch.Tensor,
+        misalignments: torch.Tensor | None = None,
+        full: bool = False,
+    ) -> torch.Tensor | BeamMoments:
+        """Same contract as :meth:`CompiledBeamline.forward`."""
+        if misalignments is None:
+            misalignments = self.default_misalignments.to(incoming.dtype)
+        shape = torch.broadcast_shapes(knobs.shape[:-1], incoming.shape[:-1], misalignments.shape[:-1])
+        knobs = knobs.expand(*shape, knobs.shape[-1])
+        incoming = incoming.expand(*shape, incoming.shape[-1])
+        misalignments = misalignments.expand(*shape, misalignments.shape[-1])
+        for i, (name, attribute) in enumerate(self.knobs):
+            for element in self._elements(name):
+                setattr(element, attribute, knobs[..., i])
+        last = self.segment.elements[-1] if self.observe is not None else None
+        offset = torch.zeros(*shape, 2, dtype=incoming.dtype, device=incoming.device)
+        if isinstance(last, (cheetah.Screen, cheetah.BPM)):
+            offset = offset + self._observed_misalignment.to(incoming.dtype)
+        for i, name in enumerate(self.misaligned):
+            if last is not None and name == last.name:
+                # Cheetah 0.8's Screen cannot broadcast a vectorised misalignment against a
+                # vectorised beam, so the reading offset (mu - misalignment) is applied here.
+                offset = misalignments[..., 2 * i : 2 * i + 2]
+                continue
+            for element in self._elements(name):
+                element.misalignment = misalignments[..., 2 * i : 2 * i + 2]
+        if self.num_particles is None:
+            beam = parameter_beam(incoming, self.species)
+        else:
+            beam = particle_beam(incoming, self.num_particles, self.species)
+        out = self.segment.track(beam)
+        if isinstance(last, cheetah.Screen):
+            out = last.get_read_beam()
+        if full:
+            if isinstance(out, cheetah.ParameterBeam):
+                mu, cov = out.mu[..., :6], out.cov[..., :6, :6]
+            else:
+                p = out.particles[..., :6]
+                mu = p.mean(dim=-2)
+                centred = p - mu.unsqueeze(-2)
+                cov = centred.mT @ centred / p.shape[-2]
+            mu = mu.expand(*shape, 6).clone()
+            mu[..., 0] -= offset[..., 0]
+            mu[..., 2] -= offset[..., 1]
+            return BeamMoments(mu, cov.expand(*shape, 6, 6))
+        reading = [out.mu_x - offset[..., 0], out.sigma_x, out.mu_y - offset[..., 1], out.sigma_y]
+        return torch.stack([r.expand(shape) for r in reading], dim=-1)
+
+    def evaluate(self, knobs: np.ndarray, incoming: np.ndarray, misalignments: np.ndarray) -> np.ndarray:
+        """Transverse reading ``[B, 4]`` [m] of numpy inputs."""
+        dtype = self.default_misalignments.dtype
+        with torch.no_grad():
+            out = self(
+                torch.as_tensor(knobs, dtype=dtype),
+                torch.as_tensor(incoming, dtype=dtype),
+                torch.as_tensor(misalignments, dtype=dtype),
+            )
+        return out.numpy()
+
+
+def make_beamline(
+    segment: cheetah.Segment,
+    knobs: Sequence[Knob],
+    observe: str | None = None,
+    backend: str = "fast",
+    num_particles: int = 10_000,
+    misalign: Sequence[str] | None = None,
+) -> Beamline:
+    """Build the beamline of ``backend`` (one of :data:`BACKENDS`).
+
+    :param num_particles: Particles per beam for ``"cheetah-particles"``.
+    :raises ValueError: For an unknown backend, naming the allowed ones.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
+    compiled = CompiledBeamline(segment, knobs, observe=observe, misalign=misalign)
+    if backend == "fast":
+        return compiled
+    return CheetahBeamline(compiled, segment, num_particles if backend == "cheetah-particles" else None)
