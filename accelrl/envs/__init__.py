@@ -1,0 +1,69 @@
+"""Gymnasium environments for beam tuning: single, natively batched, and SB3 adapters.
+
+>>> import gymnasium as gym, accelrl
+>>> env = gym.make("accelrl/AresEATransverseTuning-v0")
+>>> venv = accelrl.envs.make_vec("accelrl/AresEATransverseTuning-v0", num_envs=64)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+
+from accelrl.envs.ares_ea import ENV_ID as ARES_EA_ID
+from accelrl.envs.ares_ea import AresEATransverseTuning, ares_ea_spec
+from accelrl.envs.core import TuningCore
+from accelrl.envs.rewards import Reward
+from accelrl.envs.spec import SpecError, TaskSpec
+from accelrl.envs.trials import Trial, load_trials
+from accelrl.envs.tuning import TransverseTuningEnv, make_tuning_env
+from accelrl.envs.vector import SB3VecEnv, TransverseTuningVectorEnv
+
+#: Registered environment id -> its task spec.
+TASKS: dict[str, Callable[[], TaskSpec]] = {ARES_EA_ID: ares_ea_spec}
+
+
+def make_vec(env_id: str, num_envs: int, **kwargs: Any) -> TransverseTuningVectorEnv:
+    """Native batched version of a registered environment (one process, one array op per step).
+
+    :param env_id: A registered id, e.g. ``"accelrl/AresEATransverseTuning-v0"``.
+    :param num_envs: Number of environments.
+    :param kwargs: As for :class:`TransverseTuningVectorEnv` (``max_episode_steps`` defaults
+        to the registered TimeLimit).
+    """
+    if env_id not in TASKS:
+        raise ValueError(f"unknown environment {env_id!r}; registered: {sorted(TASKS)}")
+    kwargs.setdefault("max_episode_steps", gym.spec(env_id).max_episode_steps)
+    return TransverseTuningVectorEnv(TASKS[env_id](), num_envs, **kwargs)
+
+
+def _vector_entry_point(num_envs: int, **kwargs: Any) -> TransverseTuningVectorEnv:
+    return make_vec(ARES_EA_ID, num_envs, **kwargs)
+
+
+if ARES_EA_ID not in gym.registry:
+    gym.register(
+        id=ARES_EA_ID,
+        entry_point="accelrl.envs.ares_ea:AresEATransverseTuning",
+        vector_entry_point="accelrl.envs:_vector_entry_point",
+        max_episode_steps=ares_ea_spec().max_episode_steps,
+    )
+
+__all__ = [
+    "ARES_EA_ID",
+    "AresEATransverseTuning",
+    "Reward",
+    "SB3VecEnv",
+    "SpecError",
+    "TASKS",
+    "TaskSpec",
+    "TransverseTuningEnv",
+    "TransverseTuningVectorEnv",
+    "Trial",
+    "TuningCore",
+    "load_trials",
+    "make_tuning_env",
+    "make_vec",
+]

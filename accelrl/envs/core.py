@@ -1,0 +1,342 @@
+"""The batched transverse-tuning simulation behind the single and the vector environments.
+
+:class:`TuningCore` holds the state of ``B`` environments as numpy arrays and advances them
+together: one beamline evaluation per step for all environments. The single environment is
+the core with ``B = 1``; the vector environment is the core with ``B = num_envs``. Random
+numbers come from per-environment counter-based streams (:mod:`accelrl.envs.rng`), so a
+batch reproduces separately seeded single environments exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from accelrl.envs import rng
+from accelrl.envs.rewards import Reward, RewardInputs
+from accelrl.envs.spec import TaskSpec
+from accelrl.envs.trials import Trial
+from accelrl.physics.backends import Beamline
+from accelrl.physics.beam import INCOMING
+
+ActionMode = Literal["delta", "direct"]
+StartMode = Literal["standard", "random"]
+
+# Indices into INCOMING of the centroid moments that drift.
+_MU = [INCOMING.index(k) for k in ("mu_x", "mu_px", "mu_y", "mu_py")]
+
+
+@dataclass
+class Hidden:
+    """Hidden ("privileged") state of a batch, SI units."""
+
+    incoming: np.ndarray  # [B, 11]
+    misalignments: np.ndarray  # [B, M]
+    gain: np.ndarray  # [B, K] relative calibration error
+    fail_step: np.ndarray  # [B] step from which actuator fail_index is stuck (-1: never)
+    fail_index: np.ndarray  # [B]
+
+
+class TuningCore:
+    """State and dynamics of ``num_envs`` transverse-tuning environments.
+
+    :param spec: The task.
+    :param beamline: Backend evaluating ``(magnets, incoming, misalignments) -> reading``;
+        its knobs must be the spec's actuators, in order.
+    :param num_envs: Batch size ``B``.
+    :param action_mode: ``"delta"`` (change of each setting, at most ``delta_fraction`` of
+        its largest magnitude per step) or ``"direct"`` (absolute settings).
+    :param reward: Reward config (see :class:`~accelrl.envs.rewards.Reward`); default the spec's.
+    :param start: ``"standard"`` (the spec's start settings) or ``"random"`` (uniform within
+        the limits) at reset, unless reset options give magnets.
+    :param terminate_on_target: Terminate when the target is held; default the spec's.
+    """
+
+    def __init__(
+        self,
+        spec: TaskSpec,
+        beamline: Beamline,
+        num_envs: int = 1,
+        action_mode: ActionMode = "delta",
+        reward: str | list[dict] | None = None,
+        start: StartMode = "standard",
+        terminate_on_target: bool | None = None,
+    ) -> None:
+        if action_mode not in ("delta", "direct"):
+            raise ValueError(f"action_mode must be 'delta' or 'direct', got {action_mode!r}")
+        if start not in ("standard", "random"):
+            raise ValueError(f"start must be 'standard' or 'random', got {start!r}")
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        expected = [(a.element, a.attribute) for a in spec.actuators]
+        if list(beamline.knobs) != expected:
+            raise ValueError(f"beamline knobs {beamline.knobs} differ from the spec's {expected}")
+        self.spec = spec
+        self.beamline = beamline
+        self.num_envs = B = num_envs
+        self.action_mode = action_mode
+        self.start = start
+        self.reward = Reward(reward if reward is not None else spec.reward)
+        self.terminate = spec.termination.enabled if terminate_on_target is None else terminate_on_target
+
+        K = len(spec.actuators)
+        self.low = np.array([a.low for a in spec.actuators])
+        self.high = np.array([a.high for a in spec.actuators])
+        self.standard_start = np.array(spec.start, dtype=np.float64)
+        step = spec.delta_fraction * np.maximum(np.abs(self.low), np.abs(self.high))
+        self.action_low, self.action_high = (-step, step) if action_mode == "delta" else (self.low, self.high)
+        self.misalignment_names: list[str] = [
+            f"{n}.{ax}" for n in beamline.misaligned for ax in ("x", "y")
+        ]
+        r = spec.randomisation
+        self._inc_low = np.array([r.incoming[k].low for k in INCOMING])
+        self._inc_span = np.array([r.incoming[k].high for k in INCOMING]) - self._inc_low
+        self._mis_half = np.array(
+            [r.misalignments.get(n.rsplit(".", 1)[0], 0.0) for n in self.misalignment_names]
+        )
+        self.half_extent = np.array(spec.screen.half_extent)
+        px = np.array(spec.screen.pixel_size) * spec.screen.binning
+        self._pixel = np.array([px[0], px[0], px[1], px[1]])
+        self._thresholds = np.array(spec.termination.thresholds)
+        M = len(self.misalignment_names)
+        self._n_reset = 11 + M + 4 + 2 * K + 3
+        self._step_noise = spec.screen.reading_noise > 0 or r.drift.mu > 0 or r.drift.mu_p > 0
+
+        self.keys = np.array([rng.key_from_seed(None) for _ in range(B)], dtype=np.uint64)
+        self.counters = np.zeros(B, dtype=np.uint64)
+        self.magnets = np.tile(self.standard_start, (B, 1))
+        self.target = np.zeros((B, 4))
+        self.hidden = Hidden(
+            incoming=np.tile(self._inc_low + self._inc_span / 2, (B, 1)),
+            misalignments=np.zeros((B, M)),
+            gain=np.zeros((B, K)),
+            fail_step=np.full(B, -1),
+            fail_index=np.zeros(B, dtype=np.int64),
+        )
+        self.steps = np.zeros(B, dtype=np.int64)
+        self.hold = np.zeros(B, dtype=np.int64)
+        self.beam = np.zeros((B, 4))
+        self.reading = np.zeros((B, 4))
+        self.initial_reading = np.zeros((B, 4))
+        self.on_screen = np.ones(B, dtype=bool)
+
+    # ------------------------------------------------------------------ seeding
+    def seed(self, index: np.ndarray, seeds: list[int | None]) -> None:
+        """Restart the random streams of environments ``index`` from ``seeds``."""
+        self.keys[index] = [rng.key_from_seed(s) for s in seeds]
+        self.counters[index] = 0
+
+    def _uniform(self, index: np.ndarray, n: int) -> np.ndarray:
+        u = rng.uniform(self.keys[index], self.counters[index], n)
+        self.counters[index] += np.uint64(1)
+        return u
+
+    # ------------------------------------------------------------------ reset
+    def reset(self, index: np.ndarray, options: dict[str, Any] | None = None) -> None:
+        """Draw new hidden state, target and start settings for environments ``index``.
+
+        ``options`` (applied to every environment in ``index``): ``"trial"`` (a
+        :class:`~accelrl.envs.trials.Trial`: incoming beam, misalignments, target),
+        ``"incoming"`` [11], ``"misalignments"`` [M], ``"target"`` [4], ``"magnets"`` [K]
+        (SI), or ``"magnets": "trial"`` for the trial's stored initial settings. Values given
+        explicitly are validated against the limits; the random draws are made regardless,
+        so a stream's future does not depend on the options.
+        """
+        options = dict(options or {})
+        unknown = set(options) - {"trial", "incoming", "misalignments", "target", "magnets"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}")
+        n = len(index)
+        K, M = len(self.low), len(self.misalignment_names)
+        u = self._uniform(index, self._n_reset)
+        r = self.spec.randomisation
+        o = 0
+        incoming = self._inc_low + u[:, o : o + 11] * self._inc_span
+        o += 11
+        mis = (2.0 * u[:, o : o + M] - 1.0) * self._mis_half
+        o += M
+        mu_t = (2.0 * u[:, o : o + 2] - 1.0) * r.target_mu
+        sig_t = r.target_sigma.low + u[:, o + 2 : o + 4] * (r.target_sigma.high - r.target_sigma.low)
+        target = np.stack([mu_t[:, 0], sig_t[:, 0], mu_t[:, 1], sig_t[:, 1]], axis=1)
+        o += 4
+        random_start = self.low + u[:, o : o + K] * (self.high - self.low)
+        o += K
+        gain = (2.0 * u[:, o : o + K] - 1.0) * r.gain_error
+        o += K
+        fails = u[:, o] < r.failure.probability
+        lo, hi = r.failure.step
+        fail_step = np.where(fails, lo + np.floor(u[:, o + 1] * (hi - lo + 1)).astype(np.int64), -1)
+        fail_index = np.floor(u[:, o + 2] * K).astype(np.int64)
+
+        trial: Trial | None = options.get("trial")
+        if trial is not None:
+            incoming = np.broadcast_to(trial.incoming, (n, 11))
+            mis = np.broadcast_to(trial.misalignment_vector(self.misalignment_names), (n, M))
+            target = np.broadcast_to(trial.target, (n, 4))
+        if "incoming" in options:
+            incoming = np.broadcast_to(self._vector(options["incoming"], 11, "incoming"), (n, 11))
+        if "misalignments" in options:
+            mis = np.broadcast_to(self._vector(options["misalignments"], M, "misalignments"), (n, M))
+        if "target" in options:
+            target = np.broadcast_to(self._vector(options["target"], 4, "target"), (n, 4))
+        magnets = random_start if self.start == "random" else np.broadcast_to(self.standard_start, (n, K))
+        if "magnets" in options:
+            value = options["magnets"]
+            if isinstance(value, str):
+                if value != "trial" or trial is None or not trial.initial:
+                    raise ValueError("magnets='trial' needs a trial with initial settings")
+                value = [trial.initial[a.name] for a in self.spec.actuators]
+            value = self._vector(value, K, "magnets")
+            if np.any(value < self.low) or np.any(value > self.high):
+                raise ValueError(
+                    f"magnets {value.tolist()} outside the limits [{self.low.tolist()}, {self.high.tolist()}]"
+                )
+            magnets = np.broadcast_to(value, (n, K))
+
+        h = self.hidden
+        h.incoming[index] = incoming
+        h.misalignments[index] = mis
+        h.gain[index] = gain
+        h.fail_step[index] = fail_step
+        h.fail_index[index] = fail_index
+        self.target[index] = target
+        self.magnets[index] = magnets
+        self.steps[index] = 0
+        self.hold[index] = 0
+        self._measure(index)
+        self.initial_reading[index] = self.reading[index]
+
+    @staticmethod
+    def _vector(value: Any, n: int, name: str) -> np.ndarray:
+        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+        if arr.shape != (n,):
+            raise ValueError(f"reset option {name!r} needs {n} values, got shape {np.shape(value)}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"reset option {name!r} contains NaN or inf: {arr.tolist()}")
+        return arr
+
+    # ------------------------------------------------------------------ dynamics
+    def _measure(self, index: np.ndarray | slice) -> None:
+        """Evaluate the beamline and the screen reading for environments ``index``."""
+        h = self.hidden
+        applied = self.magnets[index] * (1.0 + h.gain[index])
+        beam = self.beamline.evaluate(applied, h.incoming[index], h.misalignments[index])
+        self.beam[index] = beam
+        reading = beam
+        screen = self.spec.screen
+        if screen.reading_noise > 0:
+            idx = np.arange(self.num_envs)[index]
+            noise = rng.normal(self.keys[idx], self.counters[idx], 4)
+            self.counters[idx] += np.uint64(1)
+            reading = reading + screen.reading_noise * noise
+            reading[:, [1, 3]] = np.abs(reading[:, [1, 3]])
+        if screen.quantise:
+            reading = np.round(reading / self._pixel) * self._pixel
+        on = (np.abs(beam[:, 0]) < self.half_extent[0]) & (np.abs(beam[:, 2]) < self.half_extent[1])
+        if not on.all():
+            # Documented off-screen reading: the centroid clamped to the screen edge and the
+            # size of the whole screen (what a profile fit of an empty screen reports).
+            off = np.stack(
+                [
+                    np.clip(beam[:, 0], -self.half_extent[0], self.half_extent[0]),
+                    np.full(len(beam), self.half_extent[0]),
+                    np.clip(beam[:, 2], -self.half_extent[1], self.half_extent[1]),
+                    np.full(len(beam), self.half_extent[1]),
+                ],
+                axis=1,
+            )
+            reading = np.where(on[:, None], reading, off)
+        self.reading[index] = reading
+        self.on_screen[index] = on
+
+    def validate_actions(self, actions: Any) -> np.ndarray:
+        """Check shape and finiteness, then clip to the action bounds (documented behaviour).
+
+        :raises ValueError: For a wrong shape or NaN/inf entries, naming the problem.
+        """
+        a = np.asarray(actions, dtype=np.float64)
+        K = len(self.low)
+        if a.shape != (self.num_envs, K):
+            raise ValueError(f"actions must have shape {(self.num_envs, K)}, got {a.shape}")
+        bad = ~np.isfinite(a)
+        if bad.any():
+            env, knob = np.argwhere(bad)[0]
+            raise ValueError(
+                f"action contains NaN or inf (env {env}, actuator {self.spec.actuators[knob].name}: "
+                f"{a[env, knob]})"
+            )
+        return np.clip(a, self.action_low, self.action_high)
+
+    def step(self, actions: np.ndarray, index: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Apply validated ``actions`` to environments ``index``; return ``(reward, terminated)``."""
+        previous = self.reading[index].copy()
+        previous_magnets = self.magnets[index].copy()
+        if self.action_mode == "delta":
+            target = np.clip(previous_magnets + actions, self.low, self.high)
+        else:
+            target = actions
+        h = self.hidden
+        steps = self.steps[index] + 1
+        stuck = (h.fail_step[index] >= 0) & (steps >= h.fail_step[index])
+        if stuck.any():
+            rows = np.nonzero(stuck)[0]
+            cols = h.fail_index[index][rows]
+            target = target.copy()
+            target[rows, cols] = previous_magnets[rows, cols]
+        self.magnets[index] = target
+        self.steps[index] = steps
+        drift = self.spec.randomisation.drift
+        if drift.mu > 0 or drift.mu_p > 0:
+            idx = np.arange(self.num_envs)[index]
+            z = rng.normal(self.keys[idx], self.counters[idx], 4)
+            self.counters[idx] += np.uint64(1)
+            h.incoming[idx[:, None], _MU] += z * np.array([drift.mu, drift.mu_p, drift.mu, drift.mu_p])
+        self._measure(index)
+        reading = self.reading[index]
+        reward = self.reward(
+            RewardInputs(
+                reading=reading,
+                previous=previous,
+                initial=self.initial_reading[index],
+                target=self.target[index],
+                on_screen=self.on_screen[index],
+                magnets=target,
+                previous_magnets=previous_magnets,
+                magnet_range=self.high - self.low,
+            )
+        )
+        within = np.all(np.abs(reading - self.target[index]) < self._thresholds, axis=1)
+        hold = np.where(within, self.hold[index] + 1, 0)
+        self.hold[index] = hold
+        terminated = (hold >= self.spec.termination.hold) & self.terminate
+        return reward, terminated
+
+    # ------------------------------------------------------------------ views
+    def observation(self, index: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
+        """``{"beam": [B,4], "magnets": [B,K], "target": [B,4]}`` (float32, SI units)."""
+        return {
+            "beam": self.reading[index].astype(np.float32),
+            "magnets": self.magnets[index].astype(np.float32),
+            "target": self.target[index].astype(np.float32),
+        }
+
+    def mae(self, index: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """Mean absolute error of the true beam to the target [m]."""
+        return np.abs(self.beam[index] - self.target[index]).mean(axis=1)
+
+    def info(self, index: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
+        """Privileged state and diagnostics (float64, SI units)."""
+        h = self.hidden
+        return {
+            "beam": self.beam[index].copy(),
+            "reading": self.reading[index].copy(),
+            "target": self.target[index].copy(),
+            "magnets": self.magnets[index].copy(),
+            "incoming": h.incoming[index].copy(),
+            "misalignments": h.misalignments[index].copy(),
+            "mae": self.mae(index),
+            "on_screen": self.on_screen[index].copy(),
+            "step": self.steps[index].copy(),
+        }

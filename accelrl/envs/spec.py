@@ -1,0 +1,255 @@
+"""Declarative, validated task specifications (YAML in the top-level ``envs/`` folder).
+
+A task spec names the lattice, the actuators and their operator limits, the screen, the
+start settings and the distributions of everything the agent cannot observe (incoming beam,
+misalignments, target, reading noise, drifts, actuator failures, calibration errors). Every
+value is in SI units. Invalid input fails with a message naming the field, the value and
+the allowed range.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from accelrl.physics.beam import INCOMING
+
+
+class SpecError(ValueError):
+    """An invalid task specification; the message names the field, value and allowed range."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Uniform(_Model):
+    """Uniform distribution on ``[low, high]`` (SI units of the quantity)."""
+
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Uniform:
+        if not self.high >= self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+    @classmethod
+    def symmetric(cls, half_width: float) -> Uniform:
+        return cls(low=-half_width, high=half_width)
+
+
+class Actuator(_Model):
+    """One knob: element attribute, operator limits and unit.
+
+    :param name: Short name used in observations and logs (e.g. ``"Q1"``).
+    :param element: Cheetah element name.
+    :param attribute: Element attribute (``k1`` [1/m^2], ``angle`` [rad], ...).
+    :param low: Lower operator limit (SI).
+    :param high: Upper operator limit (SI).
+    :param unit: Unit of the attribute, for display.
+    """
+
+    name: str
+    element: str
+    attribute: str
+    low: float
+    high: float
+    unit: str = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Actuator:
+        if not self.high > self.low:
+            raise ValueError(f"actuator {self.name}: high ({self.high}) must be > low ({self.low})")
+        return self
+
+
+class ScreenSpec(_Model):
+    """Camera screen: resolution [px], pixel size [m], binning, reading model.
+
+    :param reading_noise: Standard deviation of Gaussian noise added to each reading [m].
+    :param quantise: Round readings to the (binned) pixel size.
+    """
+
+    element: str
+    resolution: tuple[int, int] = (2448, 2040)
+    pixel_size: tuple[float, float] = (3.5488e-6, 2.5003e-6)
+    binning: int = Field(1, ge=1)
+    reading_noise: float = Field(0.0, ge=0.0)
+    quantise: bool = False
+
+    @field_validator("resolution")
+    @classmethod
+    def _positive_res(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) <= 0:
+            raise ValueError(f"resolution must be positive pixels, got {v}")
+        return v
+
+    @field_validator("pixel_size")
+    @classmethod
+    def _positive_px(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if min(v) <= 0:
+            raise ValueError(f"pixel_size must be positive metres, got {v}")
+        return v
+
+    @property
+    def half_extent(self) -> tuple[float, float]:
+        """Half width and half height of the screen [m]."""
+        return (
+            self.resolution[0] * self.pixel_size[0] / 2,
+            self.resolution[1] * self.pixel_size[1] / 2,
+        )
+
+
+class Drift(_Model):
+    """Random walk of the incoming beam during an episode: per-step Gaussian steps.
+
+    :param mu: Standard deviation per step of the centroid positions mu_x, mu_y [m].
+    :param mu_p: Standard deviation per step of the centroid angles [rad].
+    """
+
+    mu: float = Field(0.0, ge=0.0)
+    mu_p: float = Field(0.0, ge=0.0)
+
+
+class ActuatorFailure(_Model):
+    """An actuator freezes at its current value from a random step on.
+
+    :param probability: Probability per episode that one (uniformly chosen) actuator fails.
+    :param step: Range of the failure step (inclusive).
+    """
+
+    probability: float = Field(0.0, ge=0.0, le=1.0)
+    step: tuple[int, int] = (1, 50)
+
+
+class Randomisation(_Model):
+    """Distributions of the hidden state, drawn at every reset.
+
+    :param incoming: Uniform ranges of the incoming-beam moments (keys of ``INCOMING``).
+    :param misalignments: Uniform half-range [m] of the (x, y) misalignment per element.
+    :param target_mu: Uniform half-range of the target centroids [m].
+    :param target_sigma: Uniform range of the target sizes [m].
+    :param gain_error: Half-range of a relative calibration error per actuator (the machine
+        applies ``setting * (1 + g)``).
+    :param drift: Incoming-beam drift during the episode.
+    :param failure: Actuator failure.
+    """
+
+    incoming: dict[str, Uniform]
+    misalignments: dict[str, float] = {}
+    target_mu: float = Field(2e-3, ge=0.0)
+    target_sigma: Uniform = Uniform(low=0.0, high=2e-3)
+    gain_error: float = Field(0.0, ge=0.0, lt=1.0)
+    drift: Drift = Drift()
+    failure: ActuatorFailure = ActuatorFailure()
+
+    @field_validator("incoming")
+    @classmethod
+    def _all_moments(cls, v: dict[str, Uniform]) -> dict[str, Uniform]:
+        missing = [k for k in INCOMING if k not in v]
+        unknown = [k for k in v if k not in INCOMING]
+        if missing or unknown:
+            raise ValueError(f"incoming needs exactly {INCOMING}; missing {missing}, unknown {unknown}")
+        for key in ("energy", "sigma_x", "sigma_px", "sigma_y", "sigma_py", "sigma_tau", "sigma_p"):
+            if v[key].low <= 0:
+                raise ValueError(f"incoming.{key}.low must be > 0, got {v[key].low}")
+        return v
+
+    @field_validator("misalignments")
+    @classmethod
+    def _nonneg(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, half in v.items():
+            if half < 0:
+                raise ValueError(f"misalignments.{name} must be >= 0 m, got {half}")
+        return v
+
+
+class Termination(_Model):
+    """Target reached when all four errors are below ``thresholds`` [m] for ``hold`` steps."""
+
+    enabled: bool = True
+    thresholds: tuple[float, float, float, float] = (2e-5, 2e-5, 2e-5, 2e-5)
+    hold: int = Field(1, ge=1)
+
+
+class TaskSpec(_Model):
+    """A transverse beam-tuning task.
+
+    :param id: Environment id, e.g. ``accelrl/AresEATransverseTuning-v0``.
+    :param lattice: Name of a shipped lattice (``ares_ea``) — custom lattices are passed as
+        a Cheetah segment to :func:`accelrl.envs.make_tuning_env` instead.
+    :param actuators: The knobs in action order.
+    :param screen: The observing screen.
+    :param start: Default start settings, one per actuator (SI).
+    :param delta_fraction: Largest change per step in ``"delta"`` mode as a fraction of each
+        actuator's largest magnitude ``max(|low|, |high|)``.
+    :param max_episode_steps: Default TimeLimit.
+    """
+
+    id: str
+    description: str = ""
+    lattice: str | None = None
+    actuators: list[Actuator]
+    screen: ScreenSpec
+    start: list[float]
+    delta_fraction: float = Field(0.1, gt=0.0, le=1.0)
+    randomisation: Randomisation
+    termination: Termination = Termination()
+    max_episode_steps: int = Field(50, ge=1)
+    reward: str | list[dict] = "icml"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskSpec:
+        if len(self.start) != len(self.actuators):
+            raise ValueError(
+                f"start has {len(self.start)} values but there are {len(self.actuators)} actuators"
+            )
+        for value, act in zip(self.start, self.actuators, strict=True):
+            if not act.low <= value <= act.high:
+                raise ValueError(
+                    f"start value {value} of {act.name} is outside its limits [{act.low}, {act.high}]"
+                )
+        names = [a.name for a in self.actuators]
+        if len(set(names)) != len(names):
+            raise ValueError(f"actuator names must be unique, got {names}")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TaskSpec:
+        """Load and validate a spec file.
+
+        :raises SpecError: Naming the file, field, value and the problem.
+        """
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise SpecError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise SpecError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "spec") -> TaskSpec:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            lines = []
+            for e in err.errors():
+                loc = ".".join(str(p) for p in e["loc"])
+                if loc:
+                    value = repr(e.get("input"))
+                    value = value if len(value) <= 80 else value[:77] + "..."
+                    lines.append(f"  {loc} = {value}: {e['msg']}")
+                else:
+                    lines.append(f"  {e['msg']}")
+            raise SpecError(f"{source}: invalid task spec\n" + "\n".join(lines)) from None
+
+
+def shipped_spec_path(name: str) -> Path:
+    """Path of a spec shipped with the package (``accelrl/data/<name>.yaml``)."""
+    return Path(__file__).resolve().parent.parent / "data" / f"{name}.yaml"
+

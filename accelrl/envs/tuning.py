@@ -1,0 +1,257 @@
+"""Generic transverse beam tuning on any Cheetah beamline with a screen.
+
+## Description
+Set a list of actuators (quadrupole strengths, steering angles, ...) so that the beam read
+on a screen reaches a target centroid and size ``(mu_x, sigma_x, mu_y, sigma_y)``. The
+beamline is a Cheetah ``Segment`` evaluated by the compiled fast map (default), by Cheetah's
+``ParameterBeam`` tracking or by ``ParticleBeam`` tracking (``backend=``).
+
+## Action space
+``Box(K)`` in the actuators' SI units. ``action_mode="delta"`` (default): the change of each
+setting, bounded by ``delta_fraction`` (10%) of the actuator's largest magnitude; the result
+is clipped to the operator limits. ``"direct"``: the absolute settings within the limits.
+Actions outside the box are clipped; NaN/inf or a wrong shape raise ``ValueError``.
+
+## Observation space
+``Dict``: ``beam`` Box(4) = the screen reading ``(mu_x, sigma_x, mu_y, sigma_y)`` [m];
+``magnets`` Box(K) = current settings (SI); ``target`` Box(4) [m]. float32. When the beam
+centroid is off the screen, ``beam`` reads the centroid clamped to the screen edge and the
+screen's half width/height as size, and ``info["on_screen"]`` is ``False``.
+
+## Rewards
+Configurable (:mod:`accelrl.envs.rewards`); default the spec's (``"icml"``).
+
+## Starting state
+Hidden state (incoming beam, misalignments, calibration errors, failures) and target are
+drawn from the spec's randomisation; settings start at the spec's standard values (or
+uniformly random with ``start="random"``). ``reset(options=...)`` fixes any of them, e.g.
+``options={"trial": trial}`` reproduces a published evaluation trial.
+
+## Episode end
+Terminates when all four reading errors stay below the spec's thresholds for ``hold``
+steps (disable with ``terminate_on_target=False`` for evaluation); truncation is the
+``TimeLimit`` set by ``gym.make`` (50 steps for training; use 150 for evaluation).
+
+## Arguments
+See :class:`TransverseTuningEnv`.
+
+## Version history
+* v0: initial release.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import cheetah
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from accelrl.envs.core import ActionMode, StartMode, TuningCore
+from accelrl.envs.render import screen_image
+from accelrl.envs.spec import Actuator, Randomisation, ScreenSpec, TaskSpec, shipped_spec_path
+from accelrl.physics.backends import make_beamline
+from accelrl.physics.beam import INCOMING
+
+
+def shipped_lattice(name: str) -> cheetah.Segment:
+    """The Cheetah segment of a lattice shipped with accelrl (``"ares_ea"``)."""
+    if name == "ares_ea":
+        from accelrl.physics.lattices import ares_ea_segment
+
+        return ares_ea_segment()
+    raise ValueError(f"unknown shipped lattice {name!r}; pass a Cheetah segment instead")
+
+
+def observation_space(spec: TaskSpec) -> spaces.Dict:
+    """Observation space of a task (float32, SI units)."""
+    hx, hy = spec.screen.half_extent
+    low = np.array([a.low for a in spec.actuators], dtype=np.float32)
+    high = np.array([a.high for a in spec.actuators], dtype=np.float32)
+    t_mu, t_sig = spec.randomisation.target_mu, spec.randomisation.target_sigma
+    return spaces.Dict(
+        {
+            "beam": spaces.Box(
+                low=np.array([-np.inf, 0.0, -np.inf, 0.0], dtype=np.float32),
+                high=np.full(4, np.inf, dtype=np.float32),
+                dtype=np.float32,
+            ),
+            "magnets": spaces.Box(low=low, high=high, dtype=np.float32),
+            "target": spaces.Box(
+                low=np.array([-max(t_mu, hx), 0.0, -max(t_mu, hy), 0.0], dtype=np.float32),
+                high=np.array([max(t_mu, hx), max(t_sig.high, hx), max(t_mu, hy), max(t_sig.high, hy)],
+                              dtype=np.float32),
+                dtype=np.float32,
+            ),
+        }
+    )
+
+
+def build_core(
+    spec: TaskSpec,
+    num_envs: int,
+    segment: cheetah.Segment | None = None,
+    backend: str = "fast",
+    num_particles: int = 10_000,
+    **core_kwargs: Any,
+) -> TuningCore:
+    """Beamline + :class:`TuningCore` for ``spec`` (shared by the single and vector envs)."""
+    if segment is None:
+        if spec.lattice is None:
+            raise ValueError(f"task {spec.id} names no shipped lattice; pass segment=")
+        segment = shipped_lattice(spec.lattice)
+    knobs = [(a.element, a.attribute) for a in spec.actuators]
+    misalign = [name for name in spec.randomisation.misalignments]
+    names = {e.name for e in segment.flattened().elements}
+    for name in misalign:
+        if name not in names:
+            raise ValueError(f"randomisation.misalignments names {name!r}, not in the segment")
+    beamline = make_beamline(segment, knobs, spec.screen.element, backend, num_particles, misalign)
+    return TuningCore(spec, beamline, num_envs, **core_kwargs)
+
+
+class TransverseTuningEnv(gym.Env):
+    """Transverse beam tuning on a Cheetah beamline (see the module documentation).
+
+    :param spec: Task spec, or a path to its YAML.
+    :param segment: The lattice; default: the spec's shipped lattice.
+    :param backend: ``"fast"`` (compiled map), ``"cheetah"`` or ``"cheetah-particles"``.
+    :param num_particles: Particles per beam for ``"cheetah-particles"``.
+    :param action_mode: ``"delta"`` (default) or ``"direct"``.
+    :param reward: Reward config; default the spec's.
+    :param start: ``"standard"`` or ``"random"`` start settings.
+    :param terminate_on_target: Default the spec's ``termination.enabled``.
+    :param render_mode: ``"rgb_array"`` or ``None``.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
+
+    def __init__(
+        self,
+        spec: TaskSpec | str,
+        segment: cheetah.Segment | None = None,
+        backend: str = "fast",
+        num_particles: int = 10_000,
+        action_mode: ActionMode = "delta",
+        reward: str | list[dict] | None = None,
+        start: StartMode = "standard",
+        terminate_on_target: bool | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(spec, TaskSpec):
+            spec = TaskSpec.from_yaml(spec)
+        if render_mode not in (None, *self.metadata["render_modes"]):
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
+        self.task = spec
+        self.core = build_core(
+            spec, 1, segment, backend, num_particles, action_mode=action_mode, reward=reward,
+            start=start, terminate_on_target=terminate_on_target,
+        )
+        self.backend = backend
+        self.render_mode = render_mode
+        self.observation_space = observation_space(spec)
+        self.action_space = spaces.Box(
+            low=self.core.action_low.astype(np.float32),
+            high=self.core.action_high.astype(np.float32),
+            dtype=np.float32,
+        )
+        self._all = np.array([0])
+        self.core.reset(self._all)
+
+    @property
+    def actuator_names(self) -> list[str]:
+        return [a.name for a in self.task.actuators]
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        super().reset(seed=seed)
+        if seed is not None:
+            self.core.seed(self._all, [seed])
+        self.core.reset(self._all, options)
+        return self._obs(), self._info()
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != self.action_space.shape:
+            raise ValueError(f"action must have shape {self.action_space.shape}, got {a.shape}")
+        reward, terminated = self.core.step(self.core.validate_actions(a[None]))
+        return self._obs(), float(reward[0]), bool(terminated[0]), False, self._info()
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {k: v[0] for k, v in self.core.observation().items()}
+
+    def _info(self) -> dict[str, Any]:
+        info = {k: v[0] for k, v in self.core.info().items()}
+        info["mae"] = float(info["mae"])
+        info["on_screen"] = bool(info["on_screen"])
+        info["step"] = int(info["step"])
+        return info
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        c = self.core
+        return screen_image(c.reading[0], c.target[0], self.task.screen.half_extent,
+                            on_screen=bool(c.on_screen[0]))
+
+
+def make_tuning_env(
+    segment: cheetah.Segment,
+    knobs: Sequence[tuple[str, str, float, float]],
+    screen: str,
+    start: Sequence[float] | None = None,
+    misalignments: dict[str, float] | None = None,
+    max_episode_steps: int = 50,
+    **kwargs: Any,
+) -> gym.Env:
+    """A tuning environment for your own beamline, wrapped in a ``TimeLimit``.
+
+    :param segment: Any Cheetah segment (e.g. from ``Segment.from_ocelot``/``from_bmad``/
+        ``from_elegant``/``from_lattice_json``).
+    :param knobs: ``(element, attribute, low, high)`` per actuator, limits in SI units.
+    :param screen: Name of the observing ``Screen`` element.
+    :param start: Start settings (default: 0 clipped into the limits).
+    :param misalignments: Element name -> uniform misalignment half-range [m]
+        (default: +-400 um on every quadrupole upstream of the screen and on the screen).
+    :param kwargs: Forwarded to :class:`TransverseTuningEnv` (backend, reward, ...).
+    """
+    elements = {e.name: e for e in segment.flattened().elements}
+    if screen not in elements or not isinstance(elements[screen], cheetah.Screen):
+        raise ValueError(f"screen={screen!r} is not a cheetah.Screen of the segment")
+    actuators = []
+    for knob in knobs:
+        if len(knob) != 4:
+            raise ValueError(f"knob {knob!r} must be (element, attribute, low, high) with SI limits")
+        element, attribute, low, high = knob
+        actuators.append(Actuator(name=element, element=element, attribute=attribute, low=low, high=high))
+    if start is None:
+        start = [float(np.clip(0.0, a.low, a.high)) for a in actuators]
+    if misalignments is None:
+        names = list(elements)
+        upstream = names[: names.index(screen)]
+        misalignments = {n: 4e-4 for n in upstream if isinstance(elements[n], cheetah.Quadrupole)}
+        misalignments[screen] = 4e-4
+    ares = TaskSpec.from_yaml(shipped_spec_path("ares_ea"))
+    scr = elements[screen]
+    spec = TaskSpec(
+        id=f"custom/{segment.name}",
+        actuators=actuators,
+        screen=ScreenSpec(
+            element=screen,
+            resolution=tuple(int(v) for v in scr.resolution),
+            pixel_size=tuple(float(v) for v in scr.pixel_size),
+            binning=int(scr.binning),
+        ),
+        start=list(start),
+        randomisation=Randomisation(
+            incoming={k: ares.randomisation.incoming[k] for k in INCOMING},
+            misalignments=misalignments,
+        ),
+        max_episode_steps=max_episode_steps,
+    )
+    env = TransverseTuningEnv(spec, segment=segment, **kwargs)
+    return gym.wrappers.TimeLimit(env, max_episode_steps=max_episode_steps)
