@@ -9,6 +9,7 @@ batch reproduces separately seeded single environments exactly.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,6 +27,18 @@ StartMode = Literal["standard", "random"]
 
 # Indices into INCOMING of the centroid moments that drift.
 _MU = [INCOMING.index(k) for k in ("mu_x", "mu_px", "mu_y", "mu_py")]
+
+
+def _put(array: np.ndarray, index: np.ndarray | slice, value: Any) -> np.ndarray:
+    """``array`` with ``array[index] = value``, as a new array (state arrays are never
+    modified in place, so arrays handed out in ``info`` stay valid, read-only snapshots)."""
+    if isinstance(index, slice) and index == slice(None) and np.ndim(value) == array.ndim:
+        out = np.array(value, dtype=array.dtype)
+    else:
+        out = array.copy()
+        out[index] = value
+    out.flags.writeable = False
+    return out
 
 
 @dataclass
@@ -196,17 +209,17 @@ class TuningCore:
             magnets = np.broadcast_to(value, (n, K))
 
         h = self.hidden
-        h.incoming[index] = incoming
-        h.misalignments[index] = mis
-        h.gain[index] = gain
-        h.fail_step[index] = fail_step
-        h.fail_index[index] = fail_index
-        self.target[index] = target
-        self.magnets[index] = magnets
-        self.steps[index] = 0
-        self.hold[index] = 0
+        h.incoming = _put(h.incoming, index, incoming)
+        h.misalignments = _put(h.misalignments, index, mis)
+        h.gain = _put(h.gain, index, gain)
+        h.fail_step = _put(h.fail_step, index, fail_step)
+        h.fail_index = _put(h.fail_index, index, fail_index)
+        self.target = _put(self.target, index, target)
+        self.magnets = _put(self.magnets, index, magnets)
+        self.steps = _put(self.steps, index, 0)
+        self.hold = _put(self.hold, index, 0)
         self._measure(index)
-        self.initial_reading[index] = self.reading[index]
+        self.initial_reading = _put(self.initial_reading, index, self.reading[index])
 
     @staticmethod
     def _vector(value: Any, n: int, name: str) -> np.ndarray:
@@ -221,9 +234,11 @@ class TuningCore:
     def _measure(self, index: np.ndarray | slice) -> None:
         """Evaluate the beamline and the screen reading for environments ``index``."""
         h = self.hidden
-        applied = self.magnets[index] * (1.0 + h.gain[index])
+        applied = self.magnets[index]
+        if self.spec.randomisation.gain_error > 0:
+            applied = applied * (1.0 + h.gain[index])
         beam = self.beamline.evaluate(applied, h.incoming[index], h.misalignments[index])
-        self.beam[index] = beam
+        self.beam = _put(self.beam, index, beam)
         reading = beam
         screen = self.spec.screen
         if screen.reading_noise > 0:
@@ -234,22 +249,20 @@ class TuningCore:
             reading[:, [1, 3]] = np.abs(reading[:, [1, 3]])
         if screen.quantise:
             reading = np.round(reading / self._pixel) * self._pixel
-        on = (np.abs(beam[:, 0]) < self.half_extent[0]) & (np.abs(beam[:, 2]) < self.half_extent[1])
-        if not on.all():
+        on = np.logical_and.reduce(np.abs(beam[:, ::2]) < self.half_extent, axis=1)
+        off = np.nonzero(~on)[0]
+        if off.size:
             # Documented off-screen reading: the centroid clamped to the screen edge and the
             # size of the whole screen (what a profile fit of an empty screen reports).
-            off = np.stack(
-                [
-                    np.clip(beam[:, 0], -self.half_extent[0], self.half_extent[0]),
-                    np.full(len(beam), self.half_extent[0]),
-                    np.clip(beam[:, 2], -self.half_extent[1], self.half_extent[1]),
-                    np.full(len(beam), self.half_extent[1]),
-                ],
+            hx, hy = self.half_extent
+            reading = reading.copy() if reading is beam else reading
+            reading[off] = np.stack(
+                [np.clip(beam[off, 0], -hx, hx), np.full(off.size, hx),
+                 np.clip(beam[off, 2], -hy, hy), np.full(off.size, hy)],
                 axis=1,
             )
-            reading = np.where(on[:, None], reading, off)
-        self.reading[index] = reading
-        self.on_screen[index] = on
+        self.reading = _put(self.reading, index, reading)
+        self.on_screen = _put(self.on_screen, index, on)
 
     def validate_actions(self, actions: Any) -> np.ndarray:
         """Check shape and finiteness, then clip to the action bounds (documented behaviour).
@@ -260,46 +273,47 @@ class TuningCore:
         K = len(self.low)
         if a.shape != (self.num_envs, K):
             raise ValueError(f"actions must have shape {(self.num_envs, K)}, got {a.shape}")
-        bad = ~np.isfinite(a)
-        if bad.any():
-            env, knob = np.argwhere(bad)[0]
+        if not math.isfinite(float(a.sum())) and not np.isfinite(a).all():  # sum: cheap check
+            env, knob = np.argwhere(~np.isfinite(a))[0]
             raise ValueError(
                 f"action contains NaN or inf (env {env}, actuator {self.spec.actuators[knob].name}: "
                 f"{a[env, knob]})"
             )
-        return np.clip(a, self.action_low, self.action_high)
+        return np.minimum(np.maximum(a, self.action_low), self.action_high)
 
     def step(self, actions: np.ndarray, index: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
         """Apply validated ``actions`` to environments ``index``; return ``(reward, terminated)``."""
-        previous = self.reading[index].copy()
-        previous_magnets = self.magnets[index].copy()
+        previous_error = self.reading[index] - self.target[index]
+        previous_magnets = self.magnets[index]
         if self.action_mode == "delta":
-            target = np.clip(previous_magnets + actions, self.low, self.high)
+            target = np.minimum(np.maximum(previous_magnets + actions, self.low), self.high)
         else:
             target = actions
         h = self.hidden
         steps = self.steps[index] + 1
-        stuck = (h.fail_step[index] >= 0) & (steps >= h.fail_step[index])
-        if stuck.any():
+        if self.spec.randomisation.failure.probability > 0:
+            stuck = (h.fail_step[index] >= 0) & (steps >= h.fail_step[index])
             rows = np.nonzero(stuck)[0]
             cols = h.fail_index[index][rows]
             target = target.copy()
-            target[rows, cols] = previous_magnets[rows, cols]
-        self.magnets[index] = target
-        self.steps[index] = steps
+            target[rows, cols] = previous_magnets[rows, cols]  # stuck actuators keep their value
+        self.magnets = _put(self.magnets, index, target)
+        self.steps = _put(self.steps, index, steps)
         drift = self.spec.randomisation.drift
         if drift.mu > 0 or drift.mu_p > 0:
             idx = np.arange(self.num_envs)[index]
             z = rng.normal(self.keys[idx], self.counters[idx], 4)
             self.counters[idx] += np.uint64(1)
-            h.incoming[idx[:, None], _MU] += z * np.array([drift.mu, drift.mu_p, drift.mu, drift.mu_p])
+            incoming = h.incoming.copy()
+            incoming[idx[:, None], _MU] += z * np.array([drift.mu, drift.mu_p, drift.mu, drift.mu_p])
+            h.incoming = incoming
         self._measure(index)
-        reading = self.reading[index]
+        error = self.reading[index] - self.target[index]
         reward = self.reward(
             RewardInputs(
-                reading=reading,
-                previous=previous,
-                initial=self.initial_reading[index],
+                error=error,
+                previous_error=previous_error,
+                initial_reading=self.initial_reading[index],
                 target=self.target[index],
                 on_screen=self.on_screen[index],
                 magnets=target,
@@ -307,9 +321,9 @@ class TuningCore:
                 magnet_range=self.high - self.low,
             )
         )
-        within = np.all(np.abs(reading - self.target[index]) < self._thresholds, axis=1)
-        hold = np.where(within, self.hold[index] + 1, 0)
-        self.hold[index] = hold
+        within = np.logical_and.reduce(np.abs(error) < self._thresholds, axis=1)
+        hold = (self.hold[index] + 1) * within
+        self.hold = _put(self.hold, index, hold)
         terminated = (hold >= self.spec.termination.hold) & self.terminate
         return reward, terminated
 
@@ -324,19 +338,19 @@ class TuningCore:
 
     def mae(self, index: np.ndarray | slice = slice(None)) -> np.ndarray:
         """Mean absolute error of the true beam to the target [m]."""
-        return np.abs(self.beam[index] - self.target[index]).mean(axis=1)
+        return np.add.reduce(np.abs(self.beam[index] - self.target[index]), axis=1) * 0.25
 
     def info(self, index: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
-        """Privileged state and diagnostics (float64, SI units)."""
+        """Privileged state and diagnostics (float64, SI units); snapshots, never modified later."""
         h = self.hidden
         return {
-            "beam": self.beam[index].copy(),
-            "reading": self.reading[index].copy(),
-            "target": self.target[index].copy(),
-            "magnets": self.magnets[index].copy(),
-            "incoming": h.incoming[index].copy(),
-            "misalignments": h.misalignments[index].copy(),
+            "beam": self.beam[index],
+            "reading": self.reading[index],
+            "target": self.target[index],
+            "magnets": self.magnets[index],
+            "incoming": h.incoming[index],
+            "misalignments": h.misalignments[index],
             "mae": self.mae(index),
-            "on_screen": self.on_screen[index].copy(),
-            "step": self.steps[index].copy(),
+            "on_screen": self.on_screen[index],
+            "step": self.steps[index],
         }

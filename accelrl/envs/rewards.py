@@ -25,8 +25,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+
+_ICML_WEIGHTS = np.array([1.0, 2.0, 1.0, 2.0])  # (mu_x, sigma_x, mu_y, sigma_y)
 
 #: Floor of distances inside logarithms [m] (1 pm: far below any screen resolution).
 EPS = 1e-12
@@ -36,33 +39,36 @@ EPS = 1e-12
 class RewardInputs:
     """Batched inputs of a reward evaluation (shapes ``[B, ...]``, SI units)."""
 
-    reading: np.ndarray  # [B, 4] current screen reading
-    previous: np.ndarray  # [B, 4] reading before the step
-    initial: np.ndarray  # [B, 4] reading at the start of the episode
+    error: np.ndarray  # [B, 4] reading - target after the step
+    previous_error: np.ndarray  # [B, 4] reading - target before the step
+    initial_reading: np.ndarray  # [B, 4] reading at the start of the episode
     target: np.ndarray  # [B, 4]
     on_screen: np.ndarray  # [B] bool
     magnets: np.ndarray  # [B, K]
     previous_magnets: np.ndarray  # [B, K]
     magnet_range: np.ndarray  # [K] high - low
 
+    @cached_property
+    def initial_error(self) -> np.ndarray:
+        """``[B, 4]`` reading - target at the start of the episode (computed when used)."""
+        return self.initial_reading - self.target
 
-def _icml_objective(reading: np.ndarray, target: np.ndarray) -> np.ndarray:
-    d = np.abs(reading - target)
-    return np.maximum(d[:, 0] + d[:, 2] + 2.0 * d[:, 1] + 2.0 * d[:, 3], EPS)
+
+def _icml_objective(error: np.ndarray) -> np.ndarray:
+    return np.maximum(np.abs(error) @ _ICML_WEIGHTS, EPS)
 
 
-def _distance(reading: np.ndarray, target: np.ndarray, norm: str) -> np.ndarray:
-    d = reading - target
+def _distance(d: np.ndarray, norm: str) -> np.ndarray:
     if norm == "l1":
-        out = np.abs(d).mean(axis=1)
+        out = np.add.reduce(np.abs(d), axis=1) / d.shape[1]
     else:
-        out = np.sqrt((d * d).mean(axis=1))
+        out = np.sqrt(np.add.reduce(d * d, axis=1) / d.shape[1])
     return np.maximum(out, EPS)
 
 
 def icml(x: RewardInputs) -> np.ndarray:
-    r = np.log(_icml_objective(x.previous, x.target)) - np.log(_icml_objective(x.reading, x.target))
-    return np.where(r < 0, 2.0 * r, r)
+    r = np.log(_icml_objective(x.previous_error) / _icml_objective(x.error))
+    return r + np.minimum(r, 0.0)  # negative values count twice
 
 
 def _shaped(kind: str, norm: str = "l1", log: bool = False, normalise: bool = True) -> Callable:
@@ -70,9 +76,9 @@ def _shaped(kind: str, norm: str = "l1", log: bool = False, normalise: bool = Tr
         raise ValueError(f"reward norm must be 'l1' or 'l2', got {norm!r}")
 
     def term(x: RewardInputs) -> np.ndarray:
-        d = _distance(x.reading, x.target, norm)
-        d0 = _distance(x.initial, x.target, norm)
-        ref = _distance(x.previous, x.target, norm) if kind == "differential" else None
+        d = _distance(x.error, norm)
+        d0 = _distance(x.initial_error, norm)
+        ref = _distance(x.previous_error, norm) if kind == "differential" else None
         if log:
             value = np.log(d) - (np.log(d0) if normalise else 0.0)
             prev = None if ref is None else np.log(ref) - (np.log(d0) if normalise else 0.0)
@@ -89,7 +95,8 @@ def on_screen(x: RewardInputs) -> np.ndarray:
 
 
 def magnet_change(x: RewardInputs) -> np.ndarray:
-    return -(np.abs(x.magnets - x.previous_magnets) / x.magnet_range).mean(axis=1)
+    change = np.abs(x.magnets - x.previous_magnets) / x.magnet_range
+    return -np.add.reduce(change, axis=1) / change.shape[1]
 
 
 _SIMPLE = {"icml": icml, "on_screen": on_screen, "magnet_change": magnet_change}
@@ -131,7 +138,7 @@ class Reward:
             self.terms.append((name, weight, fn))
 
     def __call__(self, inputs: RewardInputs) -> np.ndarray:
-        total = np.zeros(len(inputs.reading))
+        total = np.zeros(len(inputs.error))
         for _, weight, fn in self.terms:
             total = total + weight * fn(inputs)
         return total

@@ -178,14 +178,14 @@ class TransverseTuningEnv(gym.Env):
         a = np.asarray(action, dtype=np.float64)
         if a.shape != self.action_space.shape:
             raise ValueError(f"action must have shape {self.action_space.shape}, got {a.shape}")
-        reward, terminated = self.core.step(self.core.validate_actions(a[None]))
+        reward, terminated = self.core.step(self.core.validate_actions(a.reshape(1, -1)))
         return self._obs(), float(reward[0]), bool(terminated[0]), False, self._info()
 
     def _obs(self) -> dict[str, np.ndarray]:
         return {k: v[0] for k, v in self.core.observation().items()}
 
     def _info(self) -> dict[str, Any]:
-        info = {k: v[0] for k, v in self.core.info().items()}
+        info = {k: v[0].copy() for k, v in self.core.info().items()}
         info["mae"] = float(info["mae"])
         info["on_screen"] = bool(info["on_screen"])
         info["step"] = int(info["step"])

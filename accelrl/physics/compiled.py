@@ -47,6 +47,10 @@ KNOB_ATTRIBUTES: dict[type, tuple[str, ...]] = {
 MISALIGNABLE: tuple[type, ...] = (cheetah.Quadrupole, cheetah.Screen, cheetah.BPM)
 
 
+#: Batch chunk of :meth:`CompiledBeamline.evaluate` (measured fastest on a 2-core x86 machine).
+EVALUATE_CHUNK = 4096
+
+
 class BeamMoments(NamedTuple):
     """First and second moments at the observation point.
 
@@ -162,7 +166,10 @@ class CompiledBeamline(nn.Module):
 
         transverse, full = self._trace(upstream, observed)
         self._transverse_fn, self.source = symbolic.generate(transverse, "transverse_map")
-        self._full_fn, self.source_full = symbolic.generate(full, "full_map")
+        self._transverse_array_fn, self.source_array = symbolic.generate(
+            transverse, "transverse_map", free_temporaries=True
+        )
+        self._full_fn, self.source_full = symbolic.generate(full, "full_map", free_temporaries=True)
 
     # ------------------------------------------------------------------ tracing
     def _trace(
@@ -243,7 +250,7 @@ class CompiledBeamline(nn.Module):
         b = incoming.expand(*shape, incoming.shape[-1]).unbind(-1)
         m = misalignments.expand(*shape, misalignments.shape[-1]).unbind(-1)
         if not full:
-            return torch.stack(self._transverse_fn(TORCH, k, b, m), dim=-1)
+            return torch.stack(self._transverse_array_fn(TORCH, k, b, m), dim=-1)
         out = self._full_fn(TORCH, k, b, m)
         mu = torch.stack(out[:6], dim=-1)
         cov = mu.new_empty(*shape, 6, 6)
@@ -255,39 +262,30 @@ class CompiledBeamline(nn.Module):
                 idx += 1
         return BeamMoments(mu, cov)
 
-    def numpy(
+    def evaluate(
         self, knobs: np.ndarray, incoming: np.ndarray, misalignments: np.ndarray | None = None
     ) -> np.ndarray:
-        """Transverse reading ``[B, 4]`` for numpy ``[B, ·]`` inputs (no autograd)."""
+        """Transverse reading ``[B, 4]`` [m] of numpy ``[B, ·]`` float64 inputs, by the fastest path.
+
+        One beamline runs on Python floats (:meth:`scalar`); a batch runs on numpy in
+        chunks of :data:`EVALUATE_CHUNK` beamlines, whose intermediates stay in cache.
+        """
         if misalignments is None:
             misalignments = np.broadcast_to(
                 self.default_misalignments.cpu().numpy(), (len(incoming), len(self.misaligned) * 2)
             )
-        self._check(knobs, incoming, misalignments)
-        out = self._transverse_fn(NUMPY, knobs.T, incoming.T, misalignments.T)
-        return np.stack(np.broadcast_arrays(*out), axis=-1)
-
-    def evaluate(
-        self, knobs: np.ndarray, incoming: np.ndarray, misalignments: np.ndarray
-    ) -> np.ndarray:
-        """Transverse reading ``[B, 4]`` [m] of numpy ``[B, ·]`` float64 inputs, by the fastest path.
-
-        One beamline runs on Python floats (:meth:`scalar`); a batch runs on torch
-        (vectorised transcendental functions) without autograd.
-        """
         if len(knobs) == 1:
-            return np.array(
-                [self.scalar(knobs[0].tolist(), incoming[0].tolist(), misalignments[0].tolist())]
-            )
+            out = self._transverse_fn(SCALAR, knobs.tolist()[0], incoming.tolist()[0], misalignments.tolist()[0])
+            return np.array((out,))
         self._check(knobs, incoming, misalignments)
-        with torch.inference_mode():
-            out = self._transverse_fn(
-                TORCH,
-                torch.from_numpy(np.ascontiguousarray(knobs.T)),
-                torch.from_numpy(np.ascontiguousarray(incoming.T)),
-                torch.from_numpy(np.ascontiguousarray(misalignments.T)),
-            )
-            return torch.stack(torch.broadcast_tensors(*out), dim=-1).numpy()
+        out = np.empty((len(knobs), 4))
+        for start in range(0, len(knobs), EVALUATE_CHUNK):
+            chunk = slice(start, start + EVALUATE_CHUNK)
+            k, b, m = (np.ascontiguousarray(a[chunk].T) for a in (knobs, incoming, misalignments))
+            columns = self._transverse_array_fn(NUMPY, k, b, m)
+            for j, column in enumerate(columns):
+                out[chunk, j] = column
+        return out
 
     def scalar(
         self, knobs: Sequence[float], incoming: Sequence[float], misalignments: Sequence[float]
@@ -298,14 +296,15 @@ class CompiledBeamline(nn.Module):
     # generated functions are rebuilt from source when unpickled
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state.pop("_transverse_fn", None)
-        state.pop("_full_fn", None)
+        for attr in ("_transverse_fn", "_transverse_array_fn", "_full_fn"):
+            state.pop(attr, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         for attr, src, name in (
             ("_transverse_fn", self.source, "transverse_map"),
+            ("_transverse_array_fn", self.source_array, "transverse_map"),
             ("_full_fn", self.source_full, "full_map"),
         ):
             object.__setattr__(self, attr, symbolic.load(src, name))

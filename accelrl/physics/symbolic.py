@@ -152,17 +152,21 @@ class Tracer:
         return tuple(self._node("item", (node,), (i,)) for i in range(n_out))
 
 
-def generate(outputs: Sequence[Value], name: str = "beamline_map") -> tuple[Callable, str]:
+def generate(
+    outputs: Sequence[Value], name: str = "beamline_map", free_temporaries: bool = False
+) -> tuple[Callable, str]:
     """Generate a Python function ``f(F, k, b, m) -> tuple`` evaluating ``outputs``.
 
     ``F`` is a numeric backend (see :mod:`accelrl.physics.numerics`); ``k``, ``b`` and ``m``
     are sequences of columns (knobs, incoming beam, misalignments). Constant outputs are
-    broadcast with ``F.full_like`` to the batch of the first knob or beam column.
+    broadcast with ``F.full_like`` to the batch of the first beam column.
 
+    :param free_temporaries: Delete every temporary after its last use, so that array
+        backends reuse (cache-hot) memory instead of keeping all intermediates alive.
     :return: The compiled function and its source code (for inspection).
     """
     names: dict[int, str] = {}
-    lines: list[str] = []
+    statements: list[tuple[str, str, list[str]]] = []  # (target, expression, operands)
 
     def ref(value: Value) -> str:
         if isinstance(value, Expr):
@@ -196,19 +200,28 @@ def generate(outputs: Sequence[Value], name: str = "beamline_map") -> tuple[Call
                 rhs = f"{ref(args[0])}[{args[1]}]"
             else:  # pragma: no cover - the tracer creates no other nodes
                 raise AssertionError(op)
-            lines.append(f"    {var} = {rhs}")
+            statements.append((var, rhs, [names[id(a)] for a in operands]))
 
     for out in outputs:
         if isinstance(out, Expr):
             visit(out)
-    rets = []
-    for out in outputs:
-        if isinstance(out, Expr):
-            rets.append(ref(out))
-        else:
-            rets.append(f"F.full_like(_like, {float(out)!r})")
-    header = [f"def {name}(F, k, b, m):", "    _like = b[0]"]
-    source = "\n".join(header + lines + [f"    return ({', '.join(rets)},)", ""])
+    rets = [ref(o) if isinstance(o, Expr) else f"F.full_like(_like, {float(o)!r})" for o in outputs]
+    kept = set(rets)
+    last_use: dict[str, int] = {}
+    for i, (_, _, operands) in enumerate(statements):
+        for operand in operands:
+            last_use[operand] = i
+    dead_after: dict[int, list[str]] = {}
+    for var, i in last_use.items():
+        if var not in kept:
+            dead_after.setdefault(i, []).append(var)
+    lines = [f"def {name}(F, k, b, m):", "    _like = b[0]"]
+    for i, (var, rhs, _) in enumerate(statements):
+        lines.append(f"    {var} = {rhs}")
+        if free_temporaries and i in dead_after:
+            lines.append(f"    del {', '.join(sorted(dead_after[i]))}")
+    lines += [f"    return ({', '.join(rets)},)", ""]
+    source = "\n".join(lines)
     return load(source, name), source
 
 
