@@ -92,14 +92,18 @@ class TuningCore:
         self.action_mode = action_mode
         self.start = start
         self.reward = Reward(reward if reward is not None else spec.reward)
-        self.terminate = spec.termination.enabled if terminate_on_target is None else terminate_on_target
+        self.terminate = (
+            spec.termination.enabled if terminate_on_target is None else terminate_on_target
+        )
 
         K = len(spec.actuators)
         self.low = np.array([a.low for a in spec.actuators])
         self.high = np.array([a.high for a in spec.actuators])
         self.standard_start = np.array(spec.start, dtype=np.float64)
         step = spec.delta_fraction * np.maximum(np.abs(self.low), np.abs(self.high))
-        self.action_low, self.action_high = (-step, step) if action_mode == "delta" else (self.low, self.high)
+        self.action_low, self.action_high = (
+            (-step, step) if action_mode == "delta" else (self.low, self.high)
+        )
         self.misalignment_names: list[str] = [
             f"{n}.{ax}" for n in beamline.misaligned for ax in ("x", "y")
         ]
@@ -171,7 +175,9 @@ class TuningCore:
         mis = (2.0 * u[:, o : o + M] - 1.0) * self._mis_half
         o += M
         mu_t = (2.0 * u[:, o : o + 2] - 1.0) * r.target_mu
-        sig_t = r.target_sigma.low + u[:, o + 2 : o + 4] * (r.target_sigma.high - r.target_sigma.low)
+        sig_t = r.target_sigma.low + u[:, o + 2 : o + 4] * (
+            r.target_sigma.high - r.target_sigma.low
+        )
         target = np.stack([mu_t[:, 0], sig_t[:, 0], mu_t[:, 1], sig_t[:, 1]], axis=1)
         o += 4
         random_start = self.low + u[:, o : o + K] * (self.high - self.low)
@@ -191,10 +197,14 @@ class TuningCore:
         if "incoming" in options:
             incoming = np.broadcast_to(self._vector(options["incoming"], 11, "incoming"), (n, 11))
         if "misalignments" in options:
-            mis = np.broadcast_to(self._vector(options["misalignments"], M, "misalignments"), (n, M))
+            mis = np.broadcast_to(
+                self._vector(options["misalignments"], M, "misalignments"), (n, M)
+            )
         if "target" in options:
             target = np.broadcast_to(self._vector(options["target"], 4, "target"), (n, 4))
-        magnets = random_start if self.start == "random" else np.broadcast_to(self.standard_start, (n, K))
+        magnets = (
+            random_start if self.start == "random" else np.broadcast_to(self.standard_start, (n, K))
+        )
         if "magnets" in options:
             value = options["magnets"]
             if isinstance(value, str):
@@ -257,8 +267,12 @@ class TuningCore:
             hx, hy = self.half_extent
             reading = reading.copy() if reading is beam else reading
             reading[off] = np.stack(
-                [np.clip(beam[off, 0], -hx, hx), np.full(off.size, hx),
-                 np.clip(beam[off, 2], -hy, hy), np.full(off.size, hy)],
+                [
+                    np.clip(beam[off, 0], -hx, hx),
+                    np.full(off.size, hx),
+                    np.clip(beam[off, 2], -hy, hy),
+                    np.full(off.size, hy),
+                ],
                 axis=1,
             )
         self.reading = _put(self.reading, index, reading)
@@ -281,7 +295,9 @@ class TuningCore:
             )
         return np.minimum(np.maximum(a, self.action_low), self.action_high)
 
-    def step(self, actions: np.ndarray, index: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+    def step(
+        self, actions: np.ndarray, index: np.ndarray | slice = slice(None)
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Apply validated ``actions`` to environments ``index``; return ``(reward, terminated)``."""
         previous_error = self.reading[index] - self.target[index]
         previous_magnets = self.magnets[index]
@@ -305,7 +321,9 @@ class TuningCore:
             z = rng.normal(self.keys[idx], self.counters[idx], 4)
             self.counters[idx] += np.uint64(1)
             incoming = h.incoming.copy()
-            incoming[idx[:, None], _MU] += z * np.array([drift.mu, drift.mu_p, drift.mu, drift.mu_p])
+            incoming[idx[:, None], _MU] += z * np.array(
+                [drift.mu, drift.mu_p, drift.mu, drift.mu_p]
+            )
             h.incoming = incoming
         self._measure(index)
         error = self.reading[index] - self.target[index]

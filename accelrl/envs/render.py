@@ -43,8 +43,11 @@ def screen_image(
         theta = np.linspace(0, 2 * np.pi, 720)
         ex = t_mx + max(t_sx, pixel[0]) * np.cos(theta)
         ey = t_my + max(t_sy, pixel[1]) * np.sin(theta)
-        for px, py in ((ex, ey), (t_mx + np.linspace(-3, 3, 7) * pixel[0], np.full(7, t_my)),
-                       (np.full(7, t_mx), t_my + np.linspace(-3, 3, 7) * pixel[1])):
+        for px, py in (
+            (ex, ey),
+            (t_mx + np.linspace(-3, 3, 7) * pixel[0], np.full(7, t_my)),
+            (np.full(7, t_mx), t_my + np.linspace(-3, 3, 7) * pixel[1]),
+        ):
             cols = ((px + half_extent[0]) / (2 * half_extent[0]) * w).astype(np.int64)
             rows = ((half_extent[1] - py) / (2 * half_extent[1]) * h).astype(np.int64)
             ok = (cols >= 0) & (cols < w) & (rows >= 0) & (rows < h)

@@ -38,7 +38,9 @@ def uniform(keys: np.ndarray, counters: np.ndarray, n: int) -> np.ndarray:
     if not 0 < n <= STRIDE:
         raise ValueError(f"n must be in 1..{STRIDE}, got {n}")
     with np.errstate(over="ignore"):
-        idx = counters.astype(np.uint64)[:, None] * np.uint64(STRIDE) + np.arange(n, dtype=np.uint64)
+        idx = counters.astype(np.uint64)[:, None] * np.uint64(STRIDE) + np.arange(
+            n, dtype=np.uint64
+        )
         z = _splitmix64(keys.astype(np.uint64)[:, None] ^ _splitmix64(idx))
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
 

@@ -153,7 +153,9 @@ class Randomisation(_Model):
         missing = [k for k in INCOMING if k not in v]
         unknown = [k for k in v if k not in INCOMING]
         if missing or unknown:
-            raise ValueError(f"incoming needs exactly {INCOMING}; missing {missing}, unknown {unknown}")
+            raise ValueError(
+                f"incoming needs exactly {INCOMING}; missing {missing}, unknown {unknown}"
+            )
         for key in ("energy", "sigma_x", "sigma_px", "sigma_y", "sigma_py", "sigma_tau", "sigma_p"):
             if v[key].low <= 0:
                 raise ValueError(f"incoming.{key}.low must be > 0, got {v[key].low}")
@@ -230,7 +232,9 @@ class TaskSpec(_Model):
         except yaml.YAMLError as err:
             raise SpecError(f"{path}: not valid YAML: {err}") from err
         if not isinstance(data, dict):
-            raise SpecError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+            raise SpecError(
+                f"{path}: expected a mapping at the top level, got {type(data).__name__}"
+            )
         return cls.from_dict(data, source=str(path))
 
     @classmethod
@@ -253,4 +257,3 @@ class TaskSpec(_Model):
 def shipped_spec_path(name: str) -> Path:
     """Path of a spec shipped with the package (``accelrl/data/<name>.yaml``)."""
     return Path(__file__).resolve().parent.parent / "data" / f"{name}.yaml"
-

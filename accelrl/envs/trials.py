@@ -16,8 +16,13 @@ import yaml
 from accelrl.physics.beam import INCOMING, TRANSVERSE
 
 #: File keys of the incoming beam -> :data:`~accelrl.physics.beam.INCOMING` names.
-_INCOMING_KEYS = {"mu_xp": "mu_px", "mu_yp": "mu_py", "sigma_xp": "sigma_px",
-                  "sigma_yp": "sigma_py", "sigma_s": "sigma_tau"}
+_INCOMING_KEYS = {
+    "mu_xp": "mu_px",
+    "mu_yp": "mu_py",
+    "sigma_xp": "sigma_px",
+    "sigma_yp": "sigma_py",
+    "sigma_s": "sigma_tau",
+}
 #: Short element names used by the ARES-EA file.
 _ELEMENTS = {"q1": "AREAMQZM1", "q2": "AREAMQZM2", "q3": "AREAMQZM3", "screen": "AREABSCR1"}
 _ACTUATORS = {"q1": "Q1", "q2": "Q2", "q3": "Q3", "cv": "CV", "ch": "CH"}

@@ -81,8 +81,10 @@ def observation_space(spec: TaskSpec) -> spaces.Dict:
             "magnets": spaces.Box(low=low, high=high, dtype=np.float32),
             "target": spaces.Box(
                 low=np.array([-max(t_mu, hx), 0.0, -max(t_mu, hy), 0.0], dtype=np.float32),
-                high=np.array([max(t_mu, hx), max(t_sig.high, hx), max(t_mu, hy), max(t_sig.high, hy)],
-                              dtype=np.float32),
+                high=np.array(
+                    [max(t_mu, hx), max(t_sig.high, hx), max(t_mu, hy), max(t_sig.high, hy)],
+                    dtype=np.float32,
+                ),
                 dtype=np.float32,
             ),
         }
@@ -147,8 +149,15 @@ class TransverseTuningEnv(gym.Env):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None")
         self.task = spec
         self.core = build_core(
-            spec, 1, segment, backend, num_particles, action_mode=action_mode, reward=reward,
-            start=start, terminate_on_target=terminate_on_target,
+            spec,
+            1,
+            segment,
+            backend,
+            num_particles,
+            action_mode=action_mode,
+            reward=reward,
+            start=start,
+            terminate_on_target=terminate_on_target,
         )
         self.backend = backend
         self.render_mode = render_mode
@@ -195,8 +204,9 @@ class TransverseTuningEnv(gym.Env):
         if self.render_mode != "rgb_array":
             return None
         c = self.core
-        return screen_image(c.reading[0], c.target[0], self.task.screen.half_extent,
-                            on_screen=bool(c.on_screen[0]))
+        return screen_image(
+            c.reading[0], c.target[0], self.task.screen.half_extent, on_screen=bool(c.on_screen[0])
+        )
 
 
 def make_tuning_env(
@@ -225,9 +235,13 @@ def make_tuning_env(
     actuators = []
     for knob in knobs:
         if len(knob) != 4:
-            raise ValueError(f"knob {knob!r} must be (element, attribute, low, high) with SI limits")
+            raise ValueError(
+                f"knob {knob!r} must be (element, attribute, low, high) with SI limits"
+            )
         element, attribute, low, high = knob
-        actuators.append(Actuator(name=element, element=element, attribute=attribute, low=low, high=high))
+        actuators.append(
+            Actuator(name=element, element=element, attribute=attribute, low=low, high=high)
+        )
     if start is None:
         start = [float(np.clip(0.0, a.low, a.high)) for a in actuators]
     if misalignments is None:

@@ -58,14 +58,23 @@ class TransverseTuningVectorEnv(VectorEnv):
             spec = TaskSpec.from_yaml(spec)
         modes = {"next_step": AutoresetMode.NEXT_STEP, "same_step": AutoresetMode.SAME_STEP}
         if autoreset_mode not in modes:
-            raise ValueError(f"autoreset_mode must be one of {sorted(modes)}, got {autoreset_mode!r}")
+            raise ValueError(
+                f"autoreset_mode must be one of {sorted(modes)}, got {autoreset_mode!r}"
+            )
         self.metadata = {**self.metadata, "autoreset_mode": modes[autoreset_mode]}
         self.task = spec
         self.num_envs = num_envs
         self.max_episode_steps = max_episode_steps or spec.max_episode_steps
         self.core = build_core(
-            spec, num_envs, segment, backend, num_particles, action_mode=action_mode,
-            reward=reward, start=start, terminate_on_target=terminate_on_target,
+            spec,
+            num_envs,
+            segment,
+            backend,
+            num_particles,
+            action_mode=action_mode,
+            reward=reward,
+            start=start,
+            terminate_on_target=terminate_on_target,
         )
         self.render_mode = render_mode
         self.single_observation_space = observation_space(spec)
@@ -82,11 +91,16 @@ class TransverseTuningVectorEnv(VectorEnv):
         self.core.reset(self._all)
 
     def reset(
-        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+        self,
+        *,
+        seed: int | Sequence[int | None] | None = None,
+        options: dict[str, Any] | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Reset all environments; ``seed`` int gives environment ``i`` the seed ``seed + i``."""
         if seed is not None:
-            seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else list(seed)
+            seeds = (
+                [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else list(seed)
+            )
             if len(seeds) != self.num_envs:
                 raise ValueError(f"need {self.num_envs} seeds, got {len(seeds)}")
             self.core.seed(self._all, seeds)
@@ -204,7 +218,9 @@ class SB3VecEnv(VecEnv):
     def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
         setattr(self.venv, attr_name, value)
 
-    def env_method(self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list[Any]:
+    def env_method(
+        self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any
+    ) -> list[Any]:
         return [getattr(self.venv, method_name)(*args, **kwargs) for _ in self._indices(indices)]
 
     def env_is_wrapped(self, wrapper_class: type, indices: Any = None) -> list[bool]:

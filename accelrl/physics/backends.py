@@ -28,7 +28,9 @@ class Beamline(Protocol):
     knobs: list[Knob]
     misaligned: list[str]
 
-    def evaluate(self, knobs: np.ndarray, incoming: np.ndarray, misalignments: np.ndarray) -> np.ndarray:
+    def evaluate(
+        self, knobs: np.ndarray, incoming: np.ndarray, misalignments: np.ndarray
+    ) -> np.ndarray:
         """Transverse reading ``[B, 4]`` ``(mu_x, sigma_x, mu_y, sigma_y)`` [m] of numpy inputs."""
         ...
 
@@ -63,7 +65,9 @@ class CheetahBeamline(nn.Module):
                 observed.is_active = True
                 if isinstance(observed, cheetah.Screen):
                     observed.is_blocking = False
-                self.register_buffer("_observed_misalignment", observed.misalignment.detach().clone())
+                self.register_buffer(
+                    "_observed_misalignment", observed.misalignment.detach().clone()
+                )
                 observed.misalignment = torch.zeros_like(observed.misalignment)
         self.segment = flat
 
@@ -80,7 +84,9 @@ class CheetahBeamline(nn.Module):
         """Same contract as :meth:`CompiledBeamline.forward`."""
         if misalignments is None:
             misalignments = self.default_misalignments.to(incoming.dtype)
-        shape = torch.broadcast_shapes(knobs.shape[:-1], incoming.shape[:-1], misalignments.shape[:-1])
+        shape = torch.broadcast_shapes(
+            knobs.shape[:-1], incoming.shape[:-1], misalignments.shape[:-1]
+        )
         knobs = knobs.expand(*shape, knobs.shape[-1])
         incoming = incoming.expand(*shape, incoming.shape[-1])
         misalignments = misalignments.expand(*shape, misalignments.shape[-1])
@@ -121,7 +127,9 @@ class CheetahBeamline(nn.Module):
         reading = [out.mu_x - offset[..., 0], out.sigma_x, out.mu_y - offset[..., 1], out.sigma_y]
         return torch.stack([r.expand(shape) for r in reading], dim=-1)
 
-    def evaluate(self, knobs: np.ndarray, incoming: np.ndarray, misalignments: np.ndarray) -> np.ndarray:
+    def evaluate(
+        self, knobs: np.ndarray, incoming: np.ndarray, misalignments: np.ndarray
+    ) -> np.ndarray:
         """Transverse reading ``[B, 4]`` [m] of numpy inputs."""
         dtype = self.default_misalignments.dtype
         with torch.no_grad():
@@ -151,4 +159,6 @@ def make_beamline(
     compiled = CompiledBeamline(segment, knobs, observe=observe, misalign=misalign)
     if backend == "fast":
         return compiled
-    return CheetahBeamline(compiled, segment, num_particles if backend == "cheetah-particles" else None)
+    return CheetahBeamline(
+        compiled, segment, num_particles if backend == "cheetah-particles" else None
+    )

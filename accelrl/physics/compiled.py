@@ -35,8 +35,15 @@ KNOB_ATTRIBUTES: dict[type, tuple[str, ...]] = {
     cheetah.Drift: ("length",),
     cheetah.Quadrupole: ("k1", "length", "tilt"),
     cheetah.Dipole: (
-        "angle", "k1", "length", "tilt", "dipole_e1", "dipole_e2", "gap",
-        "fringe_integral", "fringe_integral_exit",
+        "angle",
+        "k1",
+        "length",
+        "tilt",
+        "dipole_e1",
+        "dipole_e2",
+        "gap",
+        "fringe_integral",
+        "fringe_integral_exit",
     ),
     cheetah.HorizontalCorrector: ("angle", "length"),
     cheetah.VerticalCorrector: ("angle", "length"),
@@ -125,7 +132,9 @@ class CompiledBeamline(nn.Module):
         elements = list(segment.flattened().elements)
         names = [e.name for e in elements]
         if observe is not None and observe not in names:
-            raise ValueError(f"observe={observe!r} is not an element of the segment {segment.name!r}")
+            raise ValueError(
+                f"observe={observe!r} is not an element of the segment {segment.name!r}"
+            )
         stop = names.index(observe) if observe is not None else len(elements)
         upstream = elements[:stop]
         observed = elements[stop] if observe is not None else None
@@ -162,7 +171,9 @@ class CompiledBeamline(nn.Module):
         default = []
         for name in misalign:
             default.extend(float(v) for v in by_name[name].misalignment.detach().reshape(-1)[:2])
-        self.register_buffer("default_misalignments", torch.tensor(default, dtype=dtype, device=device))
+        self.register_buffer(
+            "default_misalignments", torch.tensor(default, dtype=dtype, device=device)
+        )
 
         transverse, full = self._trace(upstream, observed)
         self._transverse_fn, self.source = symbolic.generate(transverse, "transverse_map")
@@ -222,7 +233,12 @@ class CompiledBeamline(nn.Module):
 
     def _check(self, knobs: torch.Tensor | np.ndarray, incoming, misalignments) -> None:
         expected = (len(self.knobs), len(INCOMING), 2 * len(self.misaligned))
-        for label, value, n in zip(("knobs", "incoming", "misalignments"), (knobs, incoming, misalignments), expected, strict=True):
+        for label, value, n in zip(
+            ("knobs", "incoming", "misalignments"),
+            (knobs, incoming, misalignments),
+            expected,
+            strict=True,
+        ):
             if value.shape[-1] != n:
                 raise ValueError(f"{label} must have {n} columns, got shape {tuple(value.shape)}")
 
@@ -245,7 +261,9 @@ class CompiledBeamline(nn.Module):
         if misalignments is None:
             misalignments = self.default_misalignments.to(incoming.dtype)
         self._check(knobs, incoming, misalignments)
-        shape = torch.broadcast_shapes(knobs.shape[:-1], incoming.shape[:-1], misalignments.shape[:-1])
+        shape = torch.broadcast_shapes(
+            knobs.shape[:-1], incoming.shape[:-1], misalignments.shape[:-1]
+        )
         k = knobs.expand(*shape, knobs.shape[-1]).unbind(-1)
         b = incoming.expand(*shape, incoming.shape[-1]).unbind(-1)
         m = misalignments.expand(*shape, misalignments.shape[-1]).unbind(-1)
@@ -275,7 +293,9 @@ class CompiledBeamline(nn.Module):
                 self.default_misalignments.cpu().numpy(), (len(incoming), len(self.misaligned) * 2)
             )
         if len(knobs) == 1:
-            out = self._transverse_fn(SCALAR, knobs.tolist()[0], incoming.tolist()[0], misalignments.tolist()[0])
+            out = self._transverse_fn(
+                SCALAR, knobs.tolist()[0], incoming.tolist()[0], misalignments.tolist()[0]
+            )
             return np.array((out,))
         self._check(knobs, incoming, misalignments)
         out = np.empty((len(knobs), 4))

@@ -173,8 +173,9 @@ def dipole(element: cheetah.Dipole, ctx: TraceContext) -> Map:
     k1 = ctx.param(element, "k1")
     e1, e2 = ctx.param(element, "dipole_e1"), ctx.param(element, "dipole_e2")
     gap = ctx.param(element, "gap")
-    fint, fint_exit = ctx.param(element, "fringe_integral"), ctx.param(
-        element, "fringe_integral_exit"
+    fint, fint_exit = (
+        ctx.param(element, "fringe_integral"),
+        ctx.param(element, "fringe_integral_exit"),
     )
     tilt = ctx.param(element, "tilt")
     hx = angle / length
