@@ -29,11 +29,18 @@ StartMode = Literal["standard", "random"]
 _MU = [INCOMING.index(k) for k in ("mu_x", "mu_px", "mu_y", "mu_py")]
 
 
-def _put(array: np.ndarray, index: np.ndarray | slice, value: Any) -> np.ndarray:
+def _put(array: np.ndarray, index: np.ndarray | slice, value: Any, fresh: bool = False) -> np.ndarray:
     """``array`` with ``array[index] = value``, as a new array (state arrays are never
-    modified in place, so arrays handed out in ``info`` stay valid, read-only snapshots)."""
-    if isinstance(index, slice) and index == slice(None) and np.ndim(value) == array.ndim:
-        out = np.array(value, dtype=array.dtype)
+    modified in place, so arrays handed out in ``info`` stay valid, read-only snapshots).
+
+    ``fresh=True`` promises that ``value`` is a new array nobody else holds; it is then
+    used as it is (no copy).
+    """
+    if isinstance(index, slice) and index == slice(None) and getattr(value, "ndim", 0) == array.ndim:
+        if fresh and value.dtype == array.dtype:
+            out = value
+        else:
+            out = np.array(value, dtype=array.dtype)
     else:
         out = array.copy()
         out[index] = value
@@ -248,7 +255,7 @@ class TuningCore:
         if self.spec.randomisation.gain_error > 0:
             applied = applied * (1.0 + h.gain[index])
         beam = self.beamline.evaluate(applied, h.incoming[index], h.misalignments[index])
-        self.beam = _put(self.beam, index, beam)
+        self.beam = _put(self.beam, index, beam, fresh=True)
         reading = beam
         screen = self.spec.screen
         if screen.reading_noise > 0:
@@ -275,8 +282,8 @@ class TuningCore:
                 ],
                 axis=1,
             )
-        self.reading = _put(self.reading, index, reading)
-        self.on_screen = _put(self.on_screen, index, on)
+        self.reading = _put(self.reading, index, reading, fresh=True)
+        self.on_screen = _put(self.on_screen, index, on, fresh=True)
 
     def validate_actions(self, actions: Any) -> np.ndarray:
         """Check shape and finiteness, then clip to the action bounds (documented behaviour).
@@ -313,8 +320,8 @@ class TuningCore:
             cols = h.fail_index[index][rows]
             target = target.copy()
             target[rows, cols] = previous_magnets[rows, cols]  # stuck actuators keep their value
-        self.magnets = _put(self.magnets, index, target)
-        self.steps = _put(self.steps, index, steps)
+        self.magnets = _put(self.magnets, index, target, fresh=target is not actions)
+        self.steps = _put(self.steps, index, steps, fresh=True)
         drift = self.spec.randomisation.drift
         if drift.mu > 0 or drift.mu_p > 0:
             idx = np.arange(self.num_envs)[index]
@@ -341,7 +348,7 @@ class TuningCore:
         )
         within = np.logical_and.reduce(np.abs(error) < self._thresholds, axis=1)
         hold = (self.hold[index] + 1) * within
-        self.hold = _put(self.hold, index, hold)
+        self.hold = _put(self.hold, index, hold, fresh=True)
         terminated = (hold >= self.spec.termination.hold) & self.terminate
         return reward, terminated
 

@@ -138,9 +138,10 @@ class Reward:
             self.terms.append((name, weight, fn))
 
     def __call__(self, inputs: RewardInputs) -> np.ndarray:
-        total = np.zeros(len(inputs.error))
+        total = None
         for _, weight, fn in self.terms:
-            total = total + weight * fn(inputs)
+            value = fn(inputs) if weight == 1.0 else weight * fn(inputs)
+            total = value if total is None else total + value
         return total
 
     def __repr__(self) -> str:

@@ -134,9 +134,9 @@ class CheetahBeamline(nn.Module):
         dtype = self.default_misalignments.dtype
         with torch.no_grad():
             out = self(
-                torch.as_tensor(knobs, dtype=dtype),
-                torch.as_tensor(incoming, dtype=dtype),
-                torch.as_tensor(misalignments, dtype=dtype),
+                torch.tensor(knobs, dtype=dtype),
+                torch.tensor(incoming, dtype=dtype),
+                torch.tensor(misalignments, dtype=dtype),
             )
         return out.numpy()
 

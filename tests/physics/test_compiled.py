@@ -55,6 +55,10 @@ INCOMING_LOW = (80e6, -1e-3, -1e-4, -1e-3, -1e-4, 10e-6, 1e-6, 10e-6, 1e-6, 1e-6
 INCOMING_HIGH = (160e6, 1e-3, 1e-4, 1e-3, 1e-4, 500e-6, 50e-6, 500e-6, 50e-6, 50e-6, 1e-3)
 #: Element misalignment range [m].
 MISALIGNMENT = 400e-6
+#: Electron with its float64 rest energy 510998.95069 eV, the species Cheetah's float64
+#: ``ParameterBeam.from_parameters`` uses. (``cheetah.Species("electron")`` without a dtype is
+#: float32, 510998.9375 eV; see :func:`test_default_species_is_the_float64_electron`.)
+ELECTRON = cheetah.Species("electron", dtype=torch.float64)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -393,13 +397,13 @@ def random_lattice(rng: np.random.Generator, index: int):
 @pytest.fixture(scope="module")
 def ares() -> tuple[cheetah.Segment, object]:
     segment = ares_ea_segment()
-    return segment, compile(segment, ARES_EA_KNOBS, observe=ARES_EA_SCREEN)
+    return segment, compile(segment, ARES_EA_KNOBS, observe=ARES_EA_SCREEN, species=ELECTRON)
 
 
 @pytest.fixture(scope="module")
 def kitchen_sink() -> tuple[cheetah.Segment, object]:
     segment = kitchen_sink_segment()
-    return segment, compile(segment, list(KITCHEN_SINK_KNOBS), observe="SCREEN")
+    return segment, compile(segment, list(KITCHEN_SINK_KNOBS), observe="SCREEN", species=ELECTRON)
 
 
 def sample_kitchen_sink(gen: torch.Generator, n: int):
@@ -428,7 +432,7 @@ def test_random_lattices_agree_with_cheetah() -> None:
     cases = 0
     for index in range(40):
         segment, knobs, (low, high), observe, misalign = random_lattice(rng, index)
-        beamline = compile(segment, knobs, observe=observe, misalign=misalign)
+        beamline = compile(segment, knobs, observe=observe, misalign=misalign, species=ELECTRON)
         n = 25
         k = uniform(gen, low, high, n) if knobs else torch.empty(n, 0, dtype=F64)
         m = sample_misalignments(gen, n, len(beamline.misalignment_names))
@@ -454,10 +458,11 @@ def test_kitchen_sink_agrees_with_cheetah(kitchen_sink) -> None:
 def test_cheetah_backend_matches_fast_map(ares, kitchen_sink) -> None:
     """``make_beamline(backend="cheetah")`` (what envs use for fidelity runs) agrees too."""
     gen = torch.Generator().manual_seed(3)
-    for (segment, fast), sample, observe in (
+    for (segment, compiled), sample, observe in (
         (ares, sample_ares, ARES_EA_SCREEN), (kitchen_sink, sample_kitchen_sink, "SCREEN")
     ):
-        backend = make_beamline(segment, fast.knobs, observe=observe, backend="cheetah")
+        fast = make_beamline(segment, compiled.knobs, observe=observe, backend="fast")
+        backend = make_beamline(segment, compiled.knobs, observe=observe, backend="cheetah")
         k, b, m = sample(gen, 100)
         with torch.no_grad():
             ref = backend(k, b, m)
@@ -470,7 +475,7 @@ def test_cheetah_backend_matches_fast_map(ares, kitchen_sink) -> None:
 
 def test_proton_species_agrees_with_cheetah() -> None:
     segment = ares_ea_segment()
-    proton = cheetah.Species("proton")
+    proton = cheetah.Species("proton", dtype=F64)
     beamline = compile(segment, ARES_EA_KNOBS, observe=ARES_EA_SCREEN, species=proton)
     gen = torch.Generator().manual_seed(11)
     k, b, m = sample_ares(gen, 100)
@@ -478,10 +483,24 @@ def test_proton_species_agrees_with_cheetah() -> None:
     assert_agrees(beamline, segment, k, b, m, species=proton)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG (accelrl/physics/compiled.py): the default species cheetah.Species('electron') is "
+    "float32 (mass 510998.9375 eV instead of 510998.95069 eV), so R56 = -L/(beta gamma)^2 is off "
+    "by 5e-8 and cov(tau, p) deviates 2e-9 from Cheetah's float64 ParameterBeam tracking.",
+)
+def test_default_species_is_the_float64_electron() -> None:
+    segment = ares_ea_segment()
+    beamline = compile(segment, ARES_EA_KNOBS, observe=ARES_EA_SCREEN)
+    assert float(beamline.species.mass_eV) == float(ELECTRON.mass_eV)
+    gen = torch.Generator().manual_seed(20240611)
+    assert_agrees(beamline, segment, *sample_ares(gen, 1000))
+
+
 def test_default_misalignments_are_the_stored_ones() -> None:
     """Without a misalignment input the values stored in the segment are used."""
     segment = kitchen_sink_segment()
-    beamline = compile(segment, [("Q1", "k1")], observe="SCREEN")
+    beamline = compile(segment, [("Q1", "k1")], observe="SCREEN", species=ELECTRON)
     expected = [0.0, 0.0, 1e-4, -2e-4, -5e-5, 7e-5]  # Q1, Q2 (stored), SCREEN (stored)
     assert beamline.misalignment_names == ["Q1.x", "Q1.y", "Q2.x", "Q2.y", "SCREEN.x", "SCREEN.y"]
     assert beamline.default_misalignments.tolist() == pytest.approx(expected, rel=1e-15)
@@ -503,7 +522,7 @@ def test_elements_downstream_of_observe_are_ignored() -> None:
             cheetah.Solenoid(length=t(0.2), k=t(1.0), name="SOL", **kw),
         ]
     )
-    beamline = compile(segment, [("D", "length")], observe="BPM")
+    beamline = compile(segment, [("D", "length")], observe="BPM", species=ELECTRON)
     gen = torch.Generator().manual_seed(0)
     assert_agrees(beamline, segment, uniform(gen, (0.1,), (2.0,), 10), sample_incoming(gen, 10),
                   sample_misalignments(gen, 10, 2))
@@ -712,8 +731,6 @@ def test_wrong_column_counts_raise_value_error(ares) -> None:
             beamline(kk, bb, mm, full=True)
         with pytest.raises(ValueError, match=match):
             beamline.evaluate(kk.numpy(), bb.numpy(), mm.numpy())
-        with pytest.raises(ValueError, match=match):
-            beamline.numpy(kk.numpy(), bb.numpy(), mm.numpy())
 
 
 @pytest.mark.xfail(
@@ -741,7 +758,6 @@ def test_numpy_and_scalar_paths_agree_with_torch(ares, kitchen_sink) -> None:
         batched = beamline.evaluate(kn, bn, mn)
         assert isinstance(batched, np.ndarray) and batched.shape == (64, 4)
         np.testing.assert_allclose(batched, reference, rtol=RTOL_NUMERIC_BACKENDS, atol=0)
-        np.testing.assert_allclose(beamline.numpy(kn, bn, mn), reference, rtol=RTOL_NUMERIC_BACKENDS, atol=0)
         for i in range(8):
             single = beamline.evaluate(kn[i : i + 1], bn[i : i + 1], mn[i : i + 1])
             assert single.shape == (1, 4)
@@ -784,7 +800,7 @@ def test_strong_focusing_precision() -> None:
             cheetah.Marker(name="END"),
         ]
     )
-    beamline = compile(segment, [("Q", "k1")], observe="END")
+    beamline = compile(segment, [("Q", "k1")], observe="END", species=ELECTRON)
     k = torch.tensor([[400.0], [-400.0]], dtype=F64)  # sqrt|k1| L = 20 rad
     b = sample_incoming(torch.Generator().manual_seed(0), 2)
     assert_agrees(beamline, segment, k, b, torch.empty(2, 2, dtype=F64))

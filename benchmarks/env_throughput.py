@@ -1,0 +1,101 @@
+"""Environment throughput on ARES-EA: single-step latency and batched env-steps per second.
+
+Measures, in one run and on one CPU thread:
+* the median ``env.step`` latency of the single environment (``gym.make``, all Gymnasium
+  wrappers) with the compiled fast map and with Cheetah's ParameterBeam tracking;
+* the env-steps per second of the native vector environment at several batch sizes.
+
+Targets: single step <= 100 us median; batched >= 2e6 env-steps/s per core; fast vs
+Cheetah single step >= 100x. Ends with one line of JSON.
+
+    python benchmarks/env_throughput.py [--sizes 1 64 1024 16384] [--seconds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import accelrl  # noqa: E402, F401  (registers the environments)
+from accelrl.envs import ARES_EA_ID, make_vec  # noqa: E402
+
+
+def step_latency_us(backend: str, steps: int, seed: int = 0) -> float:
+    """Median latency [us] of ``env.step`` with random delta actions."""
+    env = gym.make(ARES_EA_ID, backend=backend, max_episode_steps=10**9)
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    actions = rng.uniform(env.action_space.low, env.action_space.high, (steps, 5)).astype(np.float32)
+    for a in actions[:10]:  # warm-up
+        env.step(a)
+    times = np.empty(steps)
+    clock = time.perf_counter
+    for i, a in enumerate(actions):
+        t = clock()
+        env.step(a)
+        times[i] = clock() - t
+    return float(np.median(times) * 1e6)
+
+
+def vector_steps_per_s(num_envs: int, seconds: float, seed: int = 0) -> float:
+    """Env-steps per second of the native vector env (best of 3 timed blocks)."""
+    venv = make_vec(ARES_EA_ID, num_envs=num_envs)
+    venv.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    low, high = venv.single_action_space.low, venv.single_action_space.high
+    actions = [rng.uniform(low, high, (num_envs, 5)).astype(np.float32) for _ in range(8)]
+    venv.step(actions[0])
+    t = time.perf_counter()
+    venv.step(actions[1])
+    per_step = max(time.perf_counter() - t, 1e-6)
+    n = max(3, int(seconds / 3 / per_step))
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for i in range(n):
+            venv.step(actions[i % 8])
+        best = min(best, (time.perf_counter() - t) / n)
+    return num_envs / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 64, 1024, 16384])
+    parser.add_argument("--seconds", type=float, default=2.0, help="time per batch size [s]")
+    parser.add_argument("--steps", type=int, default=5000, help="single-env steps (fast)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    fast = step_latency_us("fast", args.steps)
+    cheetah = step_latency_us("cheetah", max(200, args.steps // 25))
+    ratio = cheetah / fast
+    print(f"{'single env.step (gym.make)':34s} {'median [us]':>12s} {'vs fast':>10s}")
+    print(f"{'  fast (compiled map)':34s} {fast:12.1f} {1.0:10.2f}")
+    print(f"{'  cheetah (ParameterBeam)':34s} {cheetah:12.1f} {ratio:10.1f}x")
+    print()
+    rates = {}
+    print(f"{'vector env num_envs':34s} {'env-steps/s':>12s} {'vs N=1':>10s}")
+    for n in args.sizes:
+        rates[str(n)] = vector_steps_per_s(n, args.seconds)
+        print(f"  {n:<32d} {rates[str(n)]:12.3g} {rates[str(n)] / rates[str(args.sizes[0])]:10.1f}x")
+    print()
+    print(f"targets: single fast <= 100 us ({'met' if fast <= 100 else 'MISSED'}), "
+          f"fast vs cheetah >= 100x ({'met' if ratio >= 100 else 'MISSED'}), "
+          f"batched >= 2e6 env-steps/s ({'met' if max(rates.values()) >= 2e6 else 'MISSED'})")
+    print(json.dumps({"step_us_fast": round(fast, 2), "step_us_cheetah": round(cheetah, 2),
+                      "ratio": round(ratio, 1),
+                      "vec_steps_per_s": {k: round(v) for k, v in rates.items()}}))
+
+
+if __name__ == "__main__":
+    main()
