@@ -162,7 +162,8 @@ class TuningCore:
         """Draw new hidden state, target and start settings for environments ``index``.
 
         ``options`` (applied to every environment in ``index``): ``"trial"`` (a
-        :class:`~accelrl.envs.trials.Trial`: incoming beam, misalignments, target),
+        :class:`~accelrl.envs.trials.Trial`: incoming beam, misalignments, target; or a list
+        of one trial per environment),
         ``"incoming"`` [11], ``"misalignments"`` [M], ``"target"`` [4], ``"magnets"`` [K]
         (SI), or ``"magnets": "trial"`` for the trial's stored initial settings. Values given
         explicitly are validated against the limits; the random draws are made regardless,
@@ -196,11 +197,20 @@ class TuningCore:
         fail_step = np.where(fails, lo + np.floor(u[:, o + 1] * (hi - lo + 1)).astype(np.int64), -1)
         fail_index = np.floor(u[:, o + 2] * K).astype(np.int64)
 
-        trial: Trial | None = options.get("trial")
+        trial = options.get("trial")
+        trials: list[Trial] | None = None
+        if isinstance(trial, (list, tuple)):
+            if len(trial) != n:
+                raise ValueError(f"reset option 'trial' holds {len(trial)} trials for {n} environments")
+            trials, trial = list(trial), None
         if trial is not None:
             incoming = np.broadcast_to(trial.incoming, (n, 11))
             mis = np.broadcast_to(trial.misalignment_vector(self.misalignment_names), (n, M))
             target = np.broadcast_to(trial.target, (n, 4))
+        if trials is not None:
+            incoming = np.stack([t.incoming for t in trials])
+            mis = np.stack([t.misalignment_vector(self.misalignment_names) for t in trials])
+            target = np.stack([t.target for t in trials])
         if "incoming" in options:
             incoming = np.broadcast_to(self._vector(options["incoming"], 11, "incoming"), (n, 11))
         if "misalignments" in options:
@@ -215,10 +225,12 @@ class TuningCore:
         if "magnets" in options:
             value = options["magnets"]
             if isinstance(value, str):
-                if value != "trial" or trial is None or not trial.initial:
-                    raise ValueError("magnets='trial' needs a trial with initial settings")
-                value = [trial.initial[a.name] for a in self.spec.actuators]
-            value = self._vector(value, K, "magnets")
+                chosen = trials if trials is not None else [trial] if trial is not None else []
+                if value != "trial" or not chosen or not all(t.initial for t in chosen):
+                    raise ValueError("magnets='trial' needs trials with initial settings")
+                value = np.array([[t.initial[a.name] for a in self.spec.actuators] for t in chosen])
+            else:
+                value = self._vector(value, K, "magnets")
             if np.any(value < self.low) or np.any(value > self.high):
                 raise ValueError(
                     f"magnets {value.tolist()} outside the limits [{self.low.tolist()}, {self.high.tolist()}]"

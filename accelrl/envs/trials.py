@@ -80,7 +80,7 @@ def load_trials(path: str | Path | None = None) -> list[Trial]:
     """
     path = Path(path) if path is not None else DEFAULT_TRIALS
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, Mapping):

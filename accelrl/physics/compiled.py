@@ -167,7 +167,10 @@ class CompiledBeamline(nn.Module):
                 )
         self.misaligned: list[str] = misalign
         self.observe = observe
-        self.species = species if species is not None else cheetah.Species("electron")
+        # float64 rest energy: Cheetah's default species is float32 (510998.9375 eV)
+        self.species = (
+            species if species is not None else cheetah.Species("electron", dtype=torch.float64)
+        )
         default = []
         for name in misalign:
             default.extend(float(v) for v in by_name[name].misalignment.detach().reshape(-1)[:2])
@@ -292,12 +295,12 @@ class CompiledBeamline(nn.Module):
             misalignments = np.broadcast_to(
                 self.default_misalignments.cpu().numpy(), (len(incoming), len(self.misaligned) * 2)
             )
+        self._check(knobs, incoming, misalignments)
         if len(knobs) == 1:
             out = self._transverse_fn(
                 SCALAR, knobs.tolist()[0], incoming.tolist()[0], misalignments.tolist()[0]
             )
             return np.array((out,))
-        self._check(knobs, incoming, misalignments)
         out = np.empty((len(knobs), 4))
         for start in range(0, len(knobs), EVALUATE_CHUNK):
             chunk = slice(start, start + EVALUATE_CHUNK)
@@ -311,6 +314,12 @@ class CompiledBeamline(nn.Module):
         self, knobs: Sequence[float], incoming: Sequence[float], misalignments: Sequence[float]
     ) -> tuple[float, float, float, float]:
         """Transverse reading of one beamline from Python floats (lowest latency)."""
+        expected = (len(self.knobs), len(INCOMING), 2 * len(self.misaligned))
+        if (len(knobs), len(incoming), len(misalignments)) != expected:
+            raise ValueError(
+                f"scalar() needs {expected} values (knobs, incoming, misalignments), got "
+                f"{(len(knobs), len(incoming), len(misalignments))}"
+            )
         return self._transverse_fn(SCALAR, knobs, incoming, misalignments)
 
     # generated functions are rebuilt from source when unpickled

@@ -100,38 +100,42 @@ class ArrayBackend:
     def full_like(self, like: Any, value: float) -> Any:
         return self.xp.full_like(like, value)
 
-    def focus_pair(self, k1: Any, length: float) -> tuple[Any, Any, Any, Any]:
-        """``(Cx, Sx, Cy, Sy)``; ``where`` is replaced by arithmetic blends (cheaper on CPU)."""
+    def _arrays(self, *values: Any) -> list[Any]:
+        """Arrays of one dtype: Python floats become arrays like the first array argument
+        (torch would otherwise promote ``float + bool tensor`` to float32)."""
+        like = next(v for v in values if not isinstance(v, float))
+        return [self.xp.full_like(like, v) if isinstance(v, float) else v for v in values]
+
+    def focus_pair(self, k1: Any, length: Any) -> tuple[Any, Any, Any, Any]:
+        """``(Cx, Sx, Cy, Sy)`` with ``kappa_x = k1 = -kappa_y``."""
         xp = self.xp
+        k1, length = self._arrays(k1, length)
         x = k1 * (length * length)
         tiny = xp.abs(x) < TINY
-        w = xp.sqrt(xp.abs(k1 + tiny))  # k1 + 1 where tiny: a safe value with finite gradient
+        w = xp.sqrt(xp.abs(xp.where(tiny, 1.0, k1)))  # a safe value where tiny: finite gradient
         u = w * length
         cos, sin, cosh, sinh = xp.cos(u), xp.sin(u), xp.cosh(u), xp.sinh(u)
-        pos = (k1 > 0) * 1.0
-        cx = cosh + pos * (cos - cosh)
-        cy = (cos + cosh) - cx
-        sx = sinh + pos * (sin - sinh)
-        sy = ((sin + sinh) - sx) / w
-        sx = sx / w
+        pos = k1 > 0
+        cx, cy = xp.where(pos, cos, cosh), xp.where(pos, cosh, cos)
+        sx, sy = xp.where(pos, sin, sinh) / w, xp.where(pos, sinh, sin) / w
         if bool(tiny.any()):
-            t = tiny * 1.0
             half_x, sixth_x = 0.5 * x, (length / 6) * x
-            cx = cx + t * ((1.0 - half_x) - cx)
-            cy = cy + t * ((1.0 + half_x) - cy)
-            sx = sx + t * ((length - sixth_x) - sx)
-            sy = sy + t * ((length + sixth_x) - sy)
+            cx = xp.where(tiny, 1.0 - half_x, cx)
+            cy = xp.where(tiny, 1.0 + half_x, cy)
+            sx = xp.where(tiny, length - sixth_x, sx)
+            sy = xp.where(tiny, length + sixth_x, sy)
         return cx, sx, cy, sy
 
-    def focus(self, kappa: Any, length: float) -> tuple[Any, Any]:
+    def focus(self, kappa: Any, length: Any) -> tuple[Any, Any]:
         cx, sx, _, _ = self.focus_pair(kappa, length)
         return cx, sx
 
-    def dispersion(self, kappa: Any, length: float) -> tuple[Any, Any]:
+    def dispersion(self, kappa: Any, length: Any) -> tuple[Any, Any]:
         xp = self.xp
+        kappa, length = self._arrays(kappa, length)
         x = kappa * (length * length)
         small = xp.abs(x) < SMALL
-        safe = kappa + small
+        safe = xp.where(small, 1.0, kappa)
         c, s = self.focus(safe, length)
         return (
             xp.where(small, length**2 * _horner(x, _D), (1.0 - c) / safe),
