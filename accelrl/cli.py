@@ -502,17 +502,14 @@ def rollout(
         task = None
         if progress is not None:
             task = progress.add_task(f"{policy.value} ({n} trials)", total=steps)
-        # Reset options apply to every environment of a reset at once; each environment gets
-        # its own trial (and seed) through the core, after the vector env's own reset.
-        venv.reset()
-        for i, trial in enumerate(trials):
-            index = np.array([i])
-            venv.core.seed(index, [seed + trial.index])
-            venv.core.reset(index, {"trial": trial})
+        # Environment i runs trial i, seeded as a single env reset with seed + trial index.
+        _, reset_info = venv.reset(
+            seed=[seed + t.index for t in trials], options={"trial": list(trials)}
+        )
         actions = policy_actions(
             policy, trials, steps, venv.single_action_space.low, venv.single_action_space.high, seed
         )
-        initial = venv.core.mae()
+        initial = np.asarray(reset_info["mae"]).copy()
         best = initial.copy()
         info: dict[str, Any] = {}
         for k in range(steps):

@@ -19,7 +19,7 @@ from accelrl.envs.rewards import Reward
 from accelrl.envs.spec import SpecError, TaskSpec
 from accelrl.envs.trials import Trial, load_trials
 from accelrl.envs.tuning import TransverseTuningEnv, make_tuning_env
-from accelrl.envs.vector import SB3VecEnv, TransverseTuningVectorEnv
+from accelrl.envs.vector import TransverseTuningVectorEnv
 
 #: Registered environment id -> its task spec.
 TASKS: dict[str, Callable[[], TaskSpec]] = {ARES_EA_ID: ares_ea_spec}
@@ -39,17 +39,23 @@ def make_vec(env_id: str, num_envs: int, **kwargs: Any) -> TransverseTuningVecto
     return TransverseTuningVectorEnv(TASKS[env_id](), num_envs, **kwargs)
 
 
-def _vector_entry_point(num_envs: int, **kwargs: Any) -> TransverseTuningVectorEnv:
-    return make_vec(ARES_EA_ID, num_envs, **kwargs)
+def vector_entry_point(
+    env_id: str = ARES_EA_ID, num_envs: int = 1, **kwargs: Any
+) -> TransverseTuningVectorEnv:
+    """Gymnasium's ``vector_entry_point``.
+
+    Used by ``gym.make_vec(ID, n, vectorization_mode="vector_entry_point")``.
+    """
+    return make_vec(env_id, num_envs, **kwargs)
 
 
-if ARES_EA_ID not in gym.registry:
-    gym.register(
-        id=ARES_EA_ID,
-        entry_point="accelrl.envs.ares_ea:AresEATransverseTuning",
-        vector_entry_point="accelrl.envs:_vector_entry_point",
-        max_episode_steps=ares_ea_spec().max_episode_steps,
-    )
+def __getattr__(name: str) -> Any:
+    if name == "SB3VecEnv":  # Stable-Baselines3 loads only when its adapter is used
+        from accelrl.envs.sb3 import SB3VecEnv
+
+        return SB3VecEnv
+    raise AttributeError(f"module 'accelrl.envs' has no attribute {name!r}")
+
 
 __all__ = [
     "ARES_EA_ID",

@@ -1,4 +1,4 @@
-"""ARES-EA transverse tuning (``accelrl/AresEATransverseTuning-v0``), faithful to the published task.
+"""ARES-EA transverse tuning, ``accelrl/AresEATransverseTuning-v0``, as published.
 
 ## Description
 The ARES Experimental Area at DESY (Kaiser, Stein, Eichler, ICML 2022; Kaiser, Xu, Eichler

@@ -29,14 +29,20 @@ StartMode = Literal["standard", "random"]
 _MU = [INCOMING.index(k) for k in ("mu_x", "mu_px", "mu_y", "mu_py")]
 
 
-def _put(array: np.ndarray, index: np.ndarray | slice, value: Any, fresh: bool = False) -> np.ndarray:
+def _put(
+    array: np.ndarray, index: np.ndarray | slice, value: Any, fresh: bool = False
+) -> np.ndarray:
     """``array`` with ``array[index] = value``, as a new array (state arrays are never
     modified in place, so arrays handed out in ``info`` stay valid, read-only snapshots).
 
     ``fresh=True`` promises that ``value`` is a new array nobody else holds; it is then
     used as it is (no copy).
     """
-    if isinstance(index, slice) and index == slice(None) and getattr(value, "ndim", 0) == array.ndim:
+    if (
+        isinstance(index, slice)
+        and index == slice(None)
+        and getattr(value, "ndim", 0) == array.ndim
+    ):
         if fresh and value.dtype == array.dtype:
             out = value
         else:
@@ -201,7 +207,9 @@ class TuningCore:
         trials: list[Trial] | None = None
         if isinstance(trial, (list, tuple)):
             if len(trial) != n:
-                raise ValueError(f"reset option 'trial' holds {len(trial)} trials for {n} environments")
+                raise ValueError(
+                    f"reset option 'trial' holds {len(trial)} trials for {n} environments"
+                )
             trials, trial = list(trial), None
         if trial is not None:
             incoming = np.broadcast_to(trial.incoming, (n, 11))
@@ -233,7 +241,8 @@ class TuningCore:
                 value = self._vector(value, K, "magnets")
             if np.any(value < self.low) or np.any(value > self.high):
                 raise ValueError(
-                    f"magnets {value.tolist()} outside the limits [{self.low.tolist()}, {self.high.tolist()}]"
+                    f"magnets {value.tolist()} outside the limits "
+                    f"[{self.low.tolist()}, {self.high.tolist()}]"
                 )
             magnets = np.broadcast_to(value, (n, K))
 
@@ -266,7 +275,11 @@ class TuningCore:
         applied = self.magnets[index]
         if self.spec.randomisation.gain_error > 0:
             applied = applied * (1.0 + h.gain[index])
-        beam = self.beamline.evaluate(applied, h.incoming[index], h.misalignments[index])
+        seed = None
+        if self.beamline.stochastic:  # particle sampling seeded from the first env's stream
+            first = np.arange(self.num_envs)[index][:1]
+            seed = int(self._uniform(first, 1)[0, 0] * 2**62)
+        beam = self.beamline.evaluate(applied, h.incoming[index], h.misalignments[index], seed)
         self.beam = _put(self.beam, index, beam, fresh=True)
         reading = beam
         screen = self.spec.screen
@@ -309,15 +322,18 @@ class TuningCore:
         if not math.isfinite(float(a.sum())) and not np.isfinite(a).all():  # sum: cheap check
             env, knob = np.argwhere(~np.isfinite(a))[0]
             raise ValueError(
-                f"action contains NaN or inf (env {env}, actuator {self.spec.actuators[knob].name}: "
-                f"{a[env, knob]})"
+                f"action contains NaN or inf (env {env}, "
+                f"actuator {self.spec.actuators[knob].name}: {a[env, knob]})"
             )
         return np.minimum(np.maximum(a, self.action_low), self.action_high)
 
     def step(
         self, actions: np.ndarray, index: np.ndarray | slice = slice(None)
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Apply validated ``actions`` to environments ``index``; return ``(reward, terminated)``."""
+        """Apply validated ``actions`` to environments ``index``.
+
+        :return: ``(reward [B], terminated [B])``.
+        """
         previous_error = self.reading[index] - self.target[index]
         previous_magnets = self.magnets[index]
         if self.action_mode == "delta":

@@ -109,7 +109,8 @@ class Reward:
     :param config: A term name, or a list of ``{"term": NAME, "weight": W, **options}``.
     :raises ValueError: For unknown terms or options, naming them and the allowed ones.
 
-    >>> Reward([{"term": "differential", "norm": "l2", "log": True}, {"term": "on_screen", "weight": 0.1}])
+    >>> Reward([{"term": "differential", "norm": "l2", "log": True},
+    ...         {"term": "on_screen", "weight": 0.1}])
     Reward(differential*1.0 + on_screen*0.1)
     """
 

@@ -213,7 +213,8 @@ class TaskSpec(_Model):
         for value, act in zip(self.start, self.actuators, strict=True):
             if not act.low <= value <= act.high:
                 raise ValueError(
-                    f"start value {value} of {act.name} is outside its limits [{act.low}, {act.high}]"
+                    f"start value {value} of {act.name} is outside its limits "
+                    f"[{act.low}, {act.high}]"
                 )
         names = [a.name for a in self.actuators]
         if len(set(names)) != len(names):

@@ -27,11 +27,20 @@ class Beamline(Protocol):
 
     knobs: list[Knob]
     misaligned: list[str]
+    #: Whether readings are random (particle sampling); such backends take a ``seed``.
+    stochastic: bool
 
     def evaluate(
-        self, knobs: np.ndarray, incoming: np.ndarray, misalignments: np.ndarray
+        self,
+        knobs: np.ndarray,
+        incoming: np.ndarray,
+        misalignments: np.ndarray,
+        seed: int | None = None,
     ) -> np.ndarray:
-        """Transverse reading ``[B, 4]`` ``(mu_x, sigma_x, mu_y, sigma_y)`` [m] of numpy inputs."""
+        """Transverse reading ``[B, 4]`` ``(mu_x, sigma_x, mu_y, sigma_y)`` [m] of numpy inputs.
+
+        :param seed: Seed of the particle sampling of a stochastic backend (ignored otherwise).
+        """
         ...
 
 
@@ -56,6 +65,7 @@ class CheetahBeamline(nn.Module):
         self.observe = compiled.observe
         self.species = compiled.species
         self.num_particles = num_particles
+        self.stochastic = num_particles is not None
         self.register_buffer("default_misalignments", compiled.default_misalignments.clone())
         flat = copy.deepcopy(segment.flattened())
         if self.observe is not None:
@@ -128,11 +138,20 @@ class CheetahBeamline(nn.Module):
         return torch.stack([r.expand(shape) for r in reading], dim=-1)
 
     def evaluate(
-        self, knobs: np.ndarray, incoming: np.ndarray, misalignments: np.ndarray
+        self,
+        knobs: np.ndarray,
+        incoming: np.ndarray,
+        misalignments: np.ndarray,
+        seed: int | None = None,
     ) -> np.ndarray:
-        """Transverse reading ``[B, 4]`` [m] of numpy inputs."""
+        """Transverse reading ``[B, 4]`` [m] of numpy inputs.
+
+        :param seed: Seeds the particle sampling (torch's global generator is left as it was).
+        """
         dtype = self.default_misalignments.dtype
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
             out = self(
                 torch.tensor(knobs, dtype=dtype),
                 torch.tensor(incoming, dtype=dtype),

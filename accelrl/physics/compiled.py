@@ -255,7 +255,8 @@ class CompiledBeamline(nn.Module):
         """Beam at the observation point.
 
         :param knobs: ``[..., K]`` knob values (SI).
-        :param incoming: ``[..., 11]`` incoming beams, columns :data:`~accelrl.physics.beam.INCOMING`.
+        :param incoming: ``[..., 11]`` incoming beams, columns
+            :data:`~accelrl.physics.beam.INCOMING`.
         :param misalignments: ``[..., M]`` misalignments [m], columns :attr:`misalignment_names`;
             default: the values stored in the segment.
         :param full: Return all first and second moments instead of the transverse reading.
@@ -283,10 +284,17 @@ class CompiledBeamline(nn.Module):
                 idx += 1
         return BeamMoments(mu, cov)
 
+    #: The compiled map is deterministic.
+    stochastic = False
+
     def evaluate(
-        self, knobs: np.ndarray, incoming: np.ndarray, misalignments: np.ndarray | None = None
+        self,
+        knobs: np.ndarray,
+        incoming: np.ndarray,
+        misalignments: np.ndarray | None = None,
+        seed: int | None = None,
     ) -> np.ndarray:
-        """Transverse reading ``[B, 4]`` [m] of numpy ``[B, ·]`` float64 inputs, by the fastest path.
+        """Transverse reading ``[B, 4]`` [m] of numpy ``[B, ·]`` float64 inputs, fastest path.
 
         One beamline runs on Python floats (:meth:`scalar`); a batch runs on numpy in
         chunks of :data:`EVALUATE_CHUNK` beamlines, whose intermediates stay in cache.

@@ -1,0 +1,39 @@
+"""Gymnasium registration of accelrl's environments (imports nothing heavy).
+
+``import accelrl`` registers the ids, so ``gym.make("accelrl/...")`` works; the environment
+modules (torch, Cheetah) load on first use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gymnasium as gym
+import yaml
+
+_DATA = Path(__file__).resolve().parent / "data"
+
+#: Registered id -> (entry point, task spec file in ``accelrl/data``).
+ENVIRONMENTS: dict[str, tuple[str, str]] = {
+    "accelrl/AresEATransverseTuning-v0": ("accelrl.envs.ares_ea:AresEATransverseTuning", "ares_ea"),
+}
+
+
+def _max_episode_steps(spec_name: str) -> int:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    data = yaml.load((_DATA / f"{spec_name}.yaml").read_text(), Loader=loader)
+    return int(data.get("max_episode_steps", 50))
+
+
+def register_all() -> None:
+    """Register every accelrl environment id with Gymnasium (idempotent)."""
+    for env_id, (entry_point, spec_name) in ENVIRONMENTS.items():
+        if env_id in gym.registry:
+            continue
+        gym.register(
+            id=env_id,
+            entry_point=entry_point,
+            vector_entry_point="accelrl.envs:vector_entry_point",
+            max_episode_steps=_max_episode_steps(spec_name),
+            kwargs={},
+        )
