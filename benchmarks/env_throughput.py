@@ -35,7 +35,9 @@ def step_latency_us(backend: str, steps: int, seed: int = 0) -> float:
     env = gym.make(ARES_EA_ID, backend=backend, max_episode_steps=10**9)
     env.reset(seed=seed)
     rng = np.random.default_rng(seed)
-    actions = rng.uniform(env.action_space.low, env.action_space.high, (steps, 5)).astype(np.float32)
+    actions = rng.uniform(env.action_space.low, env.action_space.high, (steps, 5)).astype(
+        np.float32
+    )
     for a in actions[:10]:  # warm-up
         env.step(a)
     times = np.empty(steps)
@@ -87,14 +89,25 @@ def main() -> None:
     print(f"{'vector env num_envs':34s} {'env-steps/s':>12s} {'vs N=1':>10s}")
     for n in args.sizes:
         rates[str(n)] = vector_steps_per_s(n, args.seconds)
-        print(f"  {n:<32d} {rates[str(n)]:12.3g} {rates[str(n)] / rates[str(args.sizes[0])]:10.1f}x")
+        print(
+            f"  {n:<32d} {rates[str(n)]:12.3g} {rates[str(n)] / rates[str(args.sizes[0])]:10.1f}x"
+        )
     print()
-    print(f"targets: single fast <= 100 us ({'met' if fast <= 100 else 'MISSED'}), "
-          f"fast vs cheetah >= 100x ({'met' if ratio >= 100 else 'MISSED'}), "
-          f"batched >= 2e6 env-steps/s ({'met' if max(rates.values()) >= 2e6 else 'MISSED'})")
-    print(json.dumps({"step_us_fast": round(fast, 2), "step_us_cheetah": round(cheetah, 2),
-                      "ratio": round(ratio, 1),
-                      "vec_steps_per_s": {k: round(v) for k, v in rates.items()}}))
+    print(
+        f"targets: single fast <= 100 us ({'met' if fast <= 100 else 'MISSED'}), "
+        f"fast vs cheetah >= 100x ({'met' if ratio >= 100 else 'MISSED'}), "
+        f"batched >= 2e6 env-steps/s ({'met' if max(rates.values()) >= 2e6 else 'MISSED'})"
+    )
+    print(
+        json.dumps(
+            {
+                "step_us_fast": round(fast, 2),
+                "step_us_cheetah": round(cheetah, 2),
+                "ratio": round(ratio, 1),
+                "vec_steps_per_s": {k: round(v) for k, v in rates.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 together: one beamline evaluation per step for all environments. The single environment is
 the core with ``B = 1``; the vector environment is the core with ``B = num_envs``. Random
 numbers come from per-environment counter-based streams (:mod:`accelrl.envs.rng`), so a
-batch reproduces separately seeded single environments exactly.
+batch draws exactly the random numbers of separately seeded single environments.
 """
 
 from __future__ import annotations
@@ -276,9 +276,10 @@ class TuningCore:
         if self.spec.randomisation.gain_error > 0:
             applied = applied * (1.0 + h.gain[index])
         seed = None
-        if self.beamline.stochastic:  # particle sampling seeded from the first env's stream
-            first = np.arange(self.num_envs)[index][:1]
-            seed = int(self._uniform(first, 1)[0, 0] * 2**62)
+        if self.beamline.stochastic:
+            # Every env's stream advances (as a single env's would); the batch's particle
+            # sampling is seeded from the first env's draw.
+            seed = int(self._uniform(np.arange(self.num_envs)[index], 1)[0, 0] * 2**62)
         beam = self.beamline.evaluate(applied, h.incoming[index], h.misalignments[index], seed)
         self.beam = _put(self.beam, index, beam, fresh=True)
         reading = beam
@@ -403,6 +404,9 @@ class TuningCore:
             "magnets": self.magnets[index],
             "incoming": h.incoming[index],
             "misalignments": h.misalignments[index],
+            "gain": h.gain[index],
+            "fail_step": h.fail_step[index],
+            "fail_index": h.fail_index[index],
             "mae": self.mae(index),
             "on_screen": self.on_screen[index],
             "step": self.steps[index],

@@ -2,7 +2,9 @@
 
 :class:`TransverseTuningVectorEnv` is a ``gymnasium.vector.VectorEnv`` whose step evaluates
 the beamline once for all environments. Environment ``i`` reset with ``seed=s`` follows
-exactly the trajectory of a single environment reset with ``seed=s + i``.
+the trajectory of a single environment reset with ``seed=s + i``: the same hidden state,
+targets, terminations and truncations, and beams equal to floating-point rounding (~1e-14
+relative: the single environment evaluates the map on Python floats, the batch on numpy).
 :class:`accelrl.envs.sb3.SB3VecEnv` adapts it to Stable-Baselines3's ``VecEnv`` interface.
 """
 

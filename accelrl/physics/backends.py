@@ -67,7 +67,8 @@ class CheetahBeamline(nn.Module):
         self.num_particles = num_particles
         self.stochastic = num_particles is not None
         self.register_buffer("default_misalignments", compiled.default_misalignments.clone())
-        flat = copy.deepcopy(segment.flattened())
+        dtype = compiled.default_misalignments.dtype
+        flat = copy.deepcopy(segment.flattened()).to(dtype)  # e.g. float32 segments -> float64
         if self.observe is not None:
             flat = flat.subcell(end=self.observe, include_end=True)
             observed = flat.elements[-1]

@@ -27,8 +27,16 @@ E_INIT = np.array([4e-4, -4e-4, 4e-4, 4e-4])  # reading at reset minus target
 
 
 def inputs(on_screen=(True, True), magnets=None, previous_magnets=None) -> RewardInputs:
-    magnets = np.array([[11.0, -10.0, 1e-3, 10.0, 0.0], [10.0, -10.0, 0.0, 10.0, 0.0]]) if magnets is None else magnets
-    previous = np.array([[10.0, -10.0, 0.0, 10.0, 0.0]] * 2) if previous_magnets is None else previous_magnets
+    magnets = (
+        np.array([[11.0, -10.0, 1e-3, 10.0, 0.0], [10.0, -10.0, 0.0, 10.0, 0.0]])
+        if magnets is None
+        else magnets
+    )
+    previous = (
+        np.array([[10.0, -10.0, 0.0, 10.0, 0.0]] * 2)
+        if previous_magnets is None
+        else previous_magnets
+    )
     return RewardInputs(
         error=np.stack([E_NEW, E_PREV]),
         previous_error=np.stack([E_PREV, E_NEW]),
@@ -171,11 +179,15 @@ def test_env_default_reward_is_icml():
 
 def test_env_uses_configured_reward():
     """Un-normalised linear l1 feedback is minus the MAE of the reading, i.e. -info['mae']."""
-    env = gym.make(ENV_ID, reward=[{"term": "feedback", "norm": "l1", "log": False, "normalise": False}])
+    env = gym.make(
+        ENV_ID, reward=[{"term": "feedback", "norm": "l1", "log": False, "normalise": False}]
+    )
     env.reset(seed=1)
     rng = np.random.default_rng(0)
     for _ in range(5):
-        _, r, _, _, info = env.step(rng.uniform(-1, 1, 5).astype(np.float32) * env.action_space.high)
+        _, r, _, _, info = env.step(
+            rng.uniform(-1, 1, 5).astype(np.float32) * env.action_space.high
+        )
         assert info["on_screen"]
         assert r == pytest.approx(-info["mae"], rel=1e-12)
 

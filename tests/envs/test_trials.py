@@ -79,9 +79,7 @@ def test_shared_file_gives_identical_trials(trials):
 def test_trials_match_raw_file(trials, raw_trials):
     for trial in (trials[0], trials[27], trials[299]):
         entry = raw_trials[trial.index]
-        np.testing.assert_array_equal(
-            trial.incoming, [entry["incoming"][k] for k in FILE_INCOMING]
-        )
+        np.testing.assert_array_equal(trial.incoming, [entry["incoming"][k] for k in FILE_INCOMING])
         np.testing.assert_array_equal(
             trial.target, [entry["target"][k] for k in ("mu_x", "sigma_x", "mu_y", "sigma_y")]
         )
@@ -107,7 +105,9 @@ def test_trial_reset_reproduces_hidden_state(trials, raw_trials):
     for index in (0, 13, 150, 299):
         entry = raw_trials[index]
         obs, info = env.reset(seed=index, options={"trial": trials[index]})
-        np.testing.assert_array_equal(info["incoming"], [entry["incoming"][k] for k in FILE_INCOMING])
+        np.testing.assert_array_equal(
+            info["incoming"], [entry["incoming"][k] for k in FILE_INCOMING]
+        )
         np.testing.assert_array_equal(
             info["misalignments"], [entry["misalignments"][k] for _, k in MISALIGNMENTS]
         )
@@ -156,7 +156,9 @@ def test_do_nothing_median_mae(trials):
 
 
 def _write_trials(tmp_path, raw_trials, index, mutate) -> str:
-    data = {i: raw_trials[i] for i in range(4)} | {index: yaml.safe_load(yaml.safe_dump(raw_trials[index]))}
+    data = {i: raw_trials[i] for i in range(4)} | {
+        index: yaml.safe_load(yaml.safe_dump(raw_trials[index]))
+    }
     mutate(data[index])
     path = tmp_path / "trials.yaml"
     path.write_text(yaml.safe_dump(data))

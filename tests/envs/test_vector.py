@@ -29,7 +29,7 @@ def _compare_with_singles(venv, singles, seed, steps, rng, same_step=False):
     n = venv.num_envs
     obs, info = venv.reset(seed=seed)
     single = [env.reset(seed=seed + i) for i, env in enumerate(singles)]
-    for i, (o, inf) in enumerate(single):
+    for i, (_, inf) in enumerate(single):
         np.testing.assert_allclose(info["beam"][i], inf["beam"], rtol=BEAM_RTOL, atol=BEAM_ATOL)
         np.testing.assert_array_equal(info["incoming"][i], inf["incoming"])
         np.testing.assert_array_equal(info["target"][i], inf["target"])
@@ -48,12 +48,7 @@ def _compare_with_singles(venv, singles, seed, steps, rng, same_step=False):
             else:
                 o, r, te, tr, inf = env.step(actions[i])
             ctx = f"step {t}, env {i}"
-            assert te == terminated[i], ctx
-            if te and tr:
-                # gym.make's TimeLimit also truncates an episode that terminates on its last
-                # step; the vector env does not (test_termination_on_last_step_truncates)
-                tr = bool(truncated[i])
-            assert tr == truncated[i], ctx
+            assert te == terminated[i] and tr == truncated[i], ctx
             assert reward[i] == pytest.approx(r, abs=REWARD_ATOL, rel=0), ctx
             if same_step and (te or tr):
                 final_obs = info["final_obs"]
@@ -153,19 +148,18 @@ def test_matches_single_envs_with_noise_drift_failures(same_step):
     )
     n = 6
     venv = E.TransverseTuningVectorEnv(
-        spec, num_envs=n, max_episode_steps=6, autoreset_mode="same_step" if same_step else "next_step"
+        spec,
+        num_envs=n,
+        max_episode_steps=6,
+        autoreset_mode="same_step" if same_step else "next_step",
     )
     singles = [gym.wrappers.TimeLimit(E.TransverseTuningEnv(spec), 6) for _ in range(n)]
     ends = _compare_with_singles(venv, singles, 77, 30, np.random.default_rng(3), same_step)
     assert ends.sum() >= 2 * n
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an episode that terminates on the TimeLimit step gives truncated=True from "
-    "gym.make's TimeLimit (and SyncVectorEnv) but truncated=False from the native vector env",
-)
 def test_termination_on_last_step_truncates():
+    """As Gymnasium's TimeLimit: terminating on the last step is also a truncation."""
     spec = make_spec(termination_hold=3)
     venv = E.TransverseTuningVectorEnv(spec, num_envs=1, max_episode_steps=3)
     single = gym.wrappers.TimeLimit(E.TransverseTuningEnv(spec), 3)
@@ -179,6 +173,14 @@ def test_termination_on_last_step_truncates():
         _, _, vte, vtr, _ = venv.step(zero[None])
     assert te and tr  # Gymnasium's TimeLimit
     assert vte[0] and vtr[0] == tr
+
+
+def test_matches_single_envs_particle_backend():
+    n = 3
+    kwargs = {"backend": "cheetah-particles", "num_particles": 64, "max_episode_steps": 3}
+    venv = E.make_vec(ENV_ID, num_envs=n, **kwargs)
+    singles = [gym.make(ENV_ID, **kwargs) for _ in range(n)]
+    _compare_with_singles(venv, singles, 10, 8, np.random.default_rng(5))
 
 
 def test_next_step_autoreset_semantics():
@@ -202,7 +204,11 @@ def test_next_step_autoreset_semantics():
 
 def test_same_step_autoreset_semantics():
     venv = E.make_vec(
-        ENV_ID, num_envs=3, max_episode_steps=2, autoreset_mode="same_step", terminate_on_target=False
+        ENV_ID,
+        num_envs=3,
+        max_episode_steps=2,
+        autoreset_mode="same_step",
+        terminate_on_target=False,
     )
     venv.reset(seed=0)
     step = np.float32([[1, 0, 0, 0, 0]] * 3)
@@ -229,6 +235,26 @@ def test_vector_reset_seed_list_and_options(trials):
     _, info = venv.reset(options={"trial": trials[17]})
     np.testing.assert_array_equal(info["incoming"], np.tile(trials[17].incoming, (3, 1)))
     np.testing.assert_array_equal(info["target"], np.tile(trials[17].target, (3, 1)))
+
+
+def test_vector_reset_one_trial_per_env(trials):
+    venv = E.make_vec(ENV_ID, num_envs=3)
+    chosen = [trials[3], trials[100], trials[299]]
+    _, info = venv.reset(seed=0, options={"trial": chosen})
+    single = gym.make(ENV_ID)
+    for i, trial in enumerate(chosen):
+        np.testing.assert_array_equal(info["incoming"][i], trial.incoming)
+        np.testing.assert_array_equal(info["target"][i], trial.target)
+        _, ref = single.reset(options={"trial": trial})
+        np.testing.assert_array_equal(info["misalignments"][i], ref["misalignments"])
+        np.testing.assert_allclose(info["beam"][i], ref["beam"], rtol=BEAM_RTOL, atol=BEAM_ATOL)
+    _, info = venv.reset(options={"trial": chosen, "magnets": "trial"})
+    for i, trial in enumerate(chosen):
+        np.testing.assert_array_equal(
+            info["magnets"][i], [trial.initial[k] for k in ("Q1", "Q2", "CV", "Q3", "CH")]
+        )
+    with pytest.raises(ValueError, match="2 trials for 3 environments"):
+        venv.reset(options={"trial": chosen[:2]})
 
 
 def test_vector_bad_actions():
@@ -317,12 +343,8 @@ def test_sb3_adapter_terminal_observation_and_truncation():
     assert seen["terminated"] >= 3 and seen["truncated"] >= 3, seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: SB3VecEnv copies info_keys from the info after the autoreset, so a finished "
-    "env reports the next episode's values (SB3's DummyVecEnv reports the terminal step's)",
-)
 def test_sb3_adapter_info_of_finished_env_is_terminal_step():
+    """As SB3's DummyVecEnv: a finished env's info is that of its terminal step."""
     venv = E.make_vec(ENV_ID, num_envs=2, max_episode_steps=2, terminate_on_target=False)
     sb3 = E.SB3VecEnv(venv, info_keys=("mae", "step"))
     sb3.seed(0)
@@ -350,14 +372,18 @@ def test_sb3_ppo_smoke_train():
     from stable_baselines3.common.vec_env import VecNormalize
 
     venv = E.SB3VecEnv(E.make_vec(ENV_ID, num_envs=4, max_episode_steps=10))
-    model = PPO("MultiInputPolicy", venv, n_steps=16, batch_size=32, n_epochs=2, seed=0, device="cpu")
+    model = PPO(
+        "MultiInputPolicy", venv, n_steps=16, batch_size=32, n_epochs=2, seed=0, device="cpu"
+    )
     model.learn(total_timesteps=256)
     assert model.num_timesteps >= 256
     action, _ = model.predict(venv.reset(), deterministic=True)
     assert action.shape == (4, 5)
 
     norm = VecNormalize(E.SB3VecEnv(E.make_vec(ENV_ID, num_envs=4, max_episode_steps=10)))
-    model = PPO("MultiInputPolicy", norm, n_steps=16, batch_size=32, n_epochs=2, seed=0, device="cpu")
+    model = PPO(
+        "MultiInputPolicy", norm, n_steps=16, batch_size=32, n_epochs=2, seed=0, device="cpu"
+    )
     model.learn(total_timesteps=256)
     assert model.num_timesteps >= 256
     assert norm.obs_rms["beam"].count > 256
