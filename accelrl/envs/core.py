@@ -29,24 +29,23 @@ StartMode = Literal["standard", "random"]
 _MU = [INCOMING.index(k) for k in ("mu_x", "mu_px", "mu_y", "mu_py")]
 
 
+#: The index of "all environments" (compared by identity on the hot path).
+ALL = slice(None)
+
+
 def _put(
     array: np.ndarray, index: np.ndarray | slice, value: Any, fresh: bool = False
 ) -> np.ndarray:
     """``array`` with ``array[index] = value``, as a new array (state arrays are never
     modified in place, so arrays handed out in ``info`` stay valid, read-only snapshots).
 
-    ``fresh=True`` promises that ``value`` is a new array nobody else holds; it is then
-    used as it is (no copy).
+    ``fresh=True`` promises that ``value`` is a new array of the right shape and dtype that
+    nobody else holds; with ``index`` :data:`ALL` it is then used as it is (no copy).
     """
-    if (
-        isinstance(index, slice)
-        and index == slice(None)
-        and getattr(value, "ndim", 0) == array.ndim
-    ):
-        if fresh and value.dtype == array.dtype:
-            out = value
-        else:
-            out = np.array(value, dtype=array.dtype)
+    if index is ALL and fresh:
+        out = value
+    elif index is ALL and getattr(value, "ndim", 0) == array.ndim:
+        out = np.array(value, dtype=array.dtype)
     else:
         out = array.copy()
         out[index] = value
@@ -127,6 +126,9 @@ class TuningCore:
             [r.misalignments.get(n.rsplit(".", 1)[0], 0.0) for n in self.misalignment_names]
         )
         self.half_extent = np.array(spec.screen.half_extent)
+        hx, hy = spec.screen.half_extent
+        self._off_low = np.array([-hx, hx, -hy, hy])  # off-screen reading = clip(beam, low, high)
+        self._off_high = np.array([hx, hx, hy, hy])
         px = np.array(spec.screen.pixel_size) * spec.screen.binning
         self._pixel = np.array([px[0], px[0], px[1], px[1]])
         self._thresholds = np.array(spec.termination.thresholds)
@@ -293,21 +295,11 @@ class TuningCore:
         if screen.quantise:
             reading = np.round(reading / self._pixel) * self._pixel
         on = np.logical_and.reduce(np.abs(beam[:, ::2]) < self.half_extent, axis=1)
-        off = np.nonzero(~on)[0]
-        if off.size:
+        if not np.logical_and.reduce(on):
             # Documented off-screen reading: the centroid clamped to the screen edge and the
             # size of the whole screen (what a profile fit of an empty screen reports).
-            hx, hy = self.half_extent
-            reading = reading.copy() if reading is beam else reading
-            reading[off] = np.stack(
-                [
-                    np.clip(beam[off, 0], -hx, hx),
-                    np.full(off.size, hx),
-                    np.clip(beam[off, 2], -hy, hy),
-                    np.full(off.size, hy),
-                ],
-                axis=1,
-            )
+            edge = np.minimum(np.maximum(beam, self._off_low), self._off_high)
+            reading = np.where(on[:, None], reading, edge)
         self.reading = _put(self.reading, index, reading, fresh=True)
         self.on_screen = _put(self.on_screen, index, on, fresh=True)
 
@@ -329,7 +321,7 @@ class TuningCore:
         return np.minimum(np.maximum(a, self.action_low), self.action_high)
 
     def step(
-        self, actions: np.ndarray, index: np.ndarray | slice = slice(None)
+        self, actions: np.ndarray, index: np.ndarray | slice = ALL
     ) -> tuple[np.ndarray, np.ndarray]:
         """Apply validated ``actions`` to environments ``index``.
 
@@ -382,7 +374,7 @@ class TuningCore:
         return reward, terminated
 
     # ------------------------------------------------------------------ views
-    def observation(self, index: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
+    def observation(self, index: np.ndarray | slice = ALL) -> dict[str, np.ndarray]:
         """``{"beam": [B,4], "magnets": [B,K], "target": [B,4]}`` (float32, SI units)."""
         return {
             "beam": self.reading[index].astype(np.float32),
@@ -390,24 +382,32 @@ class TuningCore:
             "target": self.target[index].astype(np.float32),
         }
 
-    def mae(self, index: np.ndarray | slice = slice(None)) -> np.ndarray:
+    def mae(self, index: np.ndarray | slice = ALL) -> np.ndarray:
         """Mean absolute error of the true beam to the target [m]."""
         return np.add.reduce(np.abs(self.beam[index] - self.target[index]), axis=1) * 0.25
 
-    def info(self, index: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
-        """Privileged state and diagnostics (float64, SI units); snapshots, never modified later."""
+    def info(self, index: np.ndarray | slice = ALL) -> dict[str, np.ndarray]:
+        """Privileged state and diagnostics (float64, SI units); snapshots, never modified later.
+
+        ``gain`` (relative calibration errors) and ``fail_step``/``fail_index`` (actuator
+        failure, -1: none) are included when the spec randomises them.
+        """
         h = self.hidden
-        return {
+        info = {
             "beam": self.beam[index],
             "reading": self.reading[index],
             "target": self.target[index],
             "magnets": self.magnets[index],
             "incoming": h.incoming[index],
             "misalignments": h.misalignments[index],
-            "gain": h.gain[index],
-            "fail_step": h.fail_step[index],
-            "fail_index": h.fail_index[index],
             "mae": self.mae(index),
             "on_screen": self.on_screen[index],
             "step": self.steps[index],
         }
+        r = self.spec.randomisation
+        if r.gain_error > 0:
+            info["gain"] = h.gain[index]
+        if r.failure.probability > 0:
+            info["fail_step"] = h.fail_step[index]
+            info["fail_index"] = h.fail_index[index]
+        return info
