@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -22,13 +23,25 @@ class SB3VecEnv(VecEnv):
     :param venv: The batched environment (its autoreset mode is switched to same-step).
     :param info_keys: Keys of the privileged info copied into every step's per-env info
         dicts (e.g. ``("mae",)``); empty by default because building N dicts is not free.
+    :param normalise_actions: Present the action space as ``[-1, 1]^K`` (SB3's recommended
+        form) and rescale actions linearly to the environment's SI bounds.
     """
 
-    def __init__(self, venv: TransverseTuningVectorEnv, info_keys: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        venv: TransverseTuningVectorEnv,
+        info_keys: Sequence[str] = (),
+        normalise_actions: bool = False,
+    ) -> None:
         venv.metadata = {**venv.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
         self.venv = venv
         self.info_keys = tuple(info_keys)
-        super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
+        space = venv.single_action_space
+        self.normalise_actions = normalise_actions
+        self._low, self._high = space.low.astype(np.float64), space.high.astype(np.float64)
+        if normalise_actions:
+            space = spaces.Box(-1.0, 1.0, shape=space.shape, dtype=np.float32)
+        super().__init__(venv.num_envs, venv.single_observation_space, space)
         self._actions: np.ndarray | None = None
 
     def reset(self) -> dict[str, np.ndarray]:
@@ -41,6 +54,10 @@ class SB3VecEnv(VecEnv):
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
+        if self.normalise_actions:
+            actions = self._low + (np.asarray(actions, dtype=np.float64) + 1.0) * 0.5 * (
+                self._high - self._low
+            )
         self._actions = actions
 
     def step_wait(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, list[dict]]:

@@ -1,0 +1,174 @@
+"""Trained tuning policies in one portable form, and the optimiser that runs them.
+
+Every trained policy — an SB3 actor (TD3, SAC, PPO) or a policy trained by backpropagating
+through the differentiable simulation — is stored as a :class:`MLPPolicy`: a plain torch
+module from the *raw* flat observation ``[beam (4) m, magnets (K) SI, target (4) m]`` to the
+*physical* action (the change of each setting, SI), with the observation normalisation and
+the action scaling inside. A policy directory holds ``policy.pt`` (state dict) and
+``policy.json`` (architecture, normalisation, action bounds, provenance).
+:class:`PolicyOptimiser` runs it under the evaluation protocol.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from accelrl.agents.protocol import Observation, Problem
+
+#: Order of the flat observation (Gymnasium's Dict keys, sorted).
+OBS_KEYS: tuple[str, ...] = ("beam", "magnets", "target")
+
+
+@dataclass
+class PolicyMeta:
+    """Everything needed to rebuild and trust a stored policy.
+
+    :param obs_mean: Mean subtracted from the flat raw observation (SI).
+    :param obs_std: Scale the centred observation is divided by (SI).
+    :param obs_clip: Normalised observations are clipped to ``+-obs_clip``.
+    :param action_scale: Half-range of the action per actuator (SI): the network's
+        ``tanh`` output in ``[-1, 1]`` is multiplied by it.
+    :param hidden: Hidden layer widths.
+    :param activation: ``"relu"`` or ``"tanh"``.
+    :param actuator_names: Names of the actuators, in action order.
+    :param env_id: Environment the policy was trained on.
+    :param action_mode: ``"delta"`` (changes of the settings).
+    :param provenance: Recipe, seed, training time, versions, evaluation summary.
+    """
+
+    obs_mean: list[float]
+    obs_std: list[float]
+    action_scale: list[float]
+    hidden: list[int]
+    actuator_names: list[str]
+    obs_clip: float = 10.0
+    activation: str = "relu"
+    env_id: str = "accelrl/AresEATransverseTuning-v0"
+    action_mode: str = "delta"
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class MLPPolicy(nn.Module):
+    """Raw flat observation ``[..., 4 + K + 4]`` -> action ``[..., K]`` (SI), deterministic.
+
+    :param meta: Architecture, normalisation and action scaling.
+    """
+
+    def __init__(self, meta: PolicyMeta) -> None:
+        super().__init__()
+        if meta.activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}")
+        self.meta = meta
+        n_obs, n_act = len(meta.obs_mean), len(meta.action_scale)
+        if len(meta.obs_std) != n_obs or n_obs != 8 + n_act:
+            raise ValueError(f"inconsistent sizes: {n_obs} observations, {n_act} actions")
+        layers: list[nn.Module] = []
+        width = n_obs
+        for h in meta.hidden:
+            layers += [nn.Linear(width, h), _ACTIVATIONS[meta.activation]()]
+            width = h
+        layers += [nn.Linear(width, n_act), nn.Tanh()]
+        self.net = nn.Sequential(*layers).double()
+        self.register_buffer("obs_mean", torch.tensor(meta.obs_mean, dtype=torch.float64))
+        self.register_buffer("obs_std", torch.tensor(meta.obs_std, dtype=torch.float64))
+        self.register_buffer("action_scale", torch.tensor(meta.action_scale, dtype=torch.float64))
+
+    def normalise(self, obs: torch.Tensor) -> torch.Tensor:
+        """Normalised, clipped observation fed to the network."""
+        z = (obs - self.obs_mean) / self.obs_std
+        return z.clamp(-self.meta.obs_clip, self.meta.obs_clip)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalise(obs.to(self.obs_mean.dtype))) * self.action_scale
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """numpy convenience: action ``[..., K]`` for raw flat observations."""
+        with torch.no_grad():
+            return self(torch.as_tensor(np.asarray(obs, dtype=np.float64))).numpy()
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``policy.pt`` and ``policy.json`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), directory / "policy.pt")
+        (directory / "policy.json").write_text(json.dumps(asdict(self.meta), indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> MLPPolicy:
+        """Read a policy directory written by :meth:`save`.
+
+        :raises FileNotFoundError: Naming the missing file.
+        """
+        directory = Path(directory)
+        for name in ("policy.pt", "policy.json"):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} not found: not a policy directory")
+        meta = PolicyMeta(**json.loads((directory / "policy.json").read_text()))
+        policy = cls(meta)
+        policy.load_state_dict(torch.load(directory / "policy.pt", weights_only=True))
+        return policy.eval()
+
+
+def flat_observation(beam: Any, magnets: Any, target: Any) -> np.ndarray:
+    """Flat raw observation in :data:`OBS_KEYS` order (float64)."""
+    return np.concatenate(
+        [np.asarray(beam, np.float64), np.asarray(magnets, np.float64), np.asarray(target, np.float64)],
+        axis=-1,
+    )
+
+
+def default_normalisation(
+    low: Sequence[float], high: Sequence[float], beam_scale: float = 2e-3
+) -> tuple[list[float], list[float]]:
+    """Fixed observation normalisation from the task: beam and target in units of
+    ``beam_scale`` [m] (sizes centred at ``beam_scale / 2``), settings by their limits."""
+    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    mean = [0.0, beam_scale / 2, 0.0, beam_scale / 2, *((low + high) / 2), 0.0, beam_scale / 2, 0.0,
+            beam_scale / 2]
+    std = [beam_scale] * 4 + list((high - low) / 2) + [beam_scale] * 4
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+class PolicyOptimiser:
+    """Runs a delta-action policy under the evaluation protocol.
+
+    :param policy: The policy.
+    :param name: Name in reports (default ``"policy"``).
+    """
+
+    def __init__(self, policy: MLPPolicy, name: str = "policy") -> None:
+        self.policy = policy
+        self.name = name
+        self._problem: Problem | None = None
+
+    def reset(self, problem: Problem) -> None:
+        if list(problem.actuator_names) != list(self.policy.meta.actuator_names):
+            raise ValueError(
+                f"policy actuators {self.policy.meta.actuator_names} differ from the task's "
+                f"{list(problem.actuator_names)}"
+            )
+        self._problem = problem
+
+    def ask(self, observation: Observation) -> np.ndarray:
+        if self._problem is None:
+            raise RuntimeError("call reset(problem) before ask()")
+        obs = flat_observation(observation.beam, observation.magnets, observation.target)
+        delta = np.clip(self.policy.act(obs), -self._problem.max_delta, self._problem.max_delta)
+        return np.clip(observation.magnets + delta, self._problem.low, self._problem.high)
+
+
+def load_policy_optimiser(path: str | Path) -> PolicyOptimiser:
+    """:class:`PolicyOptimiser` of the policy directory ``path`` (used by ``"policy:PATH"``)."""
+    return PolicyOptimiser(MLPPolicy.load(path), name=f"policy:{Path(path).name}")
