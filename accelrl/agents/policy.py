@@ -38,6 +38,9 @@ class PolicyMeta:
         ``tanh`` output in ``[-1, 1]`` is multiplied by it.
     :param hidden: Hidden layer widths.
     :param activation: ``"relu"`` or ``"tanh"``.
+    :param error_scale: If set, the network also sees the beam error ``(beam - target) /
+        error_scale`` (clipped to ``+-obs_clip``) [m], which resolves micrometre errors that
+        are tiny in the normalised observation.
     :param actuator_names: Names of the actuators, in action order.
     :param env_id: Environment the policy was trained on.
     :param action_mode: ``"delta"`` (changes of the settings).
@@ -51,6 +54,7 @@ class PolicyMeta:
     actuator_names: list[str]
     obs_clip: float = 10.0
     activation: str = "relu"
+    error_scale: float | None = None
     env_id: str = "accelrl/AresEATransverseTuning-v0"
     action_mode: str = "delta"
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -74,7 +78,7 @@ class MLPPolicy(nn.Module):
         if len(meta.obs_std) != n_obs or n_obs != 8 + n_act:
             raise ValueError(f"inconsistent sizes: {n_obs} observations, {n_act} actions")
         layers: list[nn.Module] = []
-        width = n_obs
+        width = n_obs + (4 if meta.error_scale else 0)
         for h in meta.hidden:
             layers += [nn.Linear(width, h), _ACTIVATIONS[meta.activation]()]
             width = h
@@ -85,9 +89,14 @@ class MLPPolicy(nn.Module):
         self.register_buffer("action_scale", torch.tensor(meta.action_scale, dtype=torch.float64))
 
     def normalise(self, obs: torch.Tensor) -> torch.Tensor:
-        """Normalised, clipped observation fed to the network."""
-        z = (obs - self.obs_mean) / self.obs_std
-        return z.clamp(-self.meta.obs_clip, self.meta.obs_clip)
+        """Normalised, clipped network input (observation, and the scaled error if enabled)."""
+        clip = self.meta.obs_clip
+        z = ((obs - self.obs_mean) / self.obs_std).clamp(-clip, clip)
+        if self.meta.error_scale:
+            k = len(self.meta.action_scale)
+            error = (obs[..., :4] - obs[..., 4 + k :]) / self.meta.error_scale
+            z = torch.cat([z, error.clamp(-clip, clip)], dim=-1)
+        return z
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalise(obs.to(self.obs_mean.dtype))) * self.action_scale
@@ -124,7 +133,11 @@ class MLPPolicy(nn.Module):
 def flat_observation(beam: Any, magnets: Any, target: Any) -> np.ndarray:
     """Flat raw observation in :data:`OBS_KEYS` order (float64)."""
     return np.concatenate(
-        [np.asarray(beam, np.float64), np.asarray(magnets, np.float64), np.asarray(target, np.float64)],
+        [
+            np.asarray(beam, np.float64),
+            np.asarray(magnets, np.float64),
+            np.asarray(target, np.float64),
+        ],
         axis=-1,
     )
 
@@ -135,8 +148,17 @@ def default_normalisation(
     """Fixed observation normalisation from the task: beam and target in units of
     ``beam_scale`` [m] (sizes centred at ``beam_scale / 2``), settings by their limits."""
     low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
-    mean = [0.0, beam_scale / 2, 0.0, beam_scale / 2, *((low + high) / 2), 0.0, beam_scale / 2, 0.0,
-            beam_scale / 2]
+    mean = [
+        0.0,
+        beam_scale / 2,
+        0.0,
+        beam_scale / 2,
+        *((low + high) / 2),
+        0.0,
+        beam_scale / 2,
+        0.0,
+        beam_scale / 2,
+    ]
     std = [beam_scale] * 4 + list((high - low) / 2) + [beam_scale] * 4
     return [float(v) for v in mean], [float(v) for v in std]
 
