@@ -96,11 +96,15 @@ class DomainSampler:
         incoming = self.inc_low + self._u(n, len(INCOMING)) * (self.inc_high - self.inc_low)
         mis = (2 * self._u(n, len(self.mis_half)) - 1) * self.mis_half
         mu = (2 * self._u(n, 2) - 1) * self.target_mu
-        sig = self.target_sigma.low + self._u(n, 2) * (self.target_sigma.high - self.target_sigma.low)
+        sig = self.target_sigma.low + self._u(n, 2) * (
+            self.target_sigma.high - self.target_sigma.low
+        )
         target = torch.stack([mu[:, 0], sig[:, 0], mu[:, 1], sig[:, 1]], dim=1)
         start = self.start.expand(n, -1).clone()
         random = self._u(n) < random_start_fraction
-        start[random] = self.low + self._u(int(random.sum()), len(self.low)) * (self.high - self.low)
+        start[random] = self.low + self._u(int(random.sum()), len(self.low)) * (
+            self.high - self.low
+        )
         return incoming, mis, target, start
 
 
@@ -165,7 +169,9 @@ def train_apg(
         task = bar.add_task("APG training", total=config.iterations)
     try:
         for _ in range(config.iterations):
-            incoming, mis, target, magnets = sampler.sample(config.batch_size, config.random_start_fraction)
+            incoming, mis, target, magnets = sampler.sample(
+                config.batch_size, config.random_start_fraction
+            )
             loss = incoming.new_zeros(())
             beam = beamline(magnets, incoming, mis)
             for _t in range(config.horizon):
@@ -210,3 +216,25 @@ def config_from_dict(data: dict[str, Any]) -> APGConfig:
     if unknown:
         raise ValueError(f"unknown APG settings {sorted(unknown)}; allowed: {sorted(known)}")
     return APGConfig(**data)
+
+
+def train_apg_recipe(path: str | Path, out_dir: str | Path, seed: int | None = None) -> APGResult:
+    """Train from an ``algorithm: apg`` recipe (``agents/apg.yaml``) into ``out_dir``.
+
+    :raises ValueError: For a recipe that is not an APG recipe or has unknown settings.
+    """
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text())
+    if not isinstance(data, dict) or data.get("algorithm") != "apg":
+        raise ValueError(f"{path}: not an APG recipe (needs 'algorithm: apg')")
+    env_id = data.get("env", {}).get("id", ENV_ID)
+    if env_id != ENV_ID:
+        raise ValueError(f"{path}: APG training supports {ENV_ID}, got {env_id!r}")
+    settings = dict(data.get("apg", {}))
+    settings["seed"] = int(seed if seed is not None else data.get("seed", settings.get("seed", 0)))
+    config = config_from_dict(settings)
+    out_dir = Path(out_dir)
+    result = train_apg(config, out_dir=out_dir / "policy")
+    (out_dir / "recipe.yaml").write_text(Path(path).read_text())
+    return result
