@@ -22,6 +22,17 @@ def default_out(recipe: Path, seed: int) -> Path:
     return Path("runs") / f"{recipe.stem}-{seed}"
 
 
+def _is_apg(recipe: Path) -> bool:
+    """Whether ``recipe`` is an ``algorithm: apg`` recipe (read without validation)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(recipe).read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # the SB3 path reports the problem
+    return isinstance(data, dict) and data.get("algorithm") == "apg"
+
+
 def train_command(
     recipe: Annotated[
         Path,
@@ -53,14 +64,27 @@ def train_command(
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
     ] = True,
 ) -> None:
-    """Train an agent (TD3, SAC or PPO) from a recipe: periodic evaluation on held-out
-    trials, checkpoints, learning curve; exports the policy to OUT/policy."""
+    """Train an agent from a recipe: TD3, SAC or PPO (Stable-Baselines3; periodic evaluation
+    on held-out trials, checkpoints, learning curve) or APG (backpropagation through the
+    differentiable simulation); exports the policy to OUT/policy."""
     from rich.console import Console
     from rich.table import Table
 
     from accelrl.agents.recipes import Recipe, RecipeError
 
     console, err = Console(), Console(stderr=True)
+    if _is_apg(recipe):
+        from accelrl.agents.apg import train_apg_recipe
+
+        run_dir = out if out is not None else default_out(recipe, seed or 0)
+        err.print(f"training by backpropagation through the simulation -> {run_dir}")
+        try:
+            result = train_apg_recipe(recipe, run_dir, seed=seed)
+        except ValueError as e:
+            err.print(f"[red]error:[/red] {e}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+        console.print(f"trained in {result.wall_s:.0f} s; policy: {run_dir / 'policy'}")
+        return
     try:
         r = Recipe.from_yaml(recipe)
         changes: dict[str, int] = {}
