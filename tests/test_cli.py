@@ -256,7 +256,9 @@ def test_render_errors(tmp_path):
 # --------------------------------------------------------------------------- demo
 def test_demo(tmp_path):
     out_dir = tmp_path / "demo_out"
-    out = ok(invoke("demo", "--steps", 3, "--out-dir", out_dir))
-    assert "do-nothing" in out and "random" in out and "300" in out
-    assert "724.5" in out  # do-nothing median final MAE [um] on the published trials
-    assert (out_dir / "beam.png").read_bytes()[:4] == b"\x89PNG"
+    out = ok(invoke("demo", "--iterations", 3, "--steps", 3, "--out-dir", out_dir))
+    assert "do-nothing" in out and "random" in out and "demo-policy" in out and "300" in out
+    assert "724.5" in out  # do-nothing median best MAE [um] on the published trials
+    assert (out_dir / "policy" / "policy.pt").is_file()
+    assert (out_dir / "evaluation" / "summary.json").is_file()
+    assert (out_dir / "evaluation" / "mae_vs_step.png").read_bytes()[:4] == b"\x89PNG"
