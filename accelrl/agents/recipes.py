@@ -21,7 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -30,6 +29,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from accelrl.config import load_yaml_mapping
 
 Algorithm = Literal["td3", "sac", "ppo"]
 ALGORITHMS: tuple[str, ...] = ("td3", "sac", "ppo")
@@ -392,18 +393,7 @@ class Recipe(_Model):
 
         :raises RecipeError: Naming the file, the field, the value and the allowed range.
         """
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise RecipeError(f"{path}: recipe file not found") from None
-        except yaml.YAMLError as err:
-            raise RecipeError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise RecipeError(
-                f"{path}: expected a mapping at the top level, got {type(data).__name__}"
-            )
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(load_yaml_mapping(path, RecipeError, "recipe"), source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> Recipe:

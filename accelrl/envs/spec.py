@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from accelrl.config import load_yaml_mapping
 from accelrl.physics.beam import INCOMING
 
 
@@ -227,16 +227,7 @@ class TaskSpec(_Model):
 
         :raises SpecError: Naming the file, field, value and the problem.
         """
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise SpecError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise SpecError(
-                f"{path}: expected a mapping at the top level, got {type(data).__name__}"
-            )
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(load_yaml_mapping(path, SpecError, "task spec"), source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "spec") -> TaskSpec:
