@@ -857,7 +857,10 @@ def demo_cmd(
     )
     evaluation.save(out_dir / "evaluation")
     report = write_report(evaluation, out_dir / "evaluation")
-    console.print(evaluation_table(evaluation))
+    table = evaluation_table(evaluation, wide=True)
+    if console.measure(table).maximum > console.width:
+        table = evaluation_table(evaluation, wide=False)
+    console.print(table)
     console.print(f"report: {escape(str(report))}")
     console.print(f"done in {time.perf_counter() - start:.1f} s")
 
