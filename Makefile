@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.accelrl-install.stamp
 
 # CPU torch wheel, installed before the package so pip never resolves a CUDA build.
 TORCH_VERSION ?= 2.13.0
-EXTRAS        ?= dev,deploy
+EXTRAS        ?= dev,deploy,surrogates,xopt
 PYTEST_ARGS   ?=
 
 # One BLAS/OpenMP thread per process (pytest-xdist runs 2 workers).
