@@ -352,8 +352,8 @@ def plot_episode(
             pad = 0.05 * (hi - lo)
             uax.set_ylim(lo - pad, hi + pad)
             uax.set_ylabel(f"{'/'.join(a['name'] for a in members)} [{shown}]")
+        # No title here: the row's title (left panel) runs on over this panel.
         ax.grid(True, alpha=0.3)
-        ax.set_title("magnet settings (axis range = limits)", fontsize=10, loc="left")
         for ax, s, name in ((row[2], 0, "before"), (row[3], -1, "after")):
             reading = np.array([ep[f"reading_{p}"][s] for p in BEAM])
             target = np.array([ep[f"target_{p}"][s] for p in BEAM])
@@ -378,8 +378,8 @@ def plot_episode(
         loc="outside lower center",
         ncol=len(handles),
         fontsize=9,
-        title="beam: solid = true beam, dashed = target; magnets: solid = left axis, dotted = "
-        "right axis; screen: red ellipse = target (1 sigma)",
+        title="beam: solid = true beam, dashed = target; magnets (axis range = limits): solid = "
+        "left axis, dotted = right axis; screen: red ellipse = target (1 sigma)",
         title_fontsize=9,
         frameon=False,
     )
