@@ -2,7 +2,7 @@
 (or virtual) machine, and the operator-owned limits the safety layer enforces.
 
 A machine config is a YAML file in the top-level ``deploy/`` folder, validated here. Example
-(abridged; see ``deploy/virtual_ares_ea.yaml``)::
+(abridged; see ``deploy/virtual_ares_ea_machine.yaml``)::
 
     name: virtual-ares-ea
     env_id: accelrl/AresEATransverseTuning-v0

@@ -1,0 +1,330 @@
+"""Configuration of the virtual accelerator (``deploy/virtual_ares_ea.yaml``), validated.
+
+The IOC config references a machine config (:class:`~accelrl.deploy.config.MachineConfig`)
+whose PV names the IOC serves, so PV names live in exactly one file. ``prefix`` serves the
+same PVs under another common prefix (parallel IOCs on one host); :func:`with_prefix`
+gives clients the machine config with the renamed PVs.
+
+Faults (names accepted by ``faults.active``, ``faults.schedule`` and the ``<prefix>FAULT`` PV):
+
+* ``disconnect``: the IOC drops every client circuit and answers nothing for
+  ``faults.disconnect_s`` seconds.
+* ``stale``: the screen PVs stop updating (values and timestamps frozen).
+* ``reject_put``: setpoint writes are refused with an error (``ECA_PUTFAIL``);
+  ``reject_put:N`` (FAULT PV) or ``writes: N`` (schedule): only the next N writes.
+* ``ignore_put``: setpoint writes are confirmed but silently not applied (``:N`` as above).
+* ``interlock``: the interlock PV trips.
+* ``beam_loss``: the beam-loss PV reads ``faults.beam_loss_level``.
+* ``stuck``: the readback of ``faults.stuck_knob`` freezes (busy still clears).
+* ``heartbeat``: the heartbeat counter stops.
+
+This module needs pydantic and PyYAML only.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from accelrl.config import load_yaml_mapping
+from accelrl.deploy.config import MachineConfig, load_machine_config
+
+#: Faults the virtual accelerator can inject.
+FAULTS: tuple[str, ...] = (
+    "disconnect",
+    "stale",
+    "reject_put",
+    "ignore_put",
+    "interlock",
+    "beam_loss",
+    "stuck",
+    "heartbeat",
+)
+FaultName = Literal[
+    "disconnect",
+    "stale",
+    "reject_put",
+    "ignore_put",
+    "interlock",
+    "beam_loss",
+    "stuck",
+    "heartbeat",
+]
+
+
+class VirtualConfigError(ValueError):
+    """An IOC config is missing, malformed or inconsistent (the message names the field)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MagnetsConfig(_Model):
+    """Power-supply dynamics.
+
+    :param settle_time_s: Duration of every move: the readback ramps linearly from its
+        value to the new setpoint over this time and ``BUSY`` reads 1 meanwhile [s]
+        (0: moves are instantaneous).
+    :param update_rate_hz: Readback updates per second while ramping [1/s].
+    """
+
+    settle_time_s: float = Field(0.3, ge=0.0, le=60.0)
+    update_rate_hz: float = Field(50.0, gt=0.0, le=1000.0)
+
+
+class ScreenConfig(_Model):
+    """The screen (camera) that measures the beam.
+
+    :param frame_rate_hz: New beam-parameter readings per second [1/s]; a reading is also
+        published as soon as all magnets have settled.
+    :param reading_noise: Standard deviation of the Gaussian noise on each centroid and
+        size reading [m].
+    :param seed: Seed of the reading noise.
+    :param image: Also serve the screen image (a 2-D Gaussian of the read beam) as a
+        waveform PV ``<prefix>AREABSCR1:IMAGE`` with ``:WIDTH``/``:HEIGHT``.
+    :param image_shape: ``(width, height)`` of that image [px].
+    """
+
+    frame_rate_hz: float = Field(10.0, gt=0.0, le=1000.0)
+    reading_noise: float = Field(0.0, ge=0.0)
+    seed: int = 0
+    image: bool = False
+    image_shape: tuple[int, int] = (128, 96)
+
+    @model_validator(mode="after")
+    def _check(self) -> ScreenConfig:
+        if not math.isfinite(self.reading_noise):
+            raise ValueError(f"reading_noise must be finite, got {self.reading_noise}")
+        w, h = self.image_shape
+        if not (8 <= w <= 1024 and 8 <= h <= 1024):
+            raise ValueError(f"image_shape must be within 8..1024 px each, got {self.image_shape}")
+        return self
+
+
+class FaultEvent(_Model):
+    """A fault switched on by the IOC itself.
+
+    :param fault: Fault name (see the module docstring).
+    :param after_puts: Switch on when this many setpoint writes have been received.
+    :param after_s: Switch on this long after the IOC started [s].
+    :param duration_s: Switch off again after this long [s] (``None``: stays on;
+        ``disconnect`` always lasts ``faults.disconnect_s``).
+    :param writes: ``reject_put``/``ignore_put`` only: switch off after refusing or
+        ignoring this many setpoint writes (e.g. 1: one lost write).
+    """
+
+    fault: FaultName
+    after_puts: int | None = Field(None, ge=0)
+    after_s: float | None = Field(None, ge=0.0)
+    duration_s: float | None = Field(None, gt=0.0)
+    writes: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> FaultEvent:
+        if (self.after_puts is None) == (self.after_s is None):
+            raise ValueError(
+                f"fault event {self.fault!r}: give exactly one of after_puts and after_s"
+            )
+        if self.writes is not None and self.fault not in ("reject_put", "ignore_put"):
+            raise ValueError(
+                f"fault event {self.fault!r}: writes applies to reject_put and ignore_put only"
+            )
+        return self
+
+
+class FaultsConfig(_Model):
+    """Fault injection.
+
+    :param active: Faults on from the start (``disconnect`` only at run time or scheduled).
+    :param stuck_knob: Knob whose readback ``stuck`` freezes (default: the first knob).
+    :param beam_loss_level: Beam-loss reading while ``beam_loss`` is on (machine units).
+    :param disconnect_s: How long ``disconnect`` keeps the IOC silent [s].
+    :param schedule: Faults the IOC switches on by itself.
+    """
+
+    active: tuple[FaultName, ...] = ()
+    stuck_knob: str | None = None
+    beam_loss_level: float = 1.0
+    disconnect_s: float = Field(3.0, gt=0.0, le=600.0)
+    schedule: tuple[FaultEvent, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> FaultsConfig:
+        if "disconnect" in self.active:
+            raise ValueError(
+                "faults.active: 'disconnect' cannot be on from the start (no client could "
+                "connect); schedule it (faults.schedule) or write it to the FAULT PV"
+            )
+        return self
+
+
+class VirtualConfig(_Model):
+    """A whole IOC config (see ``deploy/virtual_ares_ea.yaml``).
+
+    :param machine: Machine config whose PVs are served (path, relative to the IOC config).
+    :param trial: Index of the published trial whose hidden state the plant simulates.
+    :param trials_file: Trial-set YAML (default: the published ARES-EA set of accelrl).
+    :param initial_knobs: ``"standard"`` (the task's start settings), ``"trial"`` (the
+        trial's stored settings) or knob name -> setting (SI).
+    :param port: Channel Access server port (``EPICS_CA_SERVER_PORT``).
+    :param prefix: Serve the PVs with this common prefix instead of the machine config's.
+    :param interface: Network interface (address) to serve on.
+    :param heartbeat_period_s: The heartbeat counter increments with this period [s].
+    :param beam_loss_level: Beam-loss reading in normal operation (machine units).
+    """
+
+    machine: Path
+    trial: int = Field(0, ge=0)
+    trials_file: Path | None = None
+    initial_knobs: Literal["standard", "trial"] | dict[str, float] = "standard"
+    port: int = Field(5064, ge=1024, le=65535)
+    prefix: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_:\-.]+$")
+    interface: str = "127.0.0.1"
+    magnets: MagnetsConfig = MagnetsConfig()
+    screen: ScreenConfig = ScreenConfig()
+    heartbeat_period_s: float = Field(0.5, gt=0.0, le=60.0)
+    beam_loss_level: float = 0.05
+    faults: FaultsConfig = FaultsConfig()
+
+
+def common_prefix(machine: MachineConfig) -> str:
+    """The prefix every PV of ``machine`` starts with: the text up to and including the
+    first ``":"`` (e.g. ``"VA:"``).
+
+    :raises VirtualConfigError: If the PVs do not share one such prefix.
+    """
+    names = machine_pvs(machine)
+    prefixes = {n.split(":", 1)[0] + ":" for n in names if ":" in n}
+    if len(prefixes) != 1 or any(":" not in n for n in names):
+        raise VirtualConfigError(
+            f"machine {machine.name!r}: PV names must share one prefix ending in ':' to be "
+            f"renamed, found {sorted(prefixes)}"
+        )
+    return prefixes.pop()
+
+
+def machine_pvs(machine: MachineConfig) -> list[str]:
+    """Every PV name of ``machine`` (knobs, observations, interlock, beam loss, heartbeat)."""
+    names: list[str] = []
+    for knob in machine.knobs:
+        names += [p for p in (knob.setpoint, knob.readback, knob.busy) if p]
+    names += [o.pv for o in machine.observations if o.pv]
+    names += [p for p in (machine.interlock.pv, machine.beam_loss.pv, machine.heartbeat.pv) if p]
+    return names
+
+
+def with_prefix(machine: MachineConfig, prefix: str | None) -> MachineConfig:
+    """``machine`` with its common PV prefix replaced by ``prefix`` (unchanged if ``None``).
+
+    :param machine: Machine config whose PVs share one prefix (e.g. ``"VA:"``).
+    :param prefix: New prefix (e.g. ``"VA7:"``).
+    """
+    if prefix is None:
+        return machine
+    old = common_prefix(machine)
+
+    def rename(pv: str | None) -> str | None:
+        return None if pv is None else prefix + pv[len(old) :]
+
+    data = machine.model_dump()
+    for knob in data["knobs"]:
+        for key in ("setpoint", "readback", "busy"):
+            knob[key] = rename(knob[key])
+    for obs in data["observations"]:
+        obs["pv"] = rename(obs["pv"])
+    for key in ("interlock", "beam_loss", "heartbeat"):
+        data[key]["pv"] = rename(data[key]["pv"])
+    return MachineConfig.model_validate(data)
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = [f"invalid virtual accelerator config {source}:"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+        lines.append(f"  {where}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+class LoadedConfig:
+    """An IOC config with its machine config loaded and checked against each other.
+
+    :param config: The IOC config.
+    :param machine: The machine config as written in its file.
+    :param source: Where the IOC config came from (messages).
+    :raises VirtualConfigError: If the two disagree (transport, stuck knob, initial knobs).
+    """
+
+    def __init__(self, config: VirtualConfig, machine: MachineConfig, source: str = "") -> None:
+        if machine.transport != "ca":
+            raise VirtualConfigError(
+                f"{source}: the virtual accelerator serves Channel Access; machine config "
+                f"{machine.name!r} has transport {machine.transport!r}"
+            )
+        names = set(machine.knob_names)
+        stuck = config.faults.stuck_knob
+        if stuck is not None and stuck not in names:
+            raise VirtualConfigError(
+                f"{source}: faults.stuck_knob {stuck!r} is not a knob of {machine.name!r} "
+                f"(knobs: {list(machine.knob_names)})"
+            )
+        if isinstance(config.initial_knobs, dict):
+            unknown = sorted(set(config.initial_knobs) - names)
+            if unknown:
+                raise VirtualConfigError(
+                    f"{source}: initial_knobs names unknown knobs {unknown} "
+                    f"(knobs: {list(machine.knob_names)})"
+                )
+        if config.prefix is not None:
+            common_prefix(machine)
+        self.config = config
+        self.base_machine = machine
+        self.source = source
+
+    @property
+    def machine(self) -> MachineConfig:
+        """The machine config with the PV names the IOC serves (``prefix`` applied)."""
+        return with_prefix(self.base_machine, self.config.prefix)
+
+    def replace(self, **changes: object) -> LoadedConfig:
+        """A copy with top-level IOC config fields changed (e.g. ``port=..., prefix=...``),
+        validated again."""
+        data = self.config.model_dump()
+        data.update(changes)
+        try:
+            config = VirtualConfig.model_validate(data)
+        except ValidationError as err:
+            raise VirtualConfigError(_format(err, self.source)) from None
+        return LoadedConfig(config, self.base_machine, self.source)
+
+
+def load_virtual_config(path: str | Path, **overrides: object) -> LoadedConfig:
+    """Load and validate an IOC config and the machine config it references.
+
+    :param path: IOC config YAML (e.g. ``deploy/virtual_ares_ea.yaml``).
+    :param overrides: Top-level fields replacing the file's (e.g. ``port=5070``); ``None``
+        values are ignored.
+    :raises VirtualConfigError: Naming the file, the field and the value.
+    """
+    path = Path(path)
+    data = load_yaml_mapping(path, VirtualConfigError, "virtual accelerator config")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        config = VirtualConfig.model_validate(data)
+    except ValidationError as err:
+        raise VirtualConfigError(_format(err, str(path))) from None
+    machine_path = config.machine if config.machine.is_absolute() else path.parent / config.machine
+    trials = config.trials_file
+    if trials is not None and not trials.is_absolute():
+        trials = path.parent / trials
+    config = config.model_copy(update={"machine": machine_path, "trials_file": trials})
+    try:
+        machine = load_machine_config(machine_path)
+    except ValueError as err:
+        raise VirtualConfigError(f"{path}: machine: {err}") from None
+    return LoadedConfig(config, machine, str(path))

@@ -1,0 +1,65 @@
+"""Fixtures: the virtual accelerator (a caproto IOC subprocess on 127.0.0.1) for the EPICS,
+virtual-accelerator and end-to-end tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+VIRTUAL_CONFIG = ROOT / "deploy" / "virtual_ares_ea.yaml"
+MACHINE_CONFIG = ROOT / "deploy" / "virtual_ares_ea_machine.yaml"
+
+#: Fast dynamics for tests: short ramps, frequent frames and heartbeats.
+FAST: dict[str, Any] = {
+    "magnets": {"settle_time_s": 0.1, "update_rate_hz": 100.0},
+    "screen": {"frame_rate_hz": 20.0, "reading_noise": 2.0e-6, "seed": 0, "image": True},
+    "heartbeat_period_s": 0.1,
+    "faults": {"stuck_knob": "Q1", "beam_loss_level": 1.0, "disconnect_s": 1.0},
+}
+
+
+def start_ioc(**overrides: Any) -> Any:
+    """A fresh IOC (free port, unique prefix) with :data:`FAST` dynamics and ``overrides``."""
+    from accelrl.deploy.virtual import serve_in_subprocess, unique_prefix
+
+    settings = {**FAST, **overrides}
+    return serve_in_subprocess(VIRTUAL_CONFIG, prefix=unique_prefix(), **settings)
+
+
+@pytest.fixture(name="start_ioc", scope="session")
+def start_ioc_fixture() -> Any:
+    """:func:`start_ioc`, for tests that need an IOC of their own (use it as a context
+    manager)."""
+    return start_ioc
+
+
+@pytest.fixture(scope="session")
+def shared_ioc() -> Iterator[Any]:
+    """One IOC for the tests of a worker; reset by :func:`ioc` before each test."""
+    handle = start_ioc()
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
+def ioc(shared_ioc: Any) -> Any:
+    """The shared IOC, reset: no faults, counters zero, initial knob settings."""
+    shared_ioc.reset()
+    return shared_ioc
+
+
+@pytest.fixture
+def machine(ioc: Any) -> Iterator[Any]:
+    """A connected :class:`~accelrl.deploy.epics.EpicsMachine` on the shared IOC."""
+    m = ioc.machine()
+    m.connect(timeout=5.0)
+    try:
+        yield m
+    finally:
+        m.close()

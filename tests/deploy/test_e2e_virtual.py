@@ -1,0 +1,229 @@
+"""End to end: the shipped policy bundle, the runtime controller and the safety layer drive
+the virtual ARES-EA over Channel Access on 127.0.0.1.
+
+Every fault of the virtual accelerator is switched on through its FAULT PV after the
+controller's first write; the run must abort for the right reason, roll the knobs back to
+their initial settings (verified on the IOC), and leave a complete log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from accelrl.deploy.controller import Controller, StopReason
+from accelrl.deploy.runlog import SUMMARY_FILE, read_run
+from accelrl.deploy.runtime import OnnxPolicy
+from accelrl.deploy.safety import AbortReason, SafetyLayer
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_BUNDLE = ROOT / "agents" / "apg-ares-ea" / "bundle"
+#: A functional requirement, not a benchmark: the rollback must finish within 1 s.
+ROLLBACK_LIMIT_S = 1.0
+
+E2E: dict[str, Any] = {
+    "magnets": {"settle_time_s": 0.02, "update_rate_hz": 200.0},
+    "screen": {"frame_rate_hz": 50.0, "reading_noise": 1.0e-6, "seed": 0},
+    "heartbeat_period_s": 0.1,
+    "faults": {"stuck_knob": "Q1", "beam_loss_level": 1.0, "disconnect_s": 1.5},
+}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped bundle, or the same policy exported now if it is not there."""
+    if (SHIPPED_BUNDLE / "manifest.json").exists():
+        return SHIPPED_BUNDLE
+    from accelrl.deploy.export import export
+
+    return export(ROOT / "agents" / "apg-ares-ea", tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def policy(bundle: Path) -> OnnxPolicy:
+    return OnnxPolicy(bundle)
+
+
+@pytest.fixture(scope="module")
+def e2e_ioc(start_ioc: Callable[..., Any]) -> Iterator[Any]:
+    with start_ioc(**E2E) as handle:
+        yield handle
+
+
+@pytest.fixture
+def va(e2e_ioc: Any) -> Any:
+    e2e_ioc.reset()
+    return e2e_ioc
+
+
+def fast_config(ioc: Any) -> Any:
+    """The IOC's machine config with short timeouts (the IOC's dynamics are fast too)."""
+    config = ioc.machine_config
+    return config.model_copy(
+        update={
+            "timing": config.timing.model_copy(
+                update={"reading_timeout_s": 0.5, "settle_timeout_s": 0.3}
+            ),
+            "heartbeat": config.heartbeat.model_copy(update={"max_age_s": 0.5}),
+        }
+    )
+
+
+def target_of(trial_index: int) -> list[float]:
+    from accelrl.envs.trials import load_trials
+
+    return load_trials()[trial_index].target.tolist()
+
+
+def make_controller(ioc: Any, policy: OnnxPolicy, log_dir: Path, mode: str = "auto", **kw: Any):
+    from accelrl.deploy.epics import EpicsMachine
+
+    config = fast_config(ioc)
+    machine = EpicsMachine(config, addresses=[ioc.address])
+    machine.connect(timeout=5.0)
+    safety = SafetyLayer.for_bundle(machine, config, policy.manifest)
+    controller = Controller(
+        policy, machine, safety, mode, target=target_of(30), log_dir=log_dir, plot=False, **kw
+    )
+    return controller, machine, safety
+
+
+def timed_rollback(safety: SafetyLayer) -> list[float]:
+    """Record how long each rollback takes [s]."""
+    durations: list[float] = []
+    original = safety.rollback
+
+    def rollback(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.monotonic()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            durations.append(time.monotonic() - t0)
+
+    safety.rollback = rollback  # type: ignore[method-assign]
+    return durations
+
+
+def fault_after_first_write(ioc: Any, safety: SafetyLayer, fault: str) -> Callable[[], bool]:
+    """A per-step callback that switches ``fault`` on once the controller has written."""
+    done: list[bool] = []
+
+    def hook() -> bool:
+        if safety.writes >= 1 and not done:
+            done.append(True)
+            ioc.set_faults(fault)
+            time.sleep(0.05)
+        return False
+
+    return hook
+
+
+def test_auto_mode_tunes_the_virtual_machine(va, policy, tmp_path):
+    initial_mae = va.true_mae()
+    controller, machine, _ = make_controller(va, policy, tmp_path / "run", max_steps=30)
+    try:
+        result = controller.run()
+    finally:
+        machine.close()
+    assert result.reason in (StopReason.target_reached, StopReason.step_budget), result
+    assert result.writes >= 1 and result.abort_reason is None
+    assert va.put_count() >= result.writes
+    assert va.true_mae() < 0.2 * initial_mae
+    records = read_run(tmp_path / "run")
+    assert records[0]["type"] == "start" and records[0]["transport"] == "ca"
+    assert records[-1]["type"] == "end"
+    assert (tmp_path / "run" / SUMMARY_FILE).exists()
+
+
+def test_shadow_mode_never_writes(va, policy, tmp_path):
+    controller, machine, _ = make_controller(va, policy, tmp_path / "run", "shadow", max_steps=5)
+    try:
+        result = controller.run()
+    finally:
+        machine.close()
+    assert result.reason is StopReason.step_budget
+    assert result.writes == 0
+    assert va.put_count() == 0  # counted by the IOC: not one setpoint write arrived
+    steps = [r for r in read_run(tmp_path / "run") if r["type"] == "step"]
+    assert len(steps) == 5 and all(r["decision"] == "shadow" for r in steps)
+
+
+ROLLBACK_FAULTS = [
+    ("interlock", AbortReason.interlock),
+    ("beam_loss", AbortReason.beam_loss),
+    ("stale", AbortReason.stale_reading),
+    ("reject_put:1", AbortReason.put_rejected),
+    ("ignore_put:1", AbortReason.put_rejected),
+    ("stuck", AbortReason.put_unverified),
+    ("heartbeat", AbortReason.stale_heartbeat),
+]
+
+
+@pytest.mark.parametrize(("fault", "reason"), ROLLBACK_FAULTS, ids=[f for f, _ in ROLLBACK_FAULTS])
+def test_fault_aborts_and_rolls_back(va, policy, tmp_path, fault, reason):
+    log_dir = tmp_path / "run"
+    controller, machine, safety = make_controller(
+        va, policy, log_dir, max_steps=20, thresholds=[1e-9] * 4
+    )
+    controller.stop_callback = fault_after_first_write(va, safety, fault)
+    durations = timed_rollback(safety)
+    try:
+        result = controller.run()
+    finally:
+        machine.close()
+    assert result.reason is StopReason.abort
+    assert result.abort_reason is reason, result.abort_detail
+    assert result.writes >= 1
+    # rolled back to the initial settings, within the limit
+    assert result.rollback is not None and result.rollback["complete"], result.rollback
+    assert len(durations) == 1 and durations[0] < ROLLBACK_LIMIT_S
+    va.set_faults()
+    fresh = va.machine()
+    fresh.connect(timeout=5.0)
+    try:
+        setpoints = fresh.read_setpoints().values
+    finally:
+        fresh.close()
+    assert setpoints == pytest.approx(result.initial, abs=1e-9)
+    # a complete log: start, the steps, the abort, every rollback write, the summary
+    records = read_run(log_dir)
+    kinds = [r["type"] for r in records]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    aborts = [r for r in records if r.get("decision") == "abort"]
+    assert len(aborts) == 1 and aborts[0]["abort"]["reason"] == reason.value
+    assert kinds.count("rollback") == len(safety_writes(records)) >= 1
+    assert records[-1]["rollback"]["complete"] is True
+    assert (log_dir / SUMMARY_FILE).exists()
+
+
+def safety_writes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r["type"] == "rollback"]
+
+
+def test_disconnect_aborts_without_hanging(va, policy, tmp_path):
+    log_dir = tmp_path / "run"
+    controller, machine, safety = make_controller(
+        va, policy, log_dir, max_steps=20, thresholds=[1e-9] * 4
+    )
+    controller.stop_callback = fault_after_first_write(va, safety, "disconnect")
+    t0 = time.monotonic()
+    try:
+        result = controller.run()
+    finally:
+        machine.close()
+    elapsed = time.monotonic() - t0
+    assert result.reason is StopReason.abort
+    assert result.abort_reason is AbortReason.disconnected, result.abort_detail
+    # every machine call has a timeout: the run ends, with its log, instead of hanging
+    assert elapsed < 20.0
+    records = read_run(log_dir)
+    assert records[0]["type"] == "start" and records[-1]["type"] == "end"
+    assert records[-1]["abort"]["reason"] == "disconnected"
+    # the rollback cannot reach a silent IOC: it is reported, not faked
+    assert result.rollback is not None
+    if not result.rollback["complete"]:
+        assert result.rollback["detail"]

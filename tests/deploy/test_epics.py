@@ -1,0 +1,309 @@
+"""EpicsMachine over real Channel Access traffic to the virtual accelerator on 127.0.0.1."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from accelrl.deploy.config import load_machine_config
+from accelrl.deploy.epics import EpicsMachine
+from accelrl.deploy.machine import (
+    Disconnected,
+    Machine,
+    MachineError,
+    PutRejected,
+    SettleTimeout,
+)
+
+MACHINE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "virtual_ares_ea_machine.yaml"
+START = {"Q1": 10.0, "Q2": -10.0, "CV": 0.0, "Q3": 10.0, "CH": 0.0}
+
+
+def wait_fresh_observation(machine, after: float, timeout: float = 3.0):
+    """The first observation time-stamped after ``after`` (the fresh-reading rule)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reading = machine.read_observation()
+        if reading.timestamp > after:
+            return reading
+        time.sleep(0.01)
+    raise AssertionError(f"no observation newer than {after} within {timeout} s")
+
+
+def test_is_a_machine_and_torch_free():
+    machine = EpicsMachine(load_machine_config(MACHINE_CONFIG))
+    assert isinstance(machine, Machine)
+    assert machine.knob_names == ("Q1", "Q2", "CV", "Q3", "CH")
+    assert machine.observation_names == ("mu_x", "sigma_x", "mu_y", "sigma_y")
+    code = (
+        "import sys, accelrl.deploy.epics, accelrl.deploy.virtual; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rejects_sim_transport_and_missing_p4p():
+    config = load_machine_config(MACHINE_CONFIG)
+    with pytest.raises(ValueError, match="transport 'ca' or 'pva'"):
+        EpicsMachine(config.model_copy(update={"transport": "sim"}))
+    try:
+        import p4p  # noqa: F401
+    except ImportError:
+        machine = EpicsMachine(config.model_copy(update={"transport": "pva"}))
+        with pytest.raises(MachineError, match="needs p4p"):
+            machine.connect(timeout=0.5)
+
+
+def test_connect_read(machine):
+    knobs = machine.read_knobs()
+    assert knobs.values == pytest.approx(START)
+    assert machine.read_setpoints().values == pytest.approx(START)
+    obs = machine.read_observation()
+    assert set(obs.values) == {"mu_x", "sigma_x", "mu_y", "sigma_y"}
+    assert all(math.isfinite(v) for v in obs.values.values())
+    assert obs.values["sigma_x"] > 0 and obs.values["sigma_y"] > 0
+    # IOC time stamps: frames arrive at 20 Hz, so the reading is recent
+    assert 0.0 <= time.time() - obs.timestamp < 2.0
+    health = machine.health()
+    assert health.connected and not health.interlock and not health.beam_loss
+    assert health.heartbeat_age_s is not None and health.heartbeat_age_s < 1.0
+    assert health.detail == ()
+
+
+def test_connect_names_the_pvs_that_do_not_connect(ioc):
+    config = ioc.machine_config
+    observations = (*config.observations, {"name": "extra", "unit": "m", "pv": "NOPE:EXTRA"})
+    bad = config.model_validate({**config.model_dump(), "observations": observations})
+    machine = EpicsMachine(bad, addresses=[ioc.address])
+    try:
+        with pytest.raises(Disconnected, match="NOPE:EXTRA") as err:
+            machine.connect(timeout=0.5)
+        assert "1 of" in str(err.value) and ioc.address in str(err.value)
+    finally:
+        machine.close()
+
+
+def test_nothing_answers_on_a_wrong_port(ioc):
+    from accelrl.deploy.virtual import free_port
+
+    machine = EpicsMachine(ioc.machine_config, addresses=[f"127.0.0.1:{free_port()}"])
+    try:
+        with pytest.raises(Disconnected, match="did not connect"):
+            machine.connect(timeout=0.3)
+    finally:
+        machine.close()
+
+
+def test_environment_addresses_are_used_by_default(ioc, monkeypatch):
+    for key, value in ioc.env.items():
+        monkeypatch.setenv(key, value)
+    machine = EpicsMachine(ioc.machine_config)
+    try:
+        machine.connect(timeout=3.0)
+        assert machine.read_knobs().values == pytest.approx(START)
+    finally:
+        machine.close()
+
+
+def test_put_settle_and_fresh_observation(ioc, machine):
+    before = machine.read_observation()
+    machine.put({"Q1": 14.0, "CH": 2.0e-4})
+    # busy is set by the time the put is confirmed, the readback still moving
+    busy_pv = ioc.machine_config.knob("Q1").busy
+    assert ioc.caget(busy_pv) == 1
+    assert machine.read_setpoints().values["Q1"] == 14.0
+    machine.settle(["Q1", "CH"])
+    settled = time.time()
+    assert ioc.caget(busy_pv) == 0
+    knobs = machine.read_knobs().values
+    assert knobs["Q1"] == pytest.approx(14.0) and knobs["CH"] == pytest.approx(2.0e-4)
+    fresh = wait_fresh_observation(machine, settled)
+    assert fresh.timestamp > before.timestamp
+    assert fresh.values["mu_x"] != pytest.approx(before.values["mu_x"], abs=1e-5)
+    assert ioc.put_count() == 2
+
+
+def test_readback_ramps_while_busy(ioc):
+    slow = ioc.machine_config
+    machine = EpicsMachine(slow, addresses=[ioc.address])
+    machine.connect(timeout=3.0)
+    try:
+        machine.put({"Q2": 10.0})  # from -10: a 0.1 s ramp
+        seen = []
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            seen.append(machine.read_knobs().values["Q2"])
+            if seen[-1] == 10.0:
+                break
+            time.sleep(0.005)
+        assert seen[-1] == 10.0
+        assert any(-10.0 < v < 10.0 for v in seen), seen
+    finally:
+        machine.close()
+
+
+def test_settle_timeout_names_the_moving_knob(machine):
+    machine.put({"Q3": 12.0})
+    with pytest.raises(SettleTimeout, match="Q3"):
+        machine.settle(["Q3"], timeout=0.0)
+    machine.settle(["Q3"])
+
+
+def test_put_outside_limits_is_rejected_by_the_ioc(ioc, machine):
+    with pytest.raises(PutRejected, match="AREAMQZM1:K1:SP.*ECA_PUTFAIL"):
+        machine.put({"Q1": 80.0})
+    with pytest.raises(PutRejected):
+        machine.put({"CV": -7.0e-3})
+    assert machine.read_setpoints().values == pytest.approx(START)
+    assert ioc.put_count() == 2
+    assert "outside the limits" in ioc.log()
+
+
+def test_put_checks_its_arguments_before_sending(ioc, machine):
+    with pytest.raises(ValueError, match="finite"):
+        machine.put({"Q1": math.nan})
+    with pytest.raises(KeyError, match="no knob"):
+        machine.put({"Q9": 1.0})
+    assert ioc.put_count() == 0
+
+
+def test_fault_reject_put(ioc, machine):
+    ioc.set_faults("reject_put")
+    assert ioc.faults() == {"reject_put"}
+    with pytest.raises(PutRejected, match="refused"):
+        machine.put({"Q1": 11.0})
+    ioc.set_faults()
+    machine.put({"Q1": 11.0})
+    assert machine.read_setpoints().values["Q1"] == 11.0
+
+
+def test_fault_ignore_put_is_confirmed_but_not_applied(ioc, machine):
+    ioc.set_faults("ignore_put")
+    machine.put({"Q1": 11.0})  # no error: only the read-back shows it
+    machine.settle(["Q1"])
+    assert machine.read_setpoints().values["Q1"] == 10.0
+    assert machine.read_knobs().values["Q1"] == 10.0
+    assert ioc.put_count() == 1
+
+
+def test_fault_stuck_freezes_the_readback(ioc, machine):
+    ioc.set_faults("stuck")
+    machine.put({"Q1": 12.0, "Q2": -8.0})
+    machine.settle(["Q1", "Q2"])  # the power supply reports done ...
+    knobs = machine.read_knobs().values
+    assert knobs["Q1"] == 10.0  # ... but the stuck knob did not move
+    assert knobs["Q2"] == pytest.approx(-8.0)
+    assert machine.read_setpoints().values["Q1"] == 12.0
+
+
+def test_fault_stale_readings_stop_updating(ioc, machine):
+    ioc.set_faults("stale")
+    time.sleep(0.1)
+    first = machine.read_observation()
+    machine.put({"Q1": 13.0})
+    machine.settle(["Q1"])
+    time.sleep(0.3)  # six frame periods
+    later = machine.read_observation()
+    assert later.timestamp == first.timestamp
+    assert later.values == first.values
+    ioc.set_faults()
+    assert wait_fresh_observation(machine, first.timestamp).timestamp > first.timestamp
+
+
+def test_fault_interlock_and_beam_loss(ioc, machine):
+    ioc.set_faults("interlock")
+    health = machine.health()
+    assert health.interlock and not health.beam_loss
+    assert any("interlock" in d for d in health.detail)
+    ioc.set_faults("beam_loss")
+    health = machine.health()
+    assert health.beam_loss and not health.interlock
+    ioc.set_faults("interlock", "beam_loss")
+    health = machine.health()
+    assert health.interlock and health.beam_loss
+    ioc.set_faults()
+    health = machine.health()
+    assert not health.interlock and not health.beam_loss
+
+
+def test_fault_heartbeat_ages(ioc):
+    config = ioc.machine_config
+    config = config.model_copy(
+        update={"heartbeat": config.heartbeat.model_copy(update={"max_age_s": 0.3})}
+    )
+    machine = EpicsMachine(config, addresses=[ioc.address])
+    machine.connect(timeout=3.0)
+    try:
+        assert machine.health().heartbeat_age_s < 0.3
+        ioc.set_faults("heartbeat")
+        time.sleep(0.6)
+        health = machine.health()
+        assert health.heartbeat_age_s > 0.3
+        assert any("heartbeat" in d for d in health.detail)
+    finally:
+        machine.close()
+
+
+def test_fault_disconnect_raises_disconnected_not_a_hang(ioc, machine):
+    ioc.set_faults("disconnect")
+    time.sleep(0.2)  # the IOC drops the circuits 50 ms after the fault
+    timeout = machine.config.timing.reading_timeout_s
+    for call in (
+        machine.read_observation,
+        machine.read_knobs,
+        machine.health,
+        lambda: machine.put({"Q1": 11.0}),
+        lambda: machine.settle(["Q1"], timeout=0.5),
+    ):
+        t0 = time.monotonic()
+        with pytest.raises(Disconnected):
+            call()
+        assert time.monotonic() - t0 < timeout + 2.0
+    # the IOC answers again after faults.disconnect_s; a fresh connection works
+    deadline = time.monotonic() + 10.0
+    while True:
+        fresh = ioc.machine()
+        try:
+            fresh.connect(timeout=1.0)
+            assert fresh.read_knobs().values == pytest.approx(START)
+            break
+        except Disconnected:
+            if time.monotonic() > deadline:
+                raise
+        finally:
+            fresh.close()
+
+
+def test_frozen_ioc_process_raises_disconnected(ioc, machine):
+    ioc.pause()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(Disconnected, match="no answer"):
+            machine.read_observation()
+        assert time.monotonic() - t0 < machine.config.timing.reading_timeout_s + 2.0
+        with pytest.raises(Disconnected):
+            machine.put({"Q1": 11.0})
+    finally:
+        ioc.resume()
+    # the client may have dropped the silent circuit meanwhile: it reconnects by itself
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            assert machine.read_knobs().values["Q1"] in (10.0, 11.0)
+            break
+        except Disconnected:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_close_is_idempotent_and_final(machine):
+    machine.close()
+    machine.close()
+    with pytest.raises(Disconnected, match="not connected"):
+        machine.read_knobs()
