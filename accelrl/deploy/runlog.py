@@ -1,0 +1,222 @@
+"""The run log of a controller run: JSON Lines, a summary and a plot.
+
+A run directory holds::
+
+    run.jsonl      one JSON object per line, each written, flushed and fsync'ed before the
+                   controller goes on (a crash loses at most the line being written):
+                     {"type": "start", ...}     bundle, machine, mode, limits, target,
+                                                initial settings (a new folder per run;
+                                                an existing run.jsonl is never appended to)
+                     {"type": "step", ...}      one per step (see below)
+                     {"type": "rollback", ...}  one per rollback ramp write
+                     {"type": "end", ...}       the summary
+    summary.json   the end-of-run summary (also the last line of run.jsonl)
+    run.png        beam errors and knob values vs step, the abort marked (matplotlib,
+                   imported only when the plot is made)
+
+A ``step`` record: ``step`` (0-based), ``time`` (wall clock, s since the epoch),
+``observation`` (name -> SI, with its ``observation_time``), ``knobs`` (readbacks, SI),
+``target``, ``error`` (beam - target, m), ``raw_action`` (policy output, SI),
+``requested`` / ``safe_setpoints`` (SI), ``clips`` (``knob, rule, requested, applied``),
+``decision`` (``write``, ``shadow``, ``refused``, ``target_reached``, ``stopped``,
+``abort``), ``writes`` (knob -> value put), ``setpoints_read`` and ``readbacks`` after the
+write, ``timing`` (seconds spent reading, in the policy, writing/settling), and on abort
+``abort`` (``reason``, ``detail``).
+
+JSON has no NaN or infinity: such values are written as the strings ``"nan"``,
+``"inf"`` and ``"-inf"``.
+
+This module needs numpy only (matplotlib for :func:`plot_run`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RUN_FILE = "run.jsonl"
+SUMMARY_FILE = "summary.json"
+PLOT_FILE = "run.png"
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as strict JSON: numpy -> Python, non-finite floats -> strings."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [jsonable(v) for v in value.tolist()]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isfinite(v):
+            return v
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+class RunLog:
+    """Writes a run directory (see the module documentation).
+
+    :param directory: Run directory (created; must not hold a run already).
+    :param fsync: ``os.fsync`` every record (default; turn off only for benchmarks).
+    """
+
+    def __init__(self, directory: str | Path, fsync: bool = True) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / RUN_FILE
+        try:  # a run's record is never appended to or overwritten
+            self._file = self.path.open("x", encoding="utf-8")
+        except FileExistsError:
+            raise FileExistsError(
+                f"{self.path} exists: {self.directory} already holds a run; choose a new folder"
+            ) from None
+        self._fsync = fsync
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Append one record; flushed and fsync'ed before returning."""
+        data = jsonable(record)
+        self._file.write(json.dumps(data, allow_nan=False) + "\n")
+        self._file.flush()
+        if self._fsync:
+            os.fsync(self._file.fileno())
+        self.records.append(data)
+
+    def finish(self, summary: Mapping[str, Any], plot: bool = True) -> dict[str, Any]:
+        """Write the ``end`` record, ``summary.json`` and (``plot``) ``run.png``; close.
+
+        :return: The summary as written (with ``plot`` set to the PNG's path or ``None``).
+        """
+        data = jsonable(summary)
+        data["plot"] = None
+        if plot:
+            try:
+                records = [*self.records, {"type": "end", **data}]
+                data["plot"] = str(plot_run(records, self.directory / PLOT_FILE))
+            except ImportError as err:  # matplotlib is optional at run time
+                data["plot_error"] = f"no plot: {err}"
+        self.write({"type": "end", **data})
+        tmp = self.directory / (SUMMARY_FILE + ".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2, allow_nan=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(self.directory / SUMMARY_FILE)
+        self.close()
+        return data
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if not self._file.closed:
+            self._file.close()
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_run(directory: str | Path) -> list[dict[str, Any]]:
+    """All records of ``directory/run.jsonl`` (a torn last line is ignored)."""
+    out = []
+    for line in (Path(directory) / RUN_FILE).read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def _num(v: Any) -> float:
+    if isinstance(v, str):
+        return float(v)  # "nan", "inf", "-inf"
+    return math.nan if v is None else float(v)
+
+
+def plot_run(records: list[Mapping[str, Any]], path: str | Path) -> Path:
+    """Beam errors [um] and knob values (SI) vs step, abort marked; saved as PNG.
+
+    :param records: The run's records (``start``, ``step``, ``rollback`` ...).
+    :param path: PNG file to write.
+    """
+    from matplotlib.figure import Figure
+
+    steps = [r for r in records if r.get("type") == "step"]
+    start = next((r for r in records if r.get("type") == "start"), {})
+    knobs = list(start.get("knob_names") or (steps[0]["knobs"] if steps else []))
+    beam_names = list(start.get("observation_names") or ("mu_x", "sigma_x", "mu_y", "sigma_y"))
+    limits = start.get("limits", {})
+    units = {k: limits.get(k, {}).get("unit", "") for k in knobs}
+
+    fig = Figure(figsize=(9, 2.0 + 1.4 * (1 + len(knobs))), layout="constrained")
+    axes = fig.subplots(1 + len(knobs), 1, sharex=True, squeeze=False)[:, 0]
+    x = [r["step"] for r in steps]
+    ax = axes[0]
+    for name in beam_names:
+        y = [_num(r.get("error", {}).get(name)) * 1e6 for r in steps]
+        ax.plot(x, y, marker=".", label=name)
+    thresholds = start.get("thresholds")
+    linthresh = 1.0
+    if thresholds:
+        t = max(_num(v) for v in thresholds) * 1e6
+        ax.axhspan(-t, t, color="0.9", zorder=0, label="target band")
+        linthresh = max(t / 4, 1e-3)
+    ax.axhline(0.0, color="0.5", lw=0.8)
+    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.set_ylabel("beam - target [um]")
+    ax.legend(loc="upper right", fontsize=7, ncol=3)
+    abort = next((r for r in records if r.get("decision") == "abort"), None)
+    rollback = [r for r in records if r.get("type") == "rollback" and r.get("ok")]
+    # Rollback writes are drawn between the abort step and the next integer.
+    x0 = abort["step"] if abort is not None else (x[-1] if x else 0)
+    xr = [x0 + (i + 1) / (len(rollback) + 1) for i in range(len(rollback))]
+    for ax, name in zip(axes[1:], knobs, strict=True):
+        y = [_num(r.get("knobs", {}).get(name)) for r in steps]
+        ax.plot(x, y, marker=".", color="C0", label="readback")
+        safe = [_num(r.get("safe_setpoints", {}).get(name)) for r in steps]
+        ax.plot(x, safe, ls="--", color="C1", lw=0.8, label="safe setpoint")
+        if rollback:
+            yr = [_num(r["setpoints"].get(name, math.nan)) for r in rollback]
+            ax.plot(xr, yr, "x", color="red", label="rollback write")
+        ax.set_ylabel(f"{name} [{units.get(name) or '-'}]", fontsize=8)
+    if len(axes) > 1:
+        axes[1].legend(loc="upper right", fontsize=7)
+    end = next((r for r in records if r.get("type") == "end"), {})
+    if abort is not None:
+        for ax in axes:
+            ax.axvline(abort["step"], color="red", lw=1.5)
+        reason = abort.get("abort", {}).get("reason", "abort")
+        axes[0].annotate(
+            f"abort: {reason}",
+            xy=(abort["step"], 1.0),
+            xycoords=("data", "axes fraction"),
+            color="red",
+            fontsize=8,
+            ha="right",
+            va="bottom",
+        )
+    axes[-1].set_xlabel("step")
+    title = f"{start.get('machine', '')}  mode {start.get('mode', '')}"
+    if end:
+        title += f"  -> {end.get('reason', '')}"
+    fig.suptitle(title, fontsize=10)
+    path = Path(path)
+    fig.savefig(path, format="png", dpi=100)
+    return path

@@ -1,0 +1,269 @@
+"""Deployment latency: policy inference at batch 1 and the controller's own overhead per step.
+
+One run measures, on one thread (``torch.set_num_threads(1)``, onnxruntime 1 intra-/inter-op
+thread, ``ORT_SEQUENTIAL``):
+
+* **policy inference, batch 1** (p50/p99 over ``--calls`` calls after a warm-up) of the
+  shipped policy (``agents/apg-ares-ea``, MLP [128, 128] tanh):
+  onnxruntime through :class:`accelrl.deploy.runtime.OnnxPolicy.act1` (I/O binding with a
+  pre-bound numpy input), onnxruntime ``session.run`` with a numpy feed (same session
+  options), torch eager (the :class:`~accelrl.agents.policy.MLPPolicy` on a pre-allocated
+  tensor, ``no_grad``), and Stable-Baselines3 ``TD3.predict(deterministic=True)`` of an actor
+  of the same hidden sizes on the task's flat observation;
+* **controller overhead per step**: the wall time of a controller step (fresh reading,
+  readbacks, health, policy, safety, verified write, log record with fsync) minus the time
+  spent waiting on the machine (``machine.settle`` and polling for fresh frames/readbacks
+  beyond the successful read) -- over Channel Access against the virtual accelerator
+  (:mod:`accelrl.deploy.virtual`, a caproto IOC in a subprocess on 127.0.0.1, free port)
+  when it is available, and against :class:`~accelrl.deploy.sim.SimMachine`.
+
+Targets: onnxruntime p50 <= 25 us; controller overhead <= 2 ms per step.
+The last line is one line of JSON::
+
+    {"onnx_p50_us": ..., "onnx_p99_us": ..., "torch_p50_us": ..., "sb3_p50_us": ...,
+     "loop_overhead_ms": ...}
+
+``loop_overhead_ms`` is the median over steps, over Channel Access when the virtual
+accelerator ran, else on SimMachine (the table says which).
+
+Run: ``.venv/bin/python benchmarks/deploy_latency.py [--calls 20000] [--steps 40]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "agents" / "apg-ares-ea" / "bundle"
+POLICY_DIR = ROOT / "agents" / "apg-ares-ea"
+SIM_CONFIG = ROOT / "deploy" / "sim_ares_ea.yaml"
+VIRTUAL_CONFIG = ROOT / "deploy" / "virtual_ares_ea.yaml"
+
+
+def percentiles(fn, x, calls: int, warmup: int = 2000) -> tuple[float, float]:
+    """p50 and p99 of ``fn(x)`` [us]."""
+    for _ in range(warmup):
+        fn(x)
+    t = np.empty(calls)
+    clock = time.perf_counter_ns
+    for i in range(calls):
+        t0 = clock()
+        fn(x)
+        t[i] = clock() - t0
+    p50, p99 = np.percentile(t, [50, 99]) / 1e3
+    return float(p50), float(p99)
+
+
+def inference(calls: int) -> dict[str, tuple[float, float]]:
+    from accelrl.agents.policy import MLPPolicy
+    from accelrl.deploy.runtime import OnnxPolicy
+
+    policy = OnnxPolicy(BUNDLE)
+    with np.load(BUNDLE / "selftest.npz") as d:
+        x = np.ascontiguousarray(d["observation"][0])
+    out: dict[str, tuple[float, float]] = {}
+    out["onnxruntime act1 (I/O binding)"] = percentiles(policy.act1, x, calls)
+    feed_name = policy.manifest.graph.input
+    x2 = x.reshape(1, -1).copy()
+    session = policy.session
+    out["onnxruntime session.run (numpy feed)"] = percentiles(
+        lambda v: session.run(None, {feed_name: v}), x2, calls
+    )
+
+    torch_policy = MLPPolicy.load(POLICY_DIR)
+    xt = torch.as_tensor(x2)
+
+    def torch_eager(v: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch_policy(v)
+
+    out["torch eager (MLPPolicy, no_grad)"] = percentiles(torch_eager, xt, calls)
+    out["SB3 TD3.predict (deterministic)"] = percentiles(
+        sb3_predictor(), x.astype(np.float32), max(calls // 4, 2000), warmup=500
+    )
+    return out
+
+
+def sb3_predictor():
+    """``TD3.predict`` of an actor with the shipped policy's hidden sizes on the task's flat
+    observation (the accelrl SB3 training environment)."""
+    from stable_baselines3 import TD3
+
+    from accelrl.agents.recipes import Recipe
+    from accelrl.agents.training import make_training_env
+
+    recipe = Recipe.from_dict({"algorithm": "td3", "num_envs": 1, "seed": 0})
+    env = make_training_env(recipe)
+    model = TD3(
+        "MlpPolicy",
+        env,
+        policy_kwargs={"net_arch": [128, 128], "activation_fn": torch.nn.Tanh},
+        device="cpu",
+        seed=0,
+    )
+    return lambda obs: model.predict(obs, deterministic=True)
+
+
+class TimedMachine:
+    """Forwards every call to a machine and adds the time spent in it (``settle`` apart)."""
+
+    def __init__(self, machine) -> None:
+        self.machine = machine
+        self.knob_names = machine.knob_names
+        self.observation_names = machine.observation_names
+        self.io_s = 0.0
+        self.calls = 0
+
+    def __getattr__(self, name: str):
+        fn = getattr(self.machine, name)
+        if name == "settle" or not callable(fn):
+            return fn
+
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.io_s += time.perf_counter() - start
+                self.calls += 1
+
+        return timed
+
+
+def controller_overhead(machine, config, steps: int, log_dir: Path, target) -> dict[str, float]:
+    """Run ``steps`` auto steps; per-step wall time minus machine waits [ms], and the part of
+    it spent in machine calls (Channel Access round trips)."""
+    from accelrl.deploy.controller import Controller
+    from accelrl.deploy.runlog import read_run
+    from accelrl.deploy.runtime import OnnxPolicy
+    from accelrl.deploy.safety import SafetyLayer
+
+    machine = TimedMachine(machine)
+    policy = OnnxPolicy(BUNDLE)
+    safety = SafetyLayer.for_bundle(machine, config, policy.manifest)
+    controller = Controller(
+        policy, machine, safety, "auto", target=target, max_steps=steps, log_dir=log_dir,
+        thresholds=[1e-12] * 4, plot=False,
+    )  # fmt: skip
+    io0, calls0 = machine.io_s, machine.calls
+    result = controller.run()
+    if result.abort_reason is not None:
+        raise RuntimeError(f"benchmark run aborted: {result.abort_reason}: {result.abort_detail}")
+    records = [r for r in read_run(log_dir) if r["type"] == "step" and "total_s" in r["timing"]]
+    overhead = np.array([r["timing"]["total_s"] - r["timing"]["wait_s"] for r in records])
+    total = np.array([r["timing"]["total_s"] for r in records])
+    policy_s = np.array([r["timing"]["policy_s"] for r in records])
+    calls = machine.calls - calls0
+    return {
+        "steps": len(records),
+        "calls_per_step": calls / max(len(records), 1),
+        "ms_per_call": (machine.io_s - io0) / max(calls, 1) * 1e3,
+        "overhead_p50_ms": float(np.median(overhead) * 1e3),
+        "overhead_p99_ms": float(np.percentile(overhead, 99) * 1e3),
+        "step_p50_ms": float(np.median(total) * 1e3),
+        "policy_p50_us": float(np.median(policy_s) * 1e6),
+    }
+
+
+def sim_overhead(steps: int, tmp: Path) -> dict[str, float]:
+    from accelrl.deploy.config import load_machine_config
+    from accelrl.deploy.plant import Plant
+    from accelrl.deploy.sim import SimMachine
+
+    config = load_machine_config(SIM_CONFIG)
+    plant = Plant.from_trial(0)  # zero-size target: never reached, all steps write
+    machine = SimMachine(plant, config)
+    return controller_overhead(machine, config, steps, tmp / "sim", plant.target)
+
+
+def ca_overhead(steps: int, tmp: Path) -> dict[str, float] | None:
+    try:
+        from accelrl.deploy.virtual import serve_in_subprocess, unique_prefix
+    except ImportError:
+        return None
+    if not VIRTUAL_CONFIG.is_file():
+        return None
+    from accelrl.deploy.plant import Plant
+
+    target = Plant.from_trial(0).target
+    with serve_in_subprocess(
+        VIRTUAL_CONFIG,
+        prefix=unique_prefix(),
+        trial=0,
+        magnets={"settle_time_s": 0.05, "update_rate_hz": 100.0},
+        screen={"frame_rate_hz": 50.0, "reading_noise": 0.0, "seed": 0},
+    ) as ioc:
+        machine = ioc.machine()
+        try:
+            return controller_overhead(machine, ioc.machine_config, steps, tmp / "ca", target)
+        finally:
+            machine.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=20_000, help="inference calls per row")
+    parser.add_argument("--steps", type=int, default=40, help="controller steps per machine")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    rows = inference(args.calls)
+    onnx_p50, onnx_p99 = rows["onnxruntime act1 (I/O binding)"]
+    with tempfile.TemporaryDirectory() as tmp:
+        sim = sim_overhead(args.steps, Path(tmp))
+        try:
+            ca = ca_overhead(args.steps, Path(tmp))
+            ca_error = None
+        except Exception as err:  # report, then fall back to the simulation's figure
+            ca, ca_error = None, f"{type(err).__name__}: {err}"
+
+    print(f"deploy latency on {platform.processor() or platform.machine()}, 1 thread")
+    print(f"{'policy inference, batch 1':<42} {'p50 [us]':>10} {'p99 [us]':>10} {'x onnx':>8}")
+    for name, (p50, p99) in rows.items():
+        print(f"{name:<42} {p50:>10.1f} {p99:>10.1f} {p50 / onnx_p50:>8.1f}")
+    print(f"target: onnxruntime p50 <= 25 us -> {'met' if onnx_p50 <= 25 else 'MISSED'}")
+    print()
+    print(f"{'controller step (auto, verified writes)':<42} {'overhead p50':>13} {'p99':>8} "
+          f"{'step p50':>9} {'calls':>6} {'per call':>9}  [ms]")  # fmt: skip
+    machines = [("SimMachine (in process)", sim)]
+    if ca is not None:
+        machines.insert(0, ("EpicsMachine over CA, virtual accelerator", ca))
+    for name, r in machines:
+        print(
+            f"{name:<42} {r['overhead_p50_ms']:>13.3f} {r['overhead_p99_ms']:>8.3f} "
+            f"{r['step_p50_ms']:>9.2f} {r['calls_per_step']:>6.1f} {r['ms_per_call']:>9.3f}"
+            f"  ({r['steps']} steps)"
+        )
+    if ca is None:
+        print(f"virtual accelerator not measured ({ca_error or 'accelrl.deploy.virtual missing'})")
+    loop = (ca or sim)["overhead_p50_ms"]
+    where = "Channel Access (virtual accelerator)" if ca is not None else "SimMachine"
+    print(f"loop_overhead_ms from {where}; target <= 2 ms -> {'met' if loop <= 2 else 'MISSED'}")
+    print("(overhead: step time minus settle and frame/readback waiting; calls: machine calls "
+          "per step, settle excluded, with their mean time)")  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "onnx_p50_us": round(onnx_p50, 2),
+                "onnx_p99_us": round(onnx_p99, 2),
+                "torch_p50_us": round(rows["torch eager (MLPPolicy, no_grad)"][0], 2),
+                "sb3_p50_us": round(rows["SB3 TD3.predict (deterministic)"][0], 2),
+                "loop_overhead_ms": round(loop, 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

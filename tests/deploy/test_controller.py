@@ -1,0 +1,287 @@
+"""The controller on the simulated machine: modes, stops, every abort cause with rollback,
+and the run log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from deploy_testlib import BUNDLE, KNOBS, LIMITS, machine_config
+
+from accelrl.deploy.bundle import BundleError
+from accelrl.deploy.controller import ConfirmRequest, Controller, StopReason
+from accelrl.deploy.plant import Plant
+from accelrl.deploy.runlog import read_run
+from accelrl.deploy.runtime import OnnxPolicy
+from accelrl.deploy.safety import AbortReason, SafetyLayer
+from accelrl.deploy.sim import Fault, SimMachine
+
+START = {"Q1": 10.0, "Q2": -10.0, "CV": 0.0, "Q3": 10.0, "CH": 0.0}
+#: Trial whose target the shipped policy reaches in a few steps (sized target).
+TRIAL = 30
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def policy() -> OnnxPolicy:
+    return OnnxPolicy(BUNDLE)
+
+
+def make(policy, mode="auto", faults=(), trial=TRIAL, log=None, config=None, **kwargs):
+    plant = Plant.from_trial(trial)
+    config = config or machine_config(settle_timeout_s=0.05, reading_timeout_s=0.05)
+    machine = SimMachine(plant, config, faults=faults)
+    safety = SafetyLayer.for_bundle(machine, config, policy.manifest)
+    kwargs.setdefault("plot", False)
+    controller = Controller(
+        policy, machine, safety, mode, target=plant.target, log_dir=log, **kwargs
+    )
+    return controller, machine, plant
+
+
+def test_auto_reaches_the_target_and_logs_every_step(policy, tmp_path: Path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    controller, machine, plant = make(policy, log=tmp_path / "run", plot=True, max_steps=30)
+    result = controller.run()
+    assert result.reason is StopReason.target_reached
+    assert 1 <= result.writes == result.steps < 30
+    assert max(abs(v) for v in result.final_error.values()) < 2e-5
+    records = read_run(tmp_path / "run")
+    assert [r["type"] for r in records] == ["start"] + ["step"] * (result.steps + 1) + ["end"]
+    assert len(synced) >= len(records)  # every record fsync'ed (summary.json too)
+    assert records[0]["initial"] == START and records[0]["mode"] == "auto"
+    steps = records[1:-1]
+    assert [r["decision"] for r in steps] == ["write"] * result.steps + ["target_reached"]
+    for r in steps[:-1]:
+        assert set(r["raw_action"]) == set(KNOBS) and set(r["observation"]) >= {"mu_x"}
+        assert r["writes"] and r["readbacks"] and "total_s" in r["timing"]
+    # Each step's readbacks are the previous step's safe setpoints (verified writes).
+    for a, b in zip(steps, steps[1:], strict=False):
+        for n in KNOBS:
+            assert b["knobs"][n] == pytest.approx(a["safe_setpoints"][n], abs=1e-12)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["reason"] == "target_reached" and summary["writes"] == result.writes
+    assert {k: v for k, v in records[-1].items() if k != "type"} == summary
+    assert (tmp_path / "run" / "run.png").stat().st_size > 10_000
+    assert plant.knobs() == result.final_setpoints
+
+
+def test_shadow_mode_never_writes(policy, tmp_path: Path):
+    controller, machine, plant = make(policy, "shadow", log=tmp_path / "s", max_steps=6)
+    result = controller.run()
+    assert result.reason is StopReason.step_budget and result.steps == 6
+    assert result.writes == 0 and machine.put_log == [] and plant.knobs() == START
+    steps = [r for r in read_run(tmp_path / "s") if r["type"] == "step"]
+    assert [r["decision"] for r in steps] == ["shadow"] * 6
+    assert all("writes" not in r for r in steps)
+    # It logs what it would have done: the same proposal every step (nothing moves).
+    assert steps[0]["safe_setpoints"] == steps[-1]["safe_setpoints"] != START
+
+
+def test_shadow_mode_does_not_write_even_on_abort(policy):
+    holder = {}
+
+    def meddle() -> bool:  # another client moves a knob, then the interlock trips
+        m = holder["machine"]
+        holder["calls"] = holder.get("calls", 0) + 1
+        if holder["calls"] == 2:
+            m.plant.set_knobs({"Q3": 20.0})
+            m.inject(Fault("interlock"))
+        return False
+
+    controller, machine, plant = make(policy, "shadow", stop_callback=meddle)
+    holder["machine"] = machine
+    result = controller.run()
+    assert result.abort_reason is AbortReason.interlock
+    assert machine.put_log == [] and plant.knobs()["Q3"] == 20.0  # not "rolled back"
+    assert result.rollback["complete"] and result.rollback["writes"] == 0
+
+
+def test_confirm_mode_asks_for_every_write(policy, tmp_path: Path):
+    answers = iter(["yes", "no", False, True, "quit"])
+    seen: list[ConfirmRequest] = []
+
+    def prompt(request: ConfirmRequest) -> str | bool:
+        seen.append(request)
+        return next(answers)
+
+    controller, machine, _ = make(policy, "confirm", log=tmp_path / "c", prompt=prompt)
+    result = controller.run()
+    assert result.reason is StopReason.operator_stop
+    assert result.writes == 2 and len(machine.put_log) == 2
+    steps = [r for r in read_run(tmp_path / "c") if r["type"] == "step"]
+    assert [r["decision"] for r in steps] == ["write", "refused", "refused", "write", "stopped"]
+    assert [r.step for r in seen] == [0, 1, 2, 3, 4]
+    text = seen[0].describe()
+    assert "Q1" in text and "proposed" in text and "beam - target" in text
+    assert seen[1].current == {n: machine.put_log[0][1][n] for n in KNOBS}
+
+
+def test_stop_file_and_callback_stop_the_run(policy, tmp_path: Path):
+    stop = tmp_path / "STOP"
+    calls = []
+
+    def callback() -> bool:
+        calls.append(1)
+        if len(calls) == 3:
+            stop.touch()
+        return False
+
+    controller, _, plant = make(policy, stop_file=stop, stop_callback=callback, trial=0)
+    result = controller.run()
+    # The third check creates the file; the fourth, before step 3, sees it.
+    assert result.reason is StopReason.operator_stop and result.steps == 3
+    assert plant.knobs() != START  # an operator stop keeps the settings
+    controller, _, _ = make(policy, stop_callback=lambda: True)
+    assert controller.run().steps == 0
+
+
+def test_ctrl_c_once_stops_twice_aborts_and_rolls_back(policy):
+    def press(times: int):
+        count = []
+
+        def callback() -> bool:
+            count.append(1)
+            if len(count) == 3:
+                for _ in range(times):
+                    os.kill(os.getpid(), signal.SIGINT)
+            return False
+
+        return callback
+
+    controller, _, plant = make(policy, stop_callback=press(1), trial=0)
+    result = controller.run()
+    assert result.reason is StopReason.operator_stop and result.steps == 3
+    controller, _, plant = make(policy, stop_callback=press(2), trial=0)
+    result = controller.run()
+    assert result.abort_reason is AbortReason.operator_abort
+    assert result.rollback["complete"] and plant.knobs() == START
+
+
+ABORTS = [
+    (Fault("interlock", after_puts=3), AbortReason.interlock),
+    (Fault("beam_loss", after_puts=3), AbortReason.beam_loss),
+    (Fault("disconnect", after_puts=3, times=3), AbortReason.disconnected),
+    (Fault("reject_put", after_puts=3, times=1), AbortReason.put_rejected),
+    (Fault("ignore_put", after_puts=3, times=1), AbortReason.put_rejected),
+    (Fault("readback_offset", after_puts=2, knob="Q3", value=0.5), None),
+    (Fault("settle_timeout", after_puts=2, times=1), AbortReason.settle_timeout),
+    (Fault("stale_heartbeat", after_puts=3, value=30.0), AbortReason.stale_heartbeat),
+    (Fault("stale_reading", after_puts=3), AbortReason.stale_reading),
+    (Fault("nan_reading", after_puts=3), AbortReason.nonfinite_reading),
+]
+
+
+@pytest.mark.parametrize(("fault", "reason"), ABORTS, ids=[f.kind for f, _ in ABORTS])
+def test_every_abort_rolls_back_to_the_initial_settings(policy, tmp_path, fault, reason):
+    reason = reason or AbortReason.put_unverified
+    # Trial 0's target cannot be reached (zero size): the run goes on until the fault.
+    controller, machine, plant = make(policy, faults=[fault], trial=0, log=tmp_path / "r")
+    result = controller.run()
+    assert result.reason is StopReason.abort and result.abort_reason is reason
+    assert result.rollback["complete"], result.rollback
+    # Readbacks that never arrive cannot verify the ramp; the setpoints are back.
+    assert result.rollback["verified"] is (fault.kind != "readback_offset")
+    assert plant.knobs() == pytest.approx(START, abs=1e-12)
+    assert result.final_setpoints == pytest.approx(START, abs=1e-12)
+    records = read_run(tmp_path / "r")
+    kinds = [r["type"] for r in records]
+    assert kinds[0] == "start" and kinds[-1] == "end" and "rollback" in kinds
+    abort = [r for r in records if r.get("decision") == "abort"]
+    assert len(abort) == 1 and abort[0]["abort"]["reason"] == reason.value
+    assert records[-1]["abort"]["reason"] == reason.value
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["rollback"]["complete"]
+    # The ramp back never exceeded the rate limit.
+    last = {}
+    for _, put in machine.put_log:
+        for n, v in put.items():
+            if n in last:
+                assert abs(v - last[n]) <= controller.safety.limits[n].max_step * (1 + 1e-12)
+            last[n] = v
+
+
+def test_nan_from_the_policy_aborts_and_rolls_back(policy, tmp_path):
+    controller, machine, plant = make(policy, trial=0, log=tmp_path / "n")
+    real = controller.policy.act1
+    calls = []
+
+    def act1(x):
+        calls.append(1)
+        out = real(x)
+        if len(calls) == 4:
+            out[1] = np.nan
+        return out
+
+    controller.policy.act1 = act1  # type: ignore[method-assign]
+    try:
+        result = controller.run()
+    finally:
+        del controller.policy.act1
+    assert result.abort_reason is AbortReason.nonfinite_action and "Q2" in result.abort_detail
+    assert result.writes == 3 and result.rollback["complete"] and plant.knobs() == START
+    step = [r for r in read_run(tmp_path / "n") if r.get("decision") == "abort"][0]
+    assert step["raw_action"]["Q2"] == "nan"  # strict JSON
+
+
+def test_persistent_disconnect_reports_an_incomplete_rollback(policy, tmp_path):
+    controller, _, plant = make(policy, faults=[Fault("disconnect", after_puts=2)], trial=0)
+    result = controller.run()
+    assert result.abort_reason is AbortReason.disconnected
+    assert not result.rollback["complete"] and "failed" in result.rollback["detail"]
+    assert plant.knobs() != START  # left where it was, never jumped
+
+
+def test_another_client_moving_a_knob_aborts(policy):
+    holder = {}
+
+    def meddle() -> bool:
+        m = holder["machine"]
+        if m.puts_applied == 2 and not holder.get("done"):
+            holder["done"] = True
+            m.put({"Q3": 20.0})
+        return False
+
+    controller, machine, plant = make(policy, trial=0, stop_callback=meddle)
+    holder["machine"] = machine
+    result = controller.run()
+    assert result.abort_reason is AbortReason.setpoint_changed
+    assert result.rollback["complete"] and plant.knobs() == START
+
+
+def test_initial_settings_outside_the_hard_bounds_abort_without_writing(policy):
+    config = machine_config(limits={**LIMITS, "Q1": (-72.0, 5.0, 7.2)})  # start Q1 = 10
+    controller, machine, _ = make(policy, config=config)
+    result = controller.run()
+    assert result.abort_reason is AbortReason.initial_out_of_bounds
+    assert machine.put_log == [] and result.steps == 0
+
+
+def test_bundle_must_fit_the_machine(policy):
+    plant = Plant.from_trial(0)
+    config = machine_config()
+    machine = SimMachine(plant, config)
+    safety = SafetyLayer.for_bundle(machine, config, policy.manifest)
+    with pytest.raises(ValueError, match="target must be 4"):
+        Controller(policy, machine, safety, "auto", target=[0.0, 1e-4])
+    with pytest.raises(ValueError, match="confirm"):
+        Controller(policy, machine, safety, "manual", target=[0, 0, 0, 0])
+    wide = SafetyLayer(machine, machine_config(limits={**LIMITS, "Q1": (-100.0, 100.0, 7.2)}))
+    with pytest.raises(ValueError, match="wider than the bundle"):
+        Controller(policy, machine, wide, "auto", target=[0, 0, 0, 0])
+    other = machine_config().model_copy(update={"env_id": "accelrl/Other-v0"})
+    with pytest.raises(BundleError, match="trained on"):
+        Controller(policy, machine, SafetyLayer(machine, other), "auto", target=[0, 0, 0, 0])
