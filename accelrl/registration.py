@@ -19,6 +19,22 @@ ENVIRONMENTS: dict[str, tuple[str, str]] = {
 }
 
 
+#: Registered id -> (entry point, vector entry point, max_episode_steps) of environments
+#: configured in code (surrogate-based tasks, no task spec file).
+CODE_ENVIRONMENTS: dict[str, tuple[str, str, int]] = {
+    "accelrl/LPATuning-v0": (
+        "accelrl.envs.lpa:LPATuningEnv",
+        "accelrl.envs.lpa:vector_entry_point",
+        50,
+    ),
+    "accelrl/LPAHybridBeamline-v0": (
+        "accelrl.envs.hybrid:HybridBeamlineEnv",
+        "accelrl.envs.hybrid:vector_entry_point",
+        50,
+    ),
+}
+
+
 def _max_episode_steps(spec_name: str) -> int:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     data = yaml.load((_DATA / f"{spec_name}.yaml").read_text(), Loader=loader)
@@ -35,5 +51,15 @@ def register_all() -> None:
             entry_point=entry_point,
             vector_entry_point="accelrl.envs:vector_entry_point",
             max_episode_steps=_max_episode_steps(spec_name),
+            kwargs={},
+        )
+    for env_id, (entry_point, vector_entry_point, steps) in CODE_ENVIRONMENTS.items():
+        if env_id in gym.registry:
+            continue
+        gym.register(
+            id=env_id,
+            entry_point=entry_point,
+            vector_entry_point=vector_entry_point,
+            max_episode_steps=steps,
             kwargs={},
         )

@@ -7,6 +7,9 @@
 
 The standalone entry point for a machine without the full ``accelrl`` command line:
 ``python -m accelrl.surrogates.cli generate SPEC ...``.
+
+``accelrl surrogates train SPEC --out DIR`` and ``accelrl surrogates resimulate ...`` come
+from :mod:`accelrl.surrogates.train_cli`.
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from accelrl.surrogates.train_cli import resimulate as resimulate_command
+from accelrl.surrogates.train_cli import train as train_command
+
 console = Console()
 err_console = Console(stderr=True)
+
 
 surrogates_app = typer.Typer(
     help="Plasma-accelerator simulation datasets (Wake-T, FBPIC) and surrogate models.",
@@ -119,6 +126,14 @@ def generate_command(
         f"{escape(str(report.table_path))}: {report.n_run} runs in {report.wall_time_s:.1f} s "
         f"({report.n_existing} rows kept); design {report.n_design}; {counts}"
     )
+
+
+surrogates_app.command("train", help="Train a deep-ensemble surrogate (weights, ONNX, report).")(
+    train_command
+)
+surrogates_app.command(
+    "resimulate", help="Re-simulate settings in the real code and compare with the surrogate."
+)(resimulate_command)
 
 
 if __name__ == "__main__":
