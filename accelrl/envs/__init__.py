@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -25,16 +26,25 @@ from accelrl.envs.vector import TransverseTuningVectorEnv
 TASKS: dict[str, Callable[[], TaskSpec]] = {ARES_EA_ID: ares_ea_spec}
 
 
-def make_vec(env_id: str, num_envs: int, **kwargs: Any) -> TransverseTuningVectorEnv:
+def make_vec(env_id: str, num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
     """Native batched version of a registered environment (one process, one array op per step).
 
-    :param env_id: A registered id, e.g. ``"accelrl/AresEATransverseTuning-v0"``.
+    :param env_id: A registered id, e.g. ``"accelrl/AresEATransverseTuning-v0"`` (a
+        :class:`TransverseTuningVectorEnv`) or ``"accelrl/LPATuning-v0"`` (the environment's
+        own vector class).
     :param num_envs: Number of environments.
-    :param kwargs: As for :class:`TransverseTuningVectorEnv` (``max_episode_steps`` defaults
-        to the registered TimeLimit).
+    :param kwargs: As for the vector class (for the transverse-tuning tasks
+        ``max_episode_steps`` defaults to the registered TimeLimit).
     """
+    from accelrl.registration import CODE_ENVIRONMENTS
+
+    if env_id in CODE_ENVIRONMENTS:
+        module, _, name = CODE_ENVIRONMENTS[env_id][1].partition(":")
+        entry = getattr(importlib.import_module(module), name)
+        return entry(num_envs=num_envs, **kwargs)
     if env_id not in TASKS:
-        raise ValueError(f"unknown environment {env_id!r}; registered: {sorted(TASKS)}")
+        known = sorted([*TASKS, *CODE_ENVIRONMENTS])
+        raise ValueError(f"unknown environment {env_id!r}; registered: {known}")
     kwargs.setdefault("max_episode_steps", gym.spec(env_id).max_episode_steps)
     return TransverseTuningVectorEnv(TASKS[env_id](), num_envs, **kwargs)
 
