@@ -58,6 +58,10 @@ from rich.table import Table
 
 from accelrl.agents.evaluate_cli import evaluate_command
 from accelrl.agents.train_cli import train_command
+from accelrl.agents.tune_cli import tune_command
+from accelrl.deploy.cli import deploy_app, export_command
+from accelrl.deploy.virtual.cli import serve_virtual_command
+from accelrl.surrogates.cli import surrogates_app
 
 if TYPE_CHECKING:
     from accelrl.envs import TaskSpec, Trial
@@ -75,7 +79,7 @@ EVAL_STEPS = 150
 
 app = typer.Typer(
     name="accelrl",
-    help="Autonomous particle-accelerator beam tuning: environments, baselines, rendering.",
+    help="Autonomous particle-accelerator beam tuning: environments, agents, BO, deployment.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -86,6 +90,15 @@ app.command("evaluate", help="Evaluate optimisers on a trial set (the published 
     evaluate_command
 )
 app.command("train", help="Train a tuning agent from a recipe in agents/.")(train_command)
+app.command("tune", help="Bayesian-optimisation tuning session (optionally with a physics prior).")(
+    tune_command
+)
+app.command("export", help="Export a trained policy as an ONNX policy bundle.")(export_command)
+app.add_typer(deploy_app, name="deploy")
+app.add_typer(surrogates_app, name="surrogates")
+app.command(
+    "serve-virtual", help="Serve the virtual accelerator (EPICS CA soft IOC on 127.0.0.1)."
+)(serve_virtual_command)
 
 
 class Policy(StrEnum):
@@ -105,9 +118,12 @@ class Backend(StrEnum):
 
 @app.callback()
 def _main() -> None:
-    """Autonomous particle-accelerator beam tuning: environments, baselines, rendering."""
-    import torch
-
+    """Autonomous particle-accelerator beam tuning: environments, agents, BO, deployment."""
+    # One torch thread where torch is installed; the deployment runtime runs without it.
+    try:
+        import torch
+    except ImportError:
+        return
     torch.set_num_threads(1)
 
 
@@ -121,7 +137,15 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 def _check_env_id(env_id: str) -> str:
     """Argument callback: ``env_id`` must be a registered accelrl environment."""
     from accelrl.envs import TASKS
+    from accelrl.registration import CODE_ENVIRONMENTS
 
+    if env_id in CODE_ENVIRONMENTS:
+        module = CODE_ENVIRONMENTS[env_id][0].partition(":")[0]
+        raise typer.BadParameter(
+            f"{env_id} is a surrogate-based environment; this command handles the "
+            f"transverse-tuning tasks ({', '.join(sorted(TASKS))}). Its documentation: "
+            f"python -m pydoc {module}"
+        )
     if env_id not in TASKS:
         raise typer.BadParameter(
             f"unknown environment {env_id!r}; registered: {', '.join(sorted(TASKS))} "
@@ -238,6 +262,19 @@ def envs_list() -> None:
             str(len(spec.actuators)),
             str(limit if limit is not None else spec.max_episode_steps),
         )
+    # Environments configured in code (surrogate-based): described by their action space.
+    from accelrl.registration import CODE_ENVIRONMENTS
+
+    for env_id in sorted(CODE_ENVIRONMENTS):
+        env = gym.make(env_id)
+        try:
+            doc = (type(env.unwrapped).__doc__ or "").strip().splitlines()
+            n_act = int(np.prod(env.action_space.shape or (0,)))
+            table.add_row(
+                env_id, doc[0] if doc else "", str(n_act), str(env.spec.max_episode_steps)
+            )
+        finally:
+            env.close()
     console.print(table)
 
 

@@ -21,6 +21,7 @@ import typing
 from typing import Any
 
 from accelrl.agents.baselines import DoNothing, ExtremumSeeking, NelderMead, RandomSearch
+from accelrl.agents.bo.optimiser import BOOptimiser
 from accelrl.agents.gradient import GradientTuner
 from accelrl.agents.model_based import ModelBasedTuner
 from accelrl.agents.protocol import Optimiser
@@ -35,6 +36,7 @@ OPTIMISERS: dict[str, type] = {
     "extremum-seeking": ExtremumSeeking,
     "gradient": GradientTuner,
     "model-based": ModelBasedTuner,
+    "bo": BOOptimiser,
 }
 
 #: Prefix of specs that load a trained policy.

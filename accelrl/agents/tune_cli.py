@@ -1,0 +1,211 @@
+"""``accelrl tune``: a Bayesian-optimisation tuning session with a live display and plots.
+
+Register it in the ``accelrl`` app with ``app.command("tune")(tune_command)``. Importing
+this module loads only typer and rich; torch, BoTorch and the simulation are imported when
+the command runs.
+
+Examples::
+
+    accelrl tune --machine sim:ares-ea --trial 30 --prior physics --steps 75 --out runs/tune30
+    accelrl tune --machine sim:ares-ea --trial 30 --prior none --acquisition ucb --out runs/ucb
+
+Writes into ``--out``: the session (``problem.json``, ``session.json``, ``data.csv``,
+``model.pt``; resumable with :meth:`accelrl.agents.bo.TuningSession.load`), ``summary.json``,
+``objective.png`` (objective per step) and ``slices.png`` (GP and prior around the best
+setting). At the end the machine is returned to the best observed setting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+console = Console()
+err_console = Console(stderr=True)
+
+#: Machines ``--machine`` accepts.
+MACHINES: tuple[str, ...] = ("sim:ares-ea",)
+
+
+class PriorChoice(StrEnum):
+    """Prior mean of the objective GP."""
+
+    physics = "physics"
+    nominal = "nominal"
+    wrong = "wrong"
+    none = "none"
+
+
+class AcquisitionChoice(StrEnum):
+    """Acquisition function."""
+
+    logei = "logei"
+    ucb = "ucb"
+
+
+class _Quiet:
+    """Stands in for ``rich.live.Live`` with ``--no-progress``."""
+
+    def __enter__(self) -> _Quiet:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+    def update(self, renderable: object) -> None:
+        """Ignore the update."""
+
+
+def _um(value: float) -> str:
+    return f"{value * 1e6:.1f}" if math.isfinite(value) else "-"
+
+
+def tune_command(
+    out: Annotated[
+        Path,
+        typer.Option("--out", file_okay=False, help="Output directory.", show_default=False),
+    ],
+    machine: Annotated[
+        str, typer.Option("--machine", help=f"Machine to tune; one of {', '.join(MACHINES)}.")
+    ] = "sim:ares-ea",
+    trial: Annotated[
+        int,
+        typer.Option("--trial", min=0, help="Trial of the published set (hidden state, target)."),
+    ] = 0,
+    prior: Annotated[
+        PriorChoice, typer.Option("--prior", help="Prior mean of the objective GP.")
+    ] = PriorChoice.physics,
+    acquisition: Annotated[
+        AcquisitionChoice, typer.Option("--acquisition", help="Acquisition function.")
+    ] = AcquisitionChoice.logei,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Tuning steps.")] = 75,
+    budget: Annotated[
+        float,
+        typer.Option("--budget", min=0.001, help="Acquisition budget per step, in seconds."),
+    ] = 0.08,
+    max_step: Annotated[
+        float,
+        typer.Option(
+            "--max-step",
+            min=0.0,
+            help="Largest change per step as a fraction of max(|low|, |high|) (0: none).",
+        ),
+    ] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Session seed.")] = 0,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show the live display.")
+    ] = True,
+) -> None:
+    """Tune a machine with Bayesian optimisation (BoTorch) and a physics-informed prior."""
+    if machine not in MACHINES:
+        err_console.print(
+            f"[bold red]error:[/] --machine {escape(machine)!s} is not one of {list(MACHINES)}"
+        )
+        raise typer.Exit(1)
+    import numpy as np
+    from rich.live import Live
+    from rich.table import Table
+
+    from accelrl.agents.bo import BeamlinePrior, TuningSession, ares_ea_problem
+    from accelrl.agents.bo.plots import plot_objective, plot_slices
+    from accelrl.envs import TASKS, TransverseTuningEnv, load_trials
+    from accelrl.physics.beam import TRANSVERSE
+
+    trials = load_trials()
+    if trial >= len(trials):
+        err_console.print(f"[bold red]error:[/] --trial {trial} is not in 0..{len(trials) - 1}")
+        raise typer.Exit(1)
+    env = TransverseTuningEnv(
+        TASKS["accelrl/AresEATransverseTuning-v0"](),
+        action_mode="direct",
+        terminate_on_target=False,
+    )
+    _, info = env.reset(seed=seed + trial, options={"trial": trials[trial]})
+    target = np.asarray(info["target"], np.float64)
+    problem = ares_ea_problem(initial=info["magnets"], max_step_fraction=max_step or None)
+    module = None
+    if prior is not PriorChoice.none:
+        module = BeamlinePrior(
+            target,
+            calibrate=prior is not PriorChoice.nominal,
+            wrong="flipped" if prior is PriorChoice.wrong else None,
+        )
+    session = TuningSession(
+        problem, module, {"acquisition": acquisition.value, "budget_s": budget, "seed": seed}
+    )
+
+    def measure() -> dict[str, float]:
+        reading = np.asarray(info["reading"], np.float64)
+        result = {"mae": float(np.mean(np.abs(reading - target))),
+                  "on_screen": float(info["on_screen"])}
+        result.update(zip(TRANSVERSE, (float(v) for v in reading), strict=True))
+        return result
+
+    def view(step: int, mae: float) -> Table:
+        d = session.diagnostics()
+        best = d["best"]["objective"] if d["best"] else math.nan
+        table = Table(title=f"accelrl tune {machine} trial {trial}, prior {prior.value}")
+        for col in ("step", "MAE [um]", "best [um]", "mode", "prior r", "prior used",
+                    "suggest [s]"):
+            table.add_column(col, justify="right")
+        r = d["prior_correlation"]
+        table.add_row(
+            f"{step}/{steps}",
+            _um(mae),
+            _um(best),
+            str(d["mode"] or "-"),
+            "-" if r is None else f"{r:.2f}",
+            "yes" if d["uses_prior"] and d["has_prior"] else "no",
+            "-" if d["suggest_s"] is None else f"{d['suggest_s']:.3f}",
+        )
+        return table
+
+    initial_mae = float(info["mae"])
+    live_view = (
+        Live(view(0, initial_mae), console=err_console, refresh_per_second=8)
+        if progress
+        else _Quiet()
+    )
+    with live_view as live:
+        for step in range(1, steps + 1):
+            session.ingest(problem.named(info["magnets"]), measure())
+            x = session.suggest()
+            _, _, _, _, info = env.step(np.array([x[n] for n in problem.names]))
+            live.update(view(step, float(info["mae"])))
+        session.ingest(problem.named(info["magnets"]), measure())
+        for _ in session.finish():  # back to the best observed setting
+            x = session.suggest()
+            _, _, _, _, info = env.step(np.array([x[n] for n in problem.names]))
+    out.mkdir(parents=True, exist_ok=True)
+    session.save(out)
+    plot_objective(session, out / "objective.png")
+    plot_slices(session, out / "slices.png")
+    diag = session.diagnostics()
+    summary = {
+        "machine": machine,
+        "trial": trial,
+        "prior": prior.value,
+        "acquisition": acquisition.value,
+        "steps": steps,
+        "initial_mae_m": initial_mae,
+        "best_mae_m": diag["best"]["objective"] if diag["best"] else None,
+        "final_mae_m": float(info["mae"]),
+        "final_setting": problem.named(info["magnets"]),
+        "diagnostics": diag,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    console.print(
+        f"trial {trial}: MAE {_um(initial_mae)} um -> best {_um(summary['best_mae_m'] or math.nan)}"
+        f" um; final (back at the best setting) {_um(float(info['mae']))} um"
+    )
+    console.print(
+        f"wrote {escape(str(out))}/: problem.json, session.json, data.csv, model.pt, "
+        "summary.json, objective.png, slices.png"
+    )

@@ -1,0 +1,213 @@
+"""BO on ARES-EA with a constant mean, the calibrated physics prior and a wrong prior.
+
+Runs, in one process pool (one torch thread per worker), 30 fixed trials of the published
+set (indices 30, 39, ..., 291; ``../shared/benchmarks/README.md``) for 75 steps each under
+the evaluation protocol (:mod:`accelrl.agents.evaluation`: direct settings, standard start,
+``seed + trial.index``), with three priors of :class:`accelrl.agents.bo.BOOptimiser`:
+
+* ``constant``: constant-mean GP (LogEI), the published BO's model;
+* ``physics``: the compiled ARES-EA beamline with the design beam, calibrated jointly with
+  the GP hyperparameters;
+* ``wrong``: the same beamline with sign-flipped quadrupoles (must fall back).
+
+Prints median best MAE [um], median steps to convergence (best-so-far within 20 um of its
+final value) and median ``suggest()`` wall time [s] (and CPU time of the calling thread,
+which a shared machine's load does not inflate), then one line of JSON. Published BO
+(constant mean, EI, 150 steps, all 300 trials): 45 um, 32 steps.
+
+    python benchmarks/bo.py [--workers 2] [--steps 75] [--limit N] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+#: Trial indices of the benchmark: 30, 39, ..., 291 (30 trials).
+TRIALS: tuple[int, ...] = tuple(range(30, 292, 9))
+#: Label -> BOOptimiser prior.
+VARIANTS: dict[str, str] = {"constant": "none", "physics": "physics", "wrong": "wrong"}
+PUBLISHED_BO = (45.0, 32)
+
+
+def run_trial(variant: str, index: int, steps: int) -> dict[str, Any]:
+    """One trial of one variant under the evaluation protocol (worker side)."""
+    from accelrl.agents.bo import BOOptimiser
+    from accelrl.agents.evaluation import _env, trial_seed
+    from accelrl.agents.metrics import trial_metrics
+    from accelrl.agents.protocol import Observation, Problem
+    from accelrl.envs import load_trials
+
+    trial = load_trials()[index]
+    env = _env("accelrl/AresEATransverseTuning-v0", "fast")
+    low, high = env.core.low, env.core.high
+    seed = trial_seed(0, trial.index)
+    _, info = env.reset(seed=seed, options={"trial": trial})
+    target = np.array(info["target"], dtype=np.float64)
+    problem = Problem(
+        actuator_names=tuple(env.actuator_names),
+        low=low.copy(),
+        high=high.copy(),
+        start=np.array(info["magnets"], dtype=np.float64),
+        target=target.copy(),
+        max_delta=env.task.delta_fraction * np.maximum(np.abs(low), np.abs(high)),
+        max_steps=steps,
+        seed=seed,
+    )
+    optimiser = BOOptimiser(prior=VARIANTS[variant])
+    optimiser.reset(problem)
+    mae, suggest_s, suggest_cpu_s, fallback = [info["mae"]], [], [], []
+    for s in range(1, steps + 1):
+        obs = Observation(
+            beam=np.array(info["reading"], dtype=np.float64),
+            magnets=np.array(info["magnets"], dtype=np.float64),
+            target=target.copy(),
+            on_screen=bool(info["on_screen"]),
+            step=s - 1,
+        )
+        x = optimiser.ask(obs)
+        diag = optimiser.session.diagnostics()
+        if diag["mode"] == "bo":
+            suggest_s.append(diag["suggest_s"])
+            suggest_cpu_s.append(diag["suggest_cpu_s"])
+        fallback.append(bool(diag["prior_fallback"]))
+        _, _, _, _, info = env.step(np.clip(x, low, high))
+        mae.append(info["mae"])
+    m = trial_metrics(np.array(mae))
+    return {
+        "variant": variant,
+        "trial": index,
+        "best_mae": m.best_mae,
+        "final_mae": m.final_mae,
+        "steps_to_convergence": m.steps_to_convergence,
+        "suggest_s": suggest_s,
+        "suggest_cpu_s": suggest_cpu_s,
+        "fallback_final": fallback[-1],
+        "fallback_any": any(fallback),
+        "mae": mae,
+    }
+
+
+def _init() -> None:
+    from accelrl.agents.evaluation import _init_worker
+
+    _init_worker()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--steps", type=int, default=75)
+    parser.add_argument("--limit", type=int, default=None, help="first N of the 30 trials")
+    parser.add_argument("--out", type=Path, default=None, help="write per-trial JSON here")
+    args = parser.parse_args()
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.table import Table
+
+    trials = TRIALS[: args.limit] if args.limit else TRIALS
+    jobs = [(v, t) for t in trials for v in VARIANTS]
+    results: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    with cf.ProcessPoolExecutor(max_workers=args.workers, initializer=_init) as pool:
+        futures = [pool.submit(run_trial, v, t, args.steps) for v, t in jobs]
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        ) as bar:
+            task = bar.add_task("BO trials", total=len(jobs))
+            for fut in cf.as_completed(futures):
+                r = fut.result()
+                results.append(r)
+                bar.advance(task)
+                if not sys.stderr.isatty():  # a log file: one line per finished trial
+                    print(
+                        f"[{len(results)}/{len(jobs)} {time.perf_counter() - t0:.0f} s] "
+                        f"{r['variant']} trial {r['trial']}: best "
+                        f"{r['best_mae'] * 1e6:.1f} um, converged at step "
+                        f"{r['steps_to_convergence']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    wall = time.perf_counter() - t0
+
+    summary: dict[str, dict[str, float]] = {}
+    for v in VARIANTS:
+        rs = [r for r in results if r["variant"] == v]
+        summary[v] = {
+            "median_best_mae_um": float(np.median([r["best_mae"] for r in rs]) * 1e6),
+            "median_steps_to_convergence": float(
+                np.median([r["steps_to_convergence"] for r in rs])
+            ),
+            "median_suggest_s": float(np.median(np.concatenate([r["suggest_s"] for r in rs]))),
+            "median_suggest_cpu_s": float(
+                np.median(np.concatenate([r["suggest_cpu_s"] for r in rs]))
+            ),
+            "median_final_mae_um": float(np.median([r["final_mae"] for r in rs]) * 1e6),
+            "fallback_trials": int(sum(r["fallback_final"] for r in rs)),
+            "trials": len(rs),
+        }
+    table = Table(
+        title=f"ARES-EA BO: {len(trials)} trials x {args.steps} steps ({wall:.0f} s, "
+        f"{args.workers} workers, 1 torch thread each)"
+    )
+    for col in ("prior", "median best MAE [um]", "median steps to conv.",
+                "median suggest() wall [s]", "median suggest() CPU [s]",
+                "median final MAE [um]", "fallback (trials)"):
+        table.add_column(col, justify="left" if col == "prior" else "right")
+    for v, s in summary.items():
+        table.add_row(
+            v,
+            f"{s['median_best_mae_um']:.1f}",
+            f"{s['median_steps_to_convergence']:.0f}",
+            f"{s['median_suggest_s']:.3f}",
+            f"{s['median_suggest_cpu_s']:.3f}",
+            f"{s['median_final_mae_um']:.1f}",
+            f"{s['fallback_trials']}/{s['trials']}",
+        )
+    table.add_row(
+        "published BO (EI, 150 steps, 300 trials)",
+        f"{PUBLISHED_BO[0]:.0f}",
+        f"{PUBLISHED_BO[1]}",
+        "",
+        "",
+        "",
+        "",
+    )
+    Console().print(table)
+    worse = [
+        r_w["best_mae"] / r_c["best_mae"]
+        for r_w in results
+        if r_w["variant"] == "wrong"
+        for r_c in results
+        if r_c["variant"] == "constant" and r_c["trial"] == r_w["trial"]
+    ]
+    print(
+        f"wrong / constant best MAE at step {args.steps}: median ratio "
+        f"{np.median(worse):.2f}, medians {summary['wrong']['median_best_mae_um']:.1f} vs "
+        f"{summary['constant']['median_best_mae_um']:.1f} um"
+    )
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bo_trials.json").write_text(json.dumps(results))
+    keys = ("median_best_mae_um", "median_steps_to_convergence", "median_suggest_s")
+    print(json.dumps({v: {k: round(s[k], 4) for k in keys} for v, s in summary.items()}))
+
+
+if __name__ == "__main__":
+    main()
