@@ -421,6 +421,7 @@ def test_model_based_on_a_custom_lattice():
 # --------------------------------------------------------------------------- registry
 def test_registry_names_and_overrides():
     assert set(available_optimisers()) == {
+        "bo",
         "do-nothing",
         "random",
         "nelder-mead",
@@ -439,7 +440,7 @@ def test_registry_names_and_overrides():
 @pytest.mark.parametrize(
     ("spec", "match"),
     [
-        ("bogus", r"unknown optimiser 'bogus'; available: \['do-nothing'"),
+        ("bogus", r"unknown optimiser 'bogus'; available: \['bo', 'do-nothing'"),
         ("nelder-mead:nope=1", r"no parameter 'nope'; allowed: \['fatol'"),
         ("nelder-mead:simplex_size=big", "expected a number"),
         ("model-based:starts=2.5", "expected an integer"),

@@ -91,6 +91,9 @@ def expected_improvement_generator(
     :param kwargs: Further ``ExpectedImprovementGenerator`` fields.
     :raises ImportError: Without the ``[xopt]`` extra.
     """
+    # Importing Xopt's BO generators sets torch's *global* default dtype to float64
+    # (xopt.generators.bayesian.__init__); give the caller's default back.
+    default_dtype = torch.get_default_dtype()
     try:
         from xopt.generators.bayesian.expected_improvement import ExpectedImprovementGenerator
         from xopt.generators.bayesian.models.standard import StandardModelConstructor
@@ -98,6 +101,8 @@ def expected_improvement_generator(
         raise ImportError(
             "Xopt interop needs the [xopt] extra: pip install 'accelrl[xopt]'"
         ) from err
+    finally:
+        torch.set_default_dtype(default_dtype)
     constructor = StandardModelConstructor(
         mean_modules={output: xopt_mean_module(prior, vocs.variable_names)},
         trainable_mean_keys=[output] if trainable else [],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,20 @@ import torch
 from accelrl.agents.bo.prior import BeamlinePrior
 from accelrl.agents.bo.xopt_interop import NamedInputs, expected_improvement_generator
 
+_DEFAULT_DTYPE = torch.get_default_dtype()
 xopt = pytest.importorskip("xopt")
+pytest.importorskip("xopt.generators.bayesian")
+# Importing Xopt's BO generators sets torch's global default dtype to float64: the rest of the
+# suite (same worker process) must not inherit it.
+torch.set_default_dtype(_DEFAULT_DTYPE)
+
+
+@pytest.fixture(autouse=True)
+def _xopt_default_dtype() -> Iterator[None]:
+    """Xopt runs with the float64 default its import sets; restored afterwards."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(_DEFAULT_DTYPE)
 
 
 def test_xopt_runs_bo_steps_with_the_physics_prior() -> None:
