@@ -11,20 +11,26 @@ thread, ``ORT_SEQUENTIAL``):
   tensor, ``no_grad``), and Stable-Baselines3 ``TD3.predict(deterministic=True)`` of an actor
   of the same hidden sizes on the task's flat observation;
 * **controller overhead per step**: the wall time of a controller step (fresh reading,
-  readbacks, health, policy, safety, verified write, log record with fsync) minus the time
-  spent waiting on the machine (``machine.settle`` and polling for fresh frames/readbacks
-  beyond the successful read) -- over Channel Access against the virtual accelerator
-  (:mod:`accelrl.deploy.virtual`, a caproto IOC in a subprocess on 127.0.0.1, free port)
-  when it is available, and against :class:`~accelrl.deploy.sim.SimMachine`.
+  readbacks, health, policy, safety, verified write; the step's log record is written after
+  its clock stops) minus the time spent waiting on the machine (``machine.settle`` and
+  polling for fresh frames/readbacks beyond the successful read) -- over Channel Access
+  against the virtual accelerator (:mod:`accelrl.deploy.virtual`, a caproto IOC in a
+  subprocess on 127.0.0.1, free port; reset before each run) when it is available, with
+  :class:`~accelrl.deploy.epics.EpicsMachine`'s default monitors (``"observations"``), with
+  ``monitors="all"`` and with ``monitors="none"``, and against
+  :class:`~accelrl.deploy.sim.SimMachine`. The ``to IOC`` column counts the machine calls
+  per step that went to the IOC (a put or a read round trip) instead of the monitors.
 
 Targets: onnxruntime p50 <= 25 us; controller overhead <= 2 ms per step.
 The last line is one line of JSON::
 
     {"onnx_p50_us": ..., "onnx_p99_us": ..., "torch_p50_us": ..., "sb3_p50_us": ...,
-     "loop_overhead_ms": ...}
+     "loop_overhead_ms": ..., "loop_overhead_monitors_all_ms": ...}
 
-``loop_overhead_ms`` is the median over steps, over Channel Access when the virtual
-accelerator ran, else on SimMachine (the table says which).
+``loop_overhead_ms`` is the median over steps, over Channel Access with the default
+monitors when the virtual accelerator ran, else on SimMachine (the table says which);
+``loop_overhead_monitors_all_ms`` the same with ``monitors="all"`` (``null`` without the
+virtual accelerator).
 
 Run: ``.venv/bin/python benchmarks/deploy_latency.py [--calls 20000] [--steps 40]``
 """
@@ -116,7 +122,10 @@ def sb3_predictor():
 
 
 class TimedMachine:
-    """Forwards every call to a machine and adds the time spent in it (``settle`` apart)."""
+    """Forwards every call to a machine and adds the time spent in it (``settle`` and
+    ``wait_for_update`` apart: they are waiting); for an
+    :class:`~accelrl.deploy.epics.EpicsMachine` also the calls that went to the IOC (a read
+    round trip, or a put) rather than being served from its monitors."""
 
     def __init__(self, machine) -> None:
         self.machine = machine
@@ -124,19 +133,27 @@ class TimedMachine:
         self.observation_names = machine.observation_names
         self.io_s = 0.0
         self.calls = 0
+        self.round_trips = 0
+        self.counts_trips = hasattr(machine, "stats")
+
+    def _trips(self) -> int:
+        return self.machine.stats["round_trips"] if self.counts_trips else 0
 
     def __getattr__(self, name: str):
         fn = getattr(self.machine, name)
-        if name == "settle" or not callable(fn):
+        if name in ("settle", "wait_for_update") or not callable(fn):
             return fn
 
         def timed(*args, **kwargs):
+            trips = self._trips()
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.io_s += time.perf_counter() - start
                 self.calls += 1
+                if self._trips() > trips or name == "put":
+                    self.round_trips += 1
 
         return timed
 
@@ -156,7 +173,6 @@ def controller_overhead(machine, config, steps: int, log_dir: Path, target) -> d
         policy, machine, safety, "auto", target=target, max_steps=steps, log_dir=log_dir,
         thresholds=[1e-12] * 4, plot=False,
     )  # fmt: skip
-    io0, calls0 = machine.io_s, machine.calls
     result = controller.run()
     if result.abort_reason is not None:
         raise RuntimeError(f"benchmark run aborted: {result.abort_reason}: {result.abort_detail}")
@@ -164,11 +180,13 @@ def controller_overhead(machine, config, steps: int, log_dir: Path, target) -> d
     overhead = np.array([r["timing"]["total_s"] - r["timing"]["wait_s"] for r in records])
     total = np.array([r["timing"]["total_s"] for r in records])
     policy_s = np.array([r["timing"]["policy_s"] for r in records])
-    calls = machine.calls - calls0
+    calls = machine.calls
+    steps_run = max(len(records), 1)
     return {
         "steps": len(records),
-        "calls_per_step": calls / max(len(records), 1),
-        "ms_per_call": (machine.io_s - io0) / max(calls, 1) * 1e3,
+        "calls_per_step": calls / steps_run,
+        "ms_per_call": machine.io_s / max(calls, 1) * 1e3,
+        "trips_per_step": machine.round_trips / steps_run if machine.counts_trips else None,
         "overhead_p50_ms": float(np.median(overhead) * 1e3),
         "overhead_p99_ms": float(np.percentile(overhead, 99) * 1e3),
         "step_p50_ms": float(np.median(total) * 1e3),
@@ -187,7 +205,9 @@ def sim_overhead(steps: int, tmp: Path) -> dict[str, float]:
     return controller_overhead(machine, config, steps, tmp / "sim", plant.target)
 
 
-def ca_overhead(steps: int, tmp: Path) -> dict[str, float] | None:
+def ca_overhead(steps: int, tmp: Path) -> dict[str, dict[str, float]] | None:
+    """Over Channel Access on one virtual accelerator (reset before each run), for each
+    ``EpicsMachine(monitors=...)``: ``"observations"`` (the default), ``"all"``, ``"none"``."""
     try:
         from accelrl.deploy.virtual import serve_in_subprocess, unique_prefix
     except ImportError:
@@ -204,11 +224,17 @@ def ca_overhead(steps: int, tmp: Path) -> dict[str, float] | None:
         magnets={"settle_time_s": 0.05, "update_rate_hz": 100.0},
         screen={"frame_rate_hz": 50.0, "reading_noise": 0.0, "seed": 0},
     ) as ioc:
-        machine = ioc.machine()
-        try:
-            return controller_overhead(machine, ioc.machine_config, steps, tmp / "ca", target)
-        finally:
-            machine.close()
+        out = {}
+        for mode in ("observations", "all", "none"):
+            ioc.reset()
+            machine = ioc.machine(monitors=mode)
+            try:
+                out[mode] = controller_overhead(
+                    machine, ioc.machine_config, steps, tmp / f"ca-{mode}", target
+                )
+            finally:
+                machine.close()
+        return out
 
 
 def main() -> None:
@@ -235,23 +261,29 @@ def main() -> None:
     print(f"target: onnxruntime p50 <= 25 us -> {'met' if onnx_p50 <= 25 else 'MISSED'}")
     print()
     print(f"{'controller step (auto, verified writes)':<42} {'overhead p50':>13} {'p99':>8} "
-          f"{'step p50':>9} {'calls':>6} {'per call':>9}  [ms]")  # fmt: skip
+          f"{'step p50':>9} {'calls':>6} {'per call':>9} {'to IOC':>7}  [ms]")  # fmt: skip
     machines = [("SimMachine (in process)", sim)]
     if ca is not None:
-        machines.insert(0, ("EpicsMachine over CA, virtual accelerator", ca))
+        machines[:0] = [
+            ("EpicsMachine over CA, virtual accelerator", ca["observations"]),
+            ("  monitors='all' (lag <= poll interval)", ca["all"]),
+            ("  monitors='none' (every call reads)", ca["none"]),
+        ]
     for name, r in machines:
+        trips = "-" if r["trips_per_step"] is None else f"{r['trips_per_step']:.1f}"
         print(
             f"{name:<42} {r['overhead_p50_ms']:>13.3f} {r['overhead_p99_ms']:>8.3f} "
             f"{r['step_p50_ms']:>9.2f} {r['calls_per_step']:>6.1f} {r['ms_per_call']:>9.3f}"
-            f"  ({r['steps']} steps)"
+            f" {trips:>7}  ({r['steps']} steps)"
         )
     if ca is None:
         print(f"virtual accelerator not measured ({ca_error or 'accelrl.deploy.virtual missing'})")
-    loop = (ca or sim)["overhead_p50_ms"]
+    loop = (ca["observations"] if ca is not None else sim)["overhead_p50_ms"]
     where = "Channel Access (virtual accelerator)" if ca is not None else "SimMachine"
     print(f"loop_overhead_ms from {where}; target <= 2 ms -> {'met' if loop <= 2 else 'MISSED'}")
     print("(overhead: step time minus settle and frame/readback waiting; calls: machine calls "
-          "per step, settle excluded, with their mean time)")  # fmt: skip
+          "per step, settle excluded, with their mean time; to IOC: those that went to the IOC "
+          "-- a put or a read round trip -- instead of the monitors)")  # fmt: skip
     print(
         json.dumps(
             {
@@ -260,6 +292,9 @@ def main() -> None:
                 "torch_p50_us": round(rows["torch eager (MLPPolicy, no_grad)"][0], 2),
                 "sb3_p50_us": round(rows["SB3 TD3.predict (deterministic)"][0], 2),
                 "loop_overhead_ms": round(loop, 3),
+                "loop_overhead_monitors_all_ms": None
+                if ca is None
+                else round(ca["all"]["overhead_p50_ms"], 3),
             }
         )
     )

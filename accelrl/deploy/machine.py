@@ -114,3 +114,15 @@ class Machine(Protocol):
 
     def health(self) -> Health:
         """Interlock, beam loss, heartbeat and connection state."""
+
+
+@runtime_checkable
+class WaitsForUpdates(Protocol):
+    """Optional addition to :class:`Machine`: machines that receive updates (e.g. EPICS
+    monitors) let polling loops wake when one arrives instead of sleeping a fixed
+    interval. :class:`~accelrl.deploy.safety.SafetyLayer` uses it, when present, between
+    the polls for a fresh observation and for arrived readbacks."""
+
+    def wait_for_update(self, timeout: float) -> None:
+        """Return when an update has arrived since the last read, at the latest after
+        ``timeout`` [s]."""

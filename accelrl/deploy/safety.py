@@ -301,6 +301,16 @@ class SafetyLayer:
         self._sleep(seconds)
         self.wait_s += time.perf_counter() - start
 
+    def _poll_pause(self, seconds: float) -> None:
+        """The pause between two polls: until the machine reports an update (machines with
+        ``wait_for_update``, :class:`~accelrl.deploy.machine.WaitsForUpdates`) or
+        ``seconds`` [s] passed."""
+        wait = getattr(self.machine, "wait_for_update", None)
+        if callable(wait):
+            wait(seconds)
+        else:
+            self._sleep(seconds)
+
     def _machine_call(self, what: str, fn: Callable[[], Any]) -> Any:
         """Run a machine call, turning machine errors into :class:`SafetyAbort`."""
         try:
@@ -412,7 +422,7 @@ class SafetyLayer:
                     f"no observation newer than {not_before:.3f} within "
                     f"{timing.reading_timeout_s} s (last at {reading.timestamp:.3f})",
                 )
-            self._sleep(timing.poll_interval_s)
+            self._poll_pause(timing.poll_interval_s)
         try:
             values = reading.array(list(names) if names is not None else list(reading.values))
         except KeyError as err:
@@ -582,7 +592,7 @@ class SafetyLayer:
                         for n, v in off.items()
                     ),
                 )
-            self._sleep(timing.poll_interval_s)
+            self._poll_pause(timing.poll_interval_s)
         settled = self._clock()
         self.last_settled = settled
         return WriteResult(

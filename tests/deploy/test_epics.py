@@ -282,6 +282,9 @@ def test_fault_disconnect_raises_disconnected_not_a_hang(ioc, machine):
 def test_frozen_ioc_process_raises_disconnected(ioc, machine):
     ioc.pause()
     try:
+        # The observation monitors are used while the circuit received data within
+        # max_monitor_lag_s; after that silence every call asks the IOC.
+        time.sleep(2 * machine.max_monitor_lag_s)
         t0 = time.monotonic()
         with pytest.raises(Disconnected, match="no answer"):
             machine.read_observation()
@@ -307,3 +310,173 @@ def test_close_is_idempotent_and_final(machine):
     machine.close()
     with pytest.raises(Disconnected, match="not connected"):
         machine.read_knobs()
+
+
+# --------------------------------------------------------------------------- concurrency
+def count_sends(machine, monkeypatch) -> list[int]:
+    """Commands per TCP send of ``machine``'s circuit (recorded from now on)."""
+    channels = machine._channels
+    circuit = channels._pvs[machine.pv_names[0]].circuit_manager
+    sends: list[int] = []
+    cls = type(circuit)  # a class of this machine's own (caproto's circuits have __slots__)
+    original = cls.send
+
+    def send(self, *commands, **kwargs):
+        sends.append(len(commands))
+        return original(self, *commands, **kwargs)
+
+    monkeypatch.setattr(cls, "send", send)
+    return sends
+
+
+def test_a_call_is_one_round_trip(ioc, monkeypatch):
+    machine = ioc.machine(monitors="none")
+    machine.connect(timeout=5.0)
+    try:
+        sends = count_sends(machine, monkeypatch)
+        machine.read_knobs()
+        machine.read_observation()
+        machine.health()
+        machine.put({"Q1": 11.0, "Q2": -9.0, "Q3": 9.0})
+        assert sends == [5, 4, 3, 3]  # every PV of a call in one send, awaited together
+        assert machine.stats == {"cached": 0, "round_trips": 3}
+        machine.settle(["Q1", "Q2", "Q3"])
+        assert machine.read_setpoints().values == pytest.approx(
+            {**START, "Q1": 11.0, "Q2": -9.0, "Q3": 9.0}
+        )
+    finally:
+        machine.close()
+
+
+def test_monitor_modes_and_their_pvs(ioc):
+    config = ioc.machine_config
+    with pytest.raises(ValueError, match="monitors must be one of"):
+        EpicsMachine(config, monitors="some")
+    with pytest.raises(ValueError, match="max_monitor_lag_s"):
+        EpicsMachine(config, max_monitor_lag_s=-1.0)
+    default = EpicsMachine(config)
+    assert default.monitors == "observations"
+    assert default.max_monitor_lag_s == config.timing.poll_interval_s
+    busy = {k.busy for k in config.knobs}
+    assert set(default.monitored_pvs) == {o.pv for o in config.observations} | busy
+    assert EpicsMachine(config, monitors="all").monitored_pvs == default.pv_names
+    assert EpicsMachine(config, monitors="none").monitored_pvs == []
+    pva = config.model_copy(update={"transport": "pva"})
+    assert EpicsMachine(pva, monitors="all").monitors == "none"
+
+
+# --------------------------------------------------------------------------- monitors
+def test_observations_come_from_the_monitors(ioc, monkeypatch):
+    machine = ioc.machine(max_monitor_lag_s=1.0)  # heartbeats (0.1 s) keep it recent
+    machine.connect(timeout=5.0)
+    try:
+        deadline = time.monotonic() + 3.0
+        while machine.stats["cached"] == 0:  # until the monitors' first updates arrived
+            assert time.monotonic() < deadline
+            machine.read_observation()
+            time.sleep(0.01)
+        first = machine.read_observation()
+        sends = count_sends(machine, monkeypatch)
+        later = wait_fresh_observation(machine, first.timestamp)
+        assert later.timestamp > first.timestamp  # new frames arrive through the monitors
+        assert sends == [] and machine.stats["cached"] >= 2
+        # the values are the IOC's: a read of the same PVs gives this frame or a newer one
+        pvs = [o.pv for o in machine.config.observations]
+        read = machine._channels.read(pvs, 2.0)
+        assert min(v.timestamp for v in read.values()) >= later.timestamp
+        # readbacks, setpoints and health are read from the IOC in this mode
+        machine.read_knobs()
+        machine.read_setpoints()
+        machine.health()
+        assert sends == [4, 5, 5, 3]
+    finally:
+        machine.close()
+
+
+def test_stale_frames_are_never_fresh_from_the_monitors(ioc, machine):
+    ioc.set_faults("stale")
+    time.sleep(0.1)
+    frozen = machine.read_observation()
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        machine.wait_for_update(0.02)
+        reading = machine.read_observation()
+        assert reading.timestamp == frozen.timestamp and reading.values == frozen.values
+    ioc.set_faults()
+    assert wait_fresh_observation(machine, frozen.timestamp).timestamp > frozen.timestamp
+
+
+def test_settle_ends_on_the_busy_monitor_after_a_read(ioc, machine):
+    machine.put({"Q1": 14.0})
+    t0 = time.monotonic()
+    machine.settle(["Q1"])
+    assert time.monotonic() - t0 >= 0.05  # the 0.1 s ramp was under way
+    assert ioc.caget(ioc.machine_config.knob("Q1").busy) == 0
+    assert ioc.caget(ioc.machine_config.knob("Q1").readback) == 14.0
+
+
+def all_monitors(ioc, **kwargs):
+    machine = ioc.machine(monitors="all", **kwargs)
+    machine.connect(timeout=5.0)
+    return machine
+
+
+def test_all_mode_serves_every_read_while_synced(ioc):
+    machine = all_monitors(ioc)
+    try:
+        deadline = time.monotonic() + 3.0
+        while machine.stats["cached"] < 3 and time.monotonic() < deadline:
+            machine.wait_for_update(0.02)
+            machine.read_knobs()
+            machine.read_setpoints()
+            machine.health()
+        assert machine.stats["cached"] >= 3
+        assert machine.read_knobs().values == pytest.approx(START)
+        assert machine.read_setpoints().values == pytest.approx(START)
+        health = machine.health()
+        assert health.connected and not health.interlock and health.heartbeat_age_s < 1.0
+    finally:
+        machine.close()
+
+
+def test_all_mode_reads_the_ioc_when_the_monitors_go_quiet(ioc):
+    machine = all_monitors(ioc, max_monitor_lag_s=0.05)
+    try:
+        ioc.set_faults("stale", "heartbeat")  # nothing is posted any more
+        time.sleep(0.3)
+        trips = machine.stats["round_trips"]
+        assert machine.read_knobs().values == pytest.approx(START)
+        assert not machine.health().interlock
+        assert machine.stats["round_trips"] == trips + 2
+    finally:
+        machine.close()
+
+
+def test_all_mode_reads_back_its_own_writes(ioc):
+    machine = all_monitors(ioc, max_monitor_lag_s=10.0)
+    try:
+        for i in range(10):
+            value = 10.0 + 0.5 * (i + 1)
+            machine.put({"Q1": value})
+            # the setpoint's monitor update may still be on its way: never the old value
+            assert machine.read_setpoints().values["Q1"] == value
+            machine.settle(["Q1"])
+        ioc.set_faults("ignore_put")
+        machine.put({"Q1": 20.0})
+        machine.settle(["Q1"])
+        assert machine.read_setpoints().values["Q1"] == 15.0  # not applied: the IOC says so
+    finally:
+        machine.close()
+
+
+def test_all_mode_raises_disconnected(ioc):
+    machine = all_monitors(ioc, max_monitor_lag_s=10.0)
+    try:
+        machine.read_knobs()
+        ioc.set_faults("disconnect")
+        time.sleep(0.2)  # the IOC drops the circuits 50 ms after the fault
+        for call in (machine.read_observation, machine.read_knobs, machine.health):
+            with pytest.raises(Disconnected):
+                call()
+    finally:
+        machine.close()
