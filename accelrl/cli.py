@@ -70,7 +70,7 @@ if TYPE_CHECKING:
 # commands that need them.
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 #: Environment id used by ``accelrl demo``.
 DEMO_ENV_ID = "accelrl/AresEATransverseTuning-v0"

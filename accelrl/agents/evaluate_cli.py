@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class Backend(StrEnum):

@@ -72,7 +72,7 @@ def train_command(
 
     from accelrl.agents.recipes import Recipe, RecipeError
 
-    console, err = Console(), Console(stderr=True)
+    console, err = Console(), Console(stderr=True, soft_wrap=True)
     if _is_apg(recipe):
         from accelrl.agents.apg import train_apg_recipe
 

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.markup import escape
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 #: Machines ``--machine`` accepts.
 MACHINES: tuple[str, ...] = ("sim:ares-ea",)

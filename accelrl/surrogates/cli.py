@@ -27,7 +27,7 @@ from accelrl.surrogates.train_cli import resimulate as resimulate_command
 from accelrl.surrogates.train_cli import train as train_command
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 surrogates_app = typer.Typer(

@@ -76,7 +76,7 @@ def serve_virtual_command(
 
     from accelrl.deploy.virtual.config import VirtualConfigError, load_virtual_config
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         loaded = load_virtual_config(config, port=port, prefix=prefix, trial=trial)
         if fault:
