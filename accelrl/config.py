@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 def load_yaml_mapping(path: str | Path, error: type[ValueError], kind: str) -> dict[str, Any]:
@@ -25,3 +28,19 @@ def load_yaml_mapping(path: str | Path, error: type[ValueError], kind: str) -> d
     if not isinstance(data, dict):
         raise error(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def format_validation_error(err: ValidationError, header: str, show_input: bool = True) -> str:
+    """``header``, then one line per error: ``  field.path: message (got value)``.
+
+    :param err: The pydantic error.
+    :param header: First line, naming the file (e.g. ``"invalid machine config a.yaml:"``).
+    :param show_input: Show the offending value (never for mappings and lists).
+    """
+    lines = [header]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        value = e.get("input")
+        shown = "" if not show_input or isinstance(value, dict | list) else f" (got {value!r})"
+        lines.append(f"  {where}: {e['msg']}{shown}")
+    return "\n".join(lines)

@@ -45,39 +45,21 @@ PUBLISHED_BO = (45.0, 32)
 def run_trial(variant: str, index: int, steps: int) -> dict[str, Any]:
     """One trial of one variant under the evaluation protocol (worker side)."""
     from accelrl.agents.bo import BOOptimiser
-    from accelrl.agents.evaluation import _env, trial_seed
+    from accelrl.agents.evaluation import evaluation_env, observation, trial_problem, trial_seed
     from accelrl.agents.metrics import trial_metrics
-    from accelrl.agents.protocol import Observation, Problem
     from accelrl.envs import load_trials
 
     trial = load_trials()[index]
-    env = _env("accelrl/AresEATransverseTuning-v0", "fast")
+    env = evaluation_env("accelrl/AresEATransverseTuning-v0", "fast")
     low, high = env.core.low, env.core.high
     seed = trial_seed(0, trial.index)
     _, info = env.reset(seed=seed, options={"trial": trial})
     target = np.array(info["target"], dtype=np.float64)
-    problem = Problem(
-        actuator_names=tuple(env.actuator_names),
-        low=low.copy(),
-        high=high.copy(),
-        start=np.array(info["magnets"], dtype=np.float64),
-        target=target.copy(),
-        max_delta=env.task.delta_fraction * np.maximum(np.abs(low), np.abs(high)),
-        max_steps=steps,
-        seed=seed,
-    )
     optimiser = BOOptimiser(prior=VARIANTS[variant])
-    optimiser.reset(problem)
+    optimiser.reset(trial_problem(env, info, steps, seed))
     mae, suggest_s, suggest_cpu_s, fallback = [info["mae"]], [], [], []
     for s in range(1, steps + 1):
-        obs = Observation(
-            beam=np.array(info["reading"], dtype=np.float64),
-            magnets=np.array(info["magnets"], dtype=np.float64),
-            target=target.copy(),
-            on_screen=bool(info["on_screen"]),
-            step=s - 1,
-        )
-        x = optimiser.ask(obs)
+        x = optimiser.ask(observation(info, target, s - 1))
         diag = optimiser.session.diagnostics()
         if diag["mode"] == "bo":
             suggest_s.append(diag["suggest_s"])
@@ -100,12 +82,6 @@ def run_trial(variant: str, index: int, steps: int) -> dict[str, Any]:
     }
 
 
-def _init() -> None:
-    from accelrl.agents.evaluation import _init_worker
-
-    _init_worker()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -117,11 +93,13 @@ def main() -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
     from rich.table import Table
 
+    from accelrl.agents.evaluation import init_worker
+
     trials = TRIALS[: args.limit] if args.limit else TRIALS
     jobs = [(v, t) for t in trials for v in VARIANTS]
     results: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    with cf.ProcessPoolExecutor(max_workers=args.workers, initializer=_init) as pool:
+    with cf.ProcessPoolExecutor(max_workers=args.workers, initializer=init_worker) as pool:
         futures = [pool.submit(run_trial, v, t, args.steps) for v, t in jobs]
         with Progress(
             "[progress.description]{task.description}",
@@ -166,9 +144,15 @@ def main() -> None:
         title=f"ARES-EA BO: {len(trials)} trials x {args.steps} steps ({wall:.0f} s, "
         f"{args.workers} workers, 1 torch thread each)"
     )
-    for col in ("prior", "median best MAE [um]", "median steps to conv.",
-                "median suggest() wall [s]", "median suggest() CPU [s]",
-                "median final MAE [um]", "fallback (trials)"):
+    for col in (
+        "prior",
+        "median best MAE [um]",
+        "median steps to conv.",
+        "median suggest() wall [s]",
+        "median suggest() CPU [s]",
+        "median final MAE [um]",
+        "fallback (trials)",
+    ):
         table.add_column(col, justify="left" if col == "prior" else "right")
     for v, s in summary.items():
         table.add_row(

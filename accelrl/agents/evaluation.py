@@ -48,12 +48,10 @@ import math
 import os
 import pickle
 import platform
-import subprocess
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +68,7 @@ from accelrl.agents.metrics import (
     trial_metrics,
 )
 from accelrl.agents.protocol import Observation, Optimiser, Problem
+from accelrl.execution import ExecutorArg, executor_scope, git_state, package_versions
 
 if TYPE_CHECKING:
     from accelrl.envs import TransverseTuningEnv, Trial
@@ -86,7 +85,6 @@ FORMAT_VERSION = 1
 _VERSIONED = ("accelrl", "torch", "numpy", "cheetah-accelerator", "gymnasium", "pyarrow", "scipy")
 
 OptimiserFactory = Callable[[], Optimiser]
-ExecutorArg = str | cf.Executor | None
 
 
 def trial_seed(seed: int, index: int) -> int:
@@ -176,7 +174,7 @@ def _entries(optimisers: Sequence[str | OptimiserFactory] | Mapping[str, Any]) -
 
 
 # --------------------------------------------------------------------------- worker side
-def _init_worker() -> None:
+def init_worker() -> None:
     """One torch and BLAS/OpenMP thread per worker process.
 
     The environment variables reach libraries loaded later (spawned workers); libraries
@@ -204,8 +202,9 @@ def _init_worker() -> None:
 _ENVS = threading.local()
 
 
-def _env(env_id: str, backend: str) -> TransverseTuningEnv:
-    """This thread's evaluation environment (built once; every trial resets it fully)."""
+def evaluation_env(env_id: str, backend: str) -> TransverseTuningEnv:
+    """This thread's evaluation environment of task ``env_id`` (``"direct"`` actions,
+    termination disabled) on ``backend``; built once, every trial resets it fully."""
     cache: dict[tuple[str, str], TransverseTuningEnv] = getattr(_ENVS, "envs", None) or {}
     _ENVS.envs = cache
     key = (env_id, backend)
@@ -240,6 +239,41 @@ def _settings_problem(value: Any, names: Sequence[str]) -> tuple[np.ndarray | No
     return a, None
 
 
+def trial_problem(
+    env: TransverseTuningEnv, info: Mapping[str, Any], max_steps: int, seed: int
+) -> Problem:
+    """The :class:`~accelrl.agents.protocol.Problem` of the trial ``env`` was just reset to.
+
+    :param env: An evaluation environment (:func:`evaluation_env`).
+    :param info: The ``info`` of the reset (start settings ``"magnets"``, ``"target"``).
+    :param max_steps: Step budget of the trial.
+    :param seed: The trial's seed (:func:`trial_seed`).
+    """
+    low, high = env.core.low, env.core.high
+    return Problem(
+        actuator_names=tuple(env.actuator_names),
+        low=low.copy(),
+        high=high.copy(),
+        start=np.array(info["magnets"], dtype=np.float64),
+        target=np.array(info["target"], dtype=np.float64),
+        max_delta=env.task.delta_fraction * np.maximum(np.abs(low), np.abs(high)),
+        max_steps=max_steps,
+        seed=seed,
+    )
+
+
+def observation(info: Mapping[str, Any], target: np.ndarray, step: int) -> Observation:
+    """What the optimiser sees before step ``step + 1``: the reading and settings of the
+    environment's ``info`` (float64) and the trial's ``target`` [m] (a copy)."""
+    return Observation(
+        beam=np.array(info["reading"], dtype=np.float64),
+        magnets=np.array(info["magnets"], dtype=np.float64),
+        target=target.copy(),
+        on_screen=bool(info["on_screen"]),
+        step=step,
+    )
+
+
 def _run_trial(
     env: TransverseTuningEnv, optimiser: Optimiser, trial: Trial, max_steps: int, seed: int
 ) -> dict[str, Any]:
@@ -261,16 +295,7 @@ def _run_trial(
     _, info = env.reset(seed=s_seed, options={"trial": trial})
     record(0, info)
     target = np.array(info["target"], dtype=np.float64)
-    problem = Problem(
-        actuator_names=tuple(names),
-        low=low.copy(),
-        high=high.copy(),
-        start=np.array(info["magnets"], dtype=np.float64),
-        target=target.copy(),
-        max_delta=env.task.delta_fraction * np.maximum(np.abs(low), np.abs(high)),
-        max_steps=max_steps,
-        seed=s_seed,
-    )
+    problem = trial_problem(env, info, max_steps, s_seed)
     error: str | None = None
     steps = 0
     t = time.perf_counter()
@@ -280,13 +305,7 @@ def _run_trial(
         error = f"reset() raised {_describe(err)}"
     reset_time = time.perf_counter() - t
     for s in range(1, max_steps + 1) if error is None else ():
-        obs = Observation(
-            beam=np.array(info["reading"], dtype=np.float64),
-            magnets=np.array(info["magnets"], dtype=np.float64),
-            target=target.copy(),
-            on_screen=bool(info["on_screen"]),
-            step=s - 1,
-        )
+        obs = observation(info, target, s - 1)
         t = time.perf_counter()
         try:
             answer = optimiser.ask(obs)
@@ -331,98 +350,19 @@ def _run_chunk(
     env_id: str,
 ) -> list[dict[str, Any]]:
     """Worker task: one optimiser instance, reset for each trial of the chunk."""
-    env = _env(env_id, backend)
+    env = evaluation_env(env_id, backend)
     optimiser = factory()
     return [_run_trial(env, optimiser, t, max_steps, seed) for t in trials]
 
 
-# --------------------------------------------------------------------------- executors
-@contextmanager
-def _executor_scope(
-    executor: ExecutorArg, workers: int | None, dask_address: str | None
-) -> Iterator[tuple[cf.Executor | None, str, int]]:
-    """``(executor or None for in-process, kind, workers)``; closes what it started."""
-    if isinstance(executor, cf.Executor):
-        if dask_address is not None:
-            raise ValueError("dask_address only applies to executor='dask'")
-        yield executor, type(executor).__name__, int(getattr(executor, "_max_workers", 0) or 0)
-        return
-    if executor is None:
-        executor = "dask" if dask_address is not None else "process"
-    if executor not in ("process", "serial", "dask"):
-        raise ValueError(
-            f"executor must be 'process', 'serial', 'dask', None or a "
-            f"concurrent.futures.Executor, got {executor!r}"
-        )
-    if dask_address is not None and executor != "dask":
-        raise ValueError(f"dask_address only applies to executor='dask', not {executor!r}")
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    n = workers or os.cpu_count() or 1
-    if executor == "serial":
-        yield None, "serial", 1
-    elif executor == "process":
-        with cf.ProcessPoolExecutor(max_workers=n, initializer=_init_worker) as pool:
-            yield pool, "process", n
-    else:
-        try:
-            from dask.distributed import Client, LocalCluster
-        except ImportError as err:
-            raise ImportError(
-                "executor='dask' needs dask.distributed, which is not installed: "
-                "pip install 'accelrl[cluster]'"
-            ) from err
-        cluster = None
-        if dask_address is not None:
-            client = Client(dask_address)
-        else:
-            cluster = LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
-            )
-            client = Client(cluster)
-        try:
-            client.run(_init_worker)
-            yield client.get_executor(), "dask", sum(client.nthreads().values()) or n
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
-
-
 # --------------------------------------------------------------------------- provenance
-def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in _VERSIONED:
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
 def _git() -> dict[str, Any]:
     """Commit of the accelrl checkout (and whether tracked files differ), if it is one."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+    state = git_state()
+    if state is None:
         return {"commit": None, "dirty": None}
-    return {"commit": commit or None, "dirty": bool(dirty)}
+    commit, dirty = state
+    return {"commit": commit or None, "dirty": dirty}
 
 
 def _resolve_trials(
@@ -872,7 +812,7 @@ def evaluate_many(
     chunks = _chunks(trial_list, chunk_size)
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
-    with _executor_scope(executor, workers, dask_address) as (pool, kind, n_workers):
+    with executor_scope(executor, workers, dask_address, init_worker) as (pool, kind, n_workers):
         if kind == "process":
             for e in entries:
                 try:
@@ -941,7 +881,7 @@ def evaluate_many(
         "chunk_size": len(chunks[0]),
         "started_utc": started.isoformat(timespec="seconds"),
         "wall_s": wall,
-        "versions": _versions(),
+        "versions": package_versions(_VERSIONED, missing=None),
         "git": _git(),
         "platform": platform.platform(),
     }

@@ -37,7 +37,6 @@ import logging
 import platform
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +58,7 @@ from accelrl.agents.sb3_export import PPO_LATENT_BOUND, to_mlp_policy
 from accelrl.envs import TASKS, load_trials, make_vec
 from accelrl.envs.sb3 import SB3VecEnv
 from accelrl.envs.trials import Trial
+from accelrl.execution import package_versions
 
 _log = logging.getLogger(__name__)
 
@@ -409,22 +409,20 @@ class TrainResult:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
+#: Distributions a trained policy depends on, whose versions its provenance records.
+_VERSIONED: tuple[str, ...] = (
+    "accelrl",
+    "stable-baselines3",
+    "torch",
+    "numpy",
+    "gymnasium",
+    "cheetah-accelerator",
+)
+
+
 def versions() -> dict[str, str]:
     """Versions of Python and the packages a trained policy depends on."""
-    out = {"python": platform.python_version()}
-    for dist in (
-        "accelrl",
-        "stable-baselines3",
-        "torch",
-        "numpy",
-        "gymnasium",
-        "cheetah-accelerator",
-    ):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "unknown"
-    return out
+    return package_versions(_VERSIONED, missing="unknown")
 
 
 def plot_learning_curve(

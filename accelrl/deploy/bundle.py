@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from accelrl.config import format_validation_error
+
 #: Value of :attr:`Manifest.format`.
 BUNDLE_FORMAT = "accelrl-policy-bundle"
 #: Current bundle format version (bumped on incompatible changes).
@@ -247,11 +249,8 @@ def read_manifest(bundle: str | Path) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as err:
-        lines = [f"{path}: invalid manifest:"]
-        for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            lines.append(f"  {where}: {e['msg']}")
-        raise BundleError("\n".join(lines)) from None
+        header = f"{path}: invalid manifest:"
+        raise BundleError(format_validation_error(err, header, show_input=False)) from None
 
 
 def verify_files(bundle: str | Path, manifest: Manifest) -> None:

@@ -37,7 +37,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from accelrl.config import load_yaml_mapping
+from accelrl.config import format_validation_error, load_yaml_mapping
 
 
 class MachineConfigError(ValueError):
@@ -199,16 +199,6 @@ class MachineConfig(_Model):
         raise KeyError(f"no knob {name!r}; known: {list(self.knob_names)}")
 
 
-def _format(err: ValidationError, source: str) -> str:
-    lines = [f"invalid machine config {source}:"]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        value = e.get("input")
-        shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
-        lines.append(f"  {where}: {e['msg']}{shown}")
-    return "\n".join(lines)
-
-
 def load_machine_config(path: str | Path) -> MachineConfig:
     """Load and validate a machine config YAML.
 
@@ -220,4 +210,6 @@ def load_machine_config(path: str | Path) -> MachineConfig:
     try:
         return MachineConfig.model_validate(data)
     except ValidationError as err:
-        raise MachineConfigError(_format(err, str(path))) from None
+        raise MachineConfigError(
+            format_validation_error(err, f"invalid machine config {path}:")
+        ) from None

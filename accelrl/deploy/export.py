@@ -23,11 +23,8 @@ import datetime as _dt
 import json
 import math
 import pickle
-import platform
-import subprocess
 import zipfile
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +34,7 @@ import torch
 import yaml
 from torch import nn
 
+from accelrl import execution
 from accelrl.agents.policy import MLPPolicy
 from accelrl.deploy.bundle import (
     MANIFEST_FILE,
@@ -294,45 +292,29 @@ def _jsonable(value: Any) -> Any:
 def git_commit(path: str | Path | None = None) -> str | None:
     """The commit of the git checkout holding ``path`` (default: accelrl's source), with
     ``-dirty`` appended when it has uncommitted changes; ``None`` outside a checkout."""
-    where = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+    state = execution.git_state(path)
+    if state is None:
         return None
+    head, dirty = state
     return head + ("-dirty" if dirty else "")
+
+
+#: Distributions whose versions an export records (besides Python).
+_VERSIONED: tuple[str, ...] = (
+    "accelrl",
+    "torch",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "stable-baselines3",
+    "gymnasium",
+    "cheetah-accelerator",
+)
 
 
 def package_versions() -> dict[str, str]:
     """Versions of Python and of the packages involved in training and export."""
-    out = {"python": platform.python_version()}
-    for dist in (
-        "accelrl",
-        "torch",
-        "numpy",
-        "onnx",
-        "onnxruntime",
-        "stable-baselines3",
-        "gymnasium",
-        "cheetah-accelerator",
-    ):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
+    return execution.package_versions(_VERSIONED, missing="not installed")
 
 
 def _provenance(policy: MLPPolicy, source: str, parity: float) -> dict[str, Any]:

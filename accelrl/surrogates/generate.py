@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from accelrl.execution import executor_scope
 from accelrl.surrogates.dataset import (
     STATUSES,
     DatasetError,
@@ -112,59 +113,6 @@ def run_sample(
         row[name] = float(result.outputs.get(name, math.nan))
     row.update(status=result.status, message=result.message, wall_time_s=result.wall_time_s)
     return row
-
-
-# ---------------------------------------------------------------------------- executors
-@contextlib.contextmanager
-def executor_scope(
-    executor: cf.Executor | str | None, workers: int | None, dask_address: str | None
-) -> Iterator[tuple[cf.Executor | None, str, int]]:
-    """``(executor or None for in-process, kind, workers)``; closes what it started.
-
-    :param executor: An executor, ``"process"`` (default), ``"serial"`` or ``"dask"``.
-    :param workers: Workers of the process pool / local Dask cluster (default: CPU count).
-    :param dask_address: Dask scheduler address (implies ``"dask"``).
-    """
-    if isinstance(executor, cf.Executor):
-        yield executor, type(executor).__name__, int(getattr(executor, "_max_workers", 0) or 0)
-        return
-    if executor is None:
-        executor = "dask" if dask_address is not None else "process"
-    if executor not in ("process", "serial", "dask"):
-        raise ValueError(f"executor must be 'process', 'serial' or 'dask', got {executor!r}")
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    n = workers or os.cpu_count() or 1
-    if executor == "serial":
-        init_worker()
-        yield None, "serial", 1
-    elif executor == "process":
-        limit_threads(1)  # inherited by forked workers before numba loads
-        with cf.ProcessPoolExecutor(max_workers=n, initializer=init_worker) as pool:
-            yield pool, "process", n
-    else:
-        try:
-            from dask.distributed import Client, LocalCluster
-        except ImportError as err:
-            raise ImportError(
-                "--dask needs dask.distributed, which is not installed: "
-                "pip install 'accelrl[cluster]'"
-            ) from err
-        cluster = None
-        if dask_address is not None:
-            client = Client(dask_address)
-        else:
-            cluster = LocalCluster(
-                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
-            )
-            client = Client(cluster)
-        try:
-            client.run(init_worker)
-            yield client.get_executor(), "dask", sum(client.nthreads().values()) or n
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
 
 
 # ---------------------------------------------------------------------------- provenance
@@ -284,7 +232,8 @@ def generate(
         ``<stem>.meta.json`` and a copy of the spec ``<stem>.yaml`` go beside it.
     :param workers: Worker processes (default: CPU count).
     :param executor: ``"process"`` (default), ``"serial"``, ``"dask"`` or an executor.
-    :param dask_address: Dask scheduler address, e.g. ``"tcp://10.0.0.1:8786"``.
+    :param dask_address: Dask scheduler address, e.g. ``"tcp://10.0.0.1:8786"`` (implies
+        ``"dask"``; see :func:`accelrl.execution.executor_scope`).
     :param limit: Run at most this many of the remaining samples (in design order).
     :param checkpoint_every: Write the table after this many finished runs (> 0).
     :param timeout_s: Wall-time limit of one run [s]; ``None`` for none.
@@ -351,7 +300,8 @@ def generate(
         for r in todo.to_dict(orient="records")
     ]
     futures: dict[cf.Future, tuple[int, dict[str, float]]] = {}
-    with executor_scope(executor, workers, dask_address) as (pool, kind, n_workers):
+    scope = executor_scope(executor, workers, dask_address, init_worker, init_here=True)
+    with scope as (pool, kind, n_workers):
         session.update(executor=kind, workers=n_workers)
         checkpoint()
         with _progress(progress, len(jobs), spec.name) as advance:

@@ -25,24 +25,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from accelrl.config import load_yaml_mapping
+from accelrl.config import format_validation_error, load_yaml_mapping
 from accelrl.deploy.config import MachineConfig, load_machine_config
 
-#: Faults the virtual accelerator can inject.
-FAULTS: tuple[str, ...] = (
-    "disconnect",
-    "stale",
-    "reject_put",
-    "ignore_put",
-    "interlock",
-    "beam_loss",
-    "stuck",
-    "heartbeat",
-)
+#: A fault the virtual accelerator can inject.
 FaultName = Literal[
     "disconnect",
     "stale",
@@ -53,6 +43,8 @@ FaultName = Literal[
     "stuck",
     "heartbeat",
 ]
+#: Faults the virtual accelerator can inject.
+FAULTS: tuple[str, ...] = get_args(FaultName)
 
 
 class VirtualConfigError(ValueError):
@@ -242,13 +234,7 @@ def with_prefix(machine: MachineConfig, prefix: str | None) -> MachineConfig:
 
 
 def _format(err: ValidationError, source: str) -> str:
-    lines = [f"invalid virtual accelerator config {source}:"]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        value = e.get("input")
-        shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
-        lines.append(f"  {where}: {e['msg']}{shown}")
-    return "\n".join(lines)
+    return format_validation_error(err, f"invalid virtual accelerator config {source}:")
 
 
 class LoadedConfig:
