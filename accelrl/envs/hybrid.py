@@ -54,17 +54,20 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import cheetah
-import gymnasium as gym
 import numpy as np
 import scipy.constants as ct
 import torch
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from accelrl.envs import rng
+from accelrl.envs._common import (
+    StageCore,
+    StageEnv,
+    StageVectorEnv,
+    check_render_mode,
+    merge_config,
+)
 from accelrl.envs.lpa import DEFAULT_SURROGATE, DRIFT_INPUTS, JITTER_INPUTS, _pick
 from accelrl.physics.compiled import CompiledBeamline
 from accelrl.surrogates.models.ensemble import Surrogate
@@ -253,14 +256,18 @@ class HybridConfig(BaseModel):
     max_episode_steps: int = Field(default=50, ge=1)
 
 
-class HybridCore:
-    """State and dynamics of ``num_envs`` hybrid-beamline environments (batched)."""
+class HybridCore(StageCore):
+    """State and dynamics of ``num_envs`` hybrid-beamline environments (batched).
+
+    :param config: Task settings.
+    :param surrogate: The surrogate (default: loaded from ``config.surrogate``).
+    :param num_envs: Batch size ``B``.
+    """
 
     def __init__(
         self, config: HybridConfig, surrogate: Surrogate | None = None, num_envs: int = 1
     ) -> None:
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        super().__init__(num_envs)
         self.config = c = config
         sur = surrogate if surrogate is not None else load_surrogate(c.surrogate)
         sur.eval()
@@ -295,42 +302,19 @@ class HybridCore:
         self.standard = np.concatenate(
             [self.base[self.pcols], [0.0, 0.0, 0.0], [np.clip(b_mid, 0.1, 2.0)]]
         )
-        step = c.delta_fraction * (self.high - self.low)
-        self.action_low, self.action_high = (
-            (-step, step) if c.action_mode == "delta" else (self.low.copy(), self.high.copy())
-        )
-        B = self.num_envs = num_envs
-        K = len(self.names)
-        self.keys = np.array([rng.key_from_seed(None) for _ in range(B)], dtype=np.uint64)
-        self.counters = np.zeros(B, dtype=np.uint64)
-        self.settings = np.tile(self.standard, (B, 1))
-        self.target = np.zeros((B, 4))
-        self.misalign = np.zeros((B, 6))
-        self.drift = np.zeros(B)
-        self.jitter = np.zeros(B)
-        self.steps = np.zeros(B, dtype=np.int64)
-        self.last: dict[str, np.ndarray] = {}
-        del K
-        self._evaluate(np.arange(B))
+        self._init_state(self.standard)
+        self.target = np.zeros((num_envs, 4))
+        self.misalign = np.zeros((num_envs, 6))
+        self._evaluate(np.arange(num_envs))
 
-    def seed(self, idx: np.ndarray, seeds: list[int | None]) -> None:
-        self.keys[idx] = np.array([rng.key_from_seed(s) for s in seeds], dtype=np.uint64)
-        self.counters[idx] = 0
-
-    def _draw(self, idx: np.ndarray, n: int, normal: bool = False) -> np.ndarray:
-        f = rng.normal if normal else rng.uniform
-        out = f(self.keys[idx], self.counters[idx], n)
-        self.counters[idx] += np.uint64(1)
-        return out
+    @property
+    def actuator_names(self) -> list[str]:
+        return self.names
 
     def true_inputs(self, idx: np.ndarray) -> np.ndarray:
-        x = np.tile(self.base, (len(idx), 1))
-        x[:, self.pcols] = self.settings[idx, : len(self.pcols)]
-        if self.jitter_col >= 0:
-            x[:, self.jitter_col] *= 1.0 + self.jitter[idx]
-        if self.drift_col >= 0:
-            x[:, self.drift_col] *= 1.0 + self.drift[idx]
-        return np.clip(x, self.in_low, self.in_high)
+        """All surrogate inputs ``[len(idx), d]`` the stage of environments ``idx`` sees."""
+        settings = self.settings[idx, : len(self.pcols)]
+        return self._stage_inputs(self.pcols, settings, self.drift[idx], self.jitter[idx])
 
     def reset(self, idx: np.ndarray, options: dict[str, Any] | None = None) -> None:
         options = dict(options or {})
@@ -340,7 +324,7 @@ class HybridCore:
                 f"unknown reset options {unknown}; allowed: settings, target, misalignments"
             )
         c = self.config
-        u = self._draw(idx, 3 + 6 + 1)
+        u = self._uniform(idx, 3 + 6 + 1)
         mx, sg = c.target_mu_x, c.target_sigma
         target = np.stack(
             [
@@ -369,36 +353,8 @@ class HybridCore:
                     target = np.tile(v, (len(idx), 1))
                 else:
                     misalign = np.tile(v, (len(idx), 1))
-        self.settings[idx] = settings
-        self.target[idx] = target
         self.misalign[idx] = misalign
-        self.drift[idx] = drift
-        self.jitter[idx] = 0.0
-        self.steps[idx] = 0
-        self._evaluate(idx)
-
-    def validate_actions(self, actions: Any) -> np.ndarray:
-        a = np.asarray(actions, dtype=np.float64)
-        shape = (self.num_envs, len(self.names))
-        if a.shape != shape:
-            raise ValueError(f"actions must have shape {shape}, got {a.shape}")
-        bad = ~np.isfinite(a)
-        if bad.any():
-            cols = sorted({self.names[j] for j in np.nonzero(bad)[1]})
-            raise ValueError(f"actions hold NaN or inf for {cols}")
-        return np.clip(a, self.action_low, self.action_high)
-
-    def step(self, actions: np.ndarray) -> np.ndarray:
-        c = self.config
-        new = self.settings + actions if c.action_mode == "delta" else actions
-        self.settings = np.clip(new, self.low, self.high)
-        z = self._draw(np.arange(self.num_envs), 2, normal=True)
-        self.jitter = c.jitter_rel_rms * z[:, 0] if self.jitter_col >= 0 else 0 * z[:, 0]
-        if self.drift_col >= 0:
-            self.drift = np.clip(self.drift + c.drift_rel_step * z[:, 1], -0.2, 0.2)
-        self.steps += 1
-        self._evaluate(np.arange(self.num_envs))
-        return self.last["reward"].copy()
+        self._restart(idx, settings, target, drift)
 
     @torch.no_grad()
     def _evaluate(self, idx: np.ndarray) -> None:
@@ -429,11 +385,7 @@ class HybridCore:
             "on_screen": on_screen,
             "inputs": x.numpy(),
         }
-        if not self.last:
-            self.last = {k: np.array(v) for k, v in values.items()}
-            return
-        for k, v in values.items():
-            self.last[k][idx] = v
+        self._store(idx, values)
 
     def observation(self) -> dict[str, np.ndarray]:
         return {
@@ -476,13 +428,7 @@ def _observation_space(core: HybridCore) -> spaces.Dict:
     )
 
 
-def _config(config: HybridConfig | dict[str, Any] | None, kwargs: dict[str, Any]) -> HybridConfig:
-    data = config.model_dump() if isinstance(config, HybridConfig) else dict(config or {})
-    data.update(kwargs)
-    return HybridConfig.model_validate(data)
-
-
-class HybridBeamlineEnv(gym.Env):
+class HybridBeamlineEnv(StageEnv):
     """Plasma stage + transport line tuning (see the module documentation).
 
     :param config: Task settings (:class:`HybridConfig` or a mapping of its fields).
@@ -491,7 +437,7 @@ class HybridBeamlineEnv(gym.Env):
     :param kwargs: Fields of :class:`HybridConfig`.
     """
 
-    metadata = {"render_modes": []}
+    core: HybridCore
 
     def __init__(
         self,
@@ -501,41 +447,10 @@ class HybridBeamlineEnv(gym.Env):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if render_mode is not None:
-            raise ValueError(f"render_mode must be None, got {render_mode!r}")
-        self.config = _config(config, kwargs)
-        self.core = HybridCore(self.config, surrogate, 1)
-        self.observation_space = _observation_space(self.core)
-        self.action_space = spaces.Box(
-            self.core.action_low.astype(np.float32),
-            self.core.action_high.astype(np.float32),
-            dtype=np.float32,
-        )
-        self._all = np.array([0])
-        self.core.reset(self._all)
-
-    @property
-    def actuator_names(self) -> list[str]:
-        return list(self.core.names)
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        super().reset(seed=seed)
-        if seed is not None:
-            self.core.seed(self._all, [seed])
-        self.core.reset(self._all, options)
-        return self._obs(), self._info()
-
-    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        a = np.asarray(action, dtype=np.float64)
-        if a.shape != self.action_space.shape:
-            raise ValueError(f"action must have shape {self.action_space.shape}, got {a.shape}")
-        reward = self.core.step(self.core.validate_actions(a.reshape(1, -1)))
-        return self._obs(), float(reward[0]), False, False, self._info()
-
-    def _obs(self) -> dict[str, np.ndarray]:
-        return {k: v[0] for k, v in self.core.observation().items()}
+        check_render_mode(render_mode)
+        self.config = merge_config(HybridConfig, config, kwargs)
+        core = HybridCore(self.config, surrogate, 1)
+        self._attach(core, _observation_space(core))
 
     def _info(self) -> dict[str, Any]:
         info = {k: v[0] for k, v in self.core.info().items()}
@@ -546,13 +461,20 @@ class HybridBeamlineEnv(gym.Env):
         return info
 
 
-class HybridBeamlineVectorEnv(VectorEnv):
+class HybridBeamlineVectorEnv(StageVectorEnv):
     """``num_envs`` hybrid-beamline environments, one batched evaluation per step.
 
     Environment ``i`` reset with ``seed=s`` matches a single environment reset with ``s + i``.
+
+    :param num_envs: Number of environments.
+    :param config: Task settings (:class:`HybridConfig` or a mapping of its fields).
+    :param surrogate: A loaded surrogate (default: ``config.surrogate``).
+    :param max_episode_steps: Truncation (default: ``config.max_episode_steps``).
+    :param kwargs: Fields of :class:`HybridConfig`.
     """
 
-    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+    core: HybridCore
+    info_masks = False
 
     def __init__(
         self,
@@ -562,51 +484,10 @@ class HybridBeamlineVectorEnv(VectorEnv):
         max_episode_steps: int | None = None,
         **kwargs: Any,
     ) -> None:
-        self.config = _config(config, kwargs)
-        self.core = HybridCore(self.config, surrogate, num_envs)
-        self.num_envs = num_envs
-        self.max_episode_steps = max_episode_steps or self.config.max_episode_steps
-        self.single_observation_space = _observation_space(self.core)
-        self.single_action_space = spaces.Box(
-            self.core.action_low.astype(np.float32),
-            self.core.action_high.astype(np.float32),
-            dtype=np.float32,
-        )
-        self.observation_space = batch_space(self.single_observation_space, num_envs)
-        self.action_space = batch_space(self.single_action_space, num_envs)
-        self._all = np.arange(num_envs)
-        self._needs_reset = np.zeros(num_envs, dtype=bool)
-        self.core.reset(self._all)
-
-    def reset(
-        self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        if seed is not None:
-            seeds = [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else seed
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"need {self.num_envs} seeds, got {len(seeds)}")
-            self.core.seed(self._all, list(seeds))
-        self.core.reset(self._all, options)
-        self._needs_reset[:] = False
-        return self.core.observation(), self.core.info()
-
-    def step(
-        self, actions: Any
-    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        core = self.core
-        a = core.validate_actions(actions)
-        resetting = np.nonzero(self._needs_reset)[0]
-        counters = core.counters[resetting].copy()
-        reward = core.step(a)
-        truncated = core.steps >= self.max_episode_steps
-        if resetting.size:
-            core.counters[resetting] = counters
-            core.reset(resetting)
-            reward[resetting] = 0.0
-            truncated[resetting] = False
-        self._needs_reset = truncated.copy()
-        terminated = np.zeros(self.num_envs, dtype=bool)
-        return core.observation(), reward, terminated, truncated, core.info()
+        self.config = merge_config(HybridConfig, config, kwargs)
+        core = HybridCore(self.config, surrogate, num_envs)
+        steps = max_episode_steps or self.config.max_episode_steps
+        super().__init__(core, _observation_space(core), steps)
 
 
 def vector_entry_point(num_envs: int = 1, **kwargs: Any) -> HybridBeamlineVectorEnv:

@@ -49,16 +49,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from accelrl.envs import rng
+from accelrl.envs._common import StageCore, StageEnv, check_render_mode, merge_config
 from accelrl.surrogates.models.ensemble import Surrogate
 from accelrl.surrogates.models.io import load_surrogate
-from accelrl.surrogates.objective import ObjectiveConfig, ObjectiveTerms
+from accelrl.surrogates.objective import ObjectiveConfig, ObjectiveTerms, ObjectiveWeights
 
 ENV_ID = "accelrl/LPATuning-v0"
 #: Default surrogate (dataset name, resolved in ``surrogates/models/``).
@@ -68,7 +67,7 @@ JITTER_INPUTS = ("laser_energy", "laser_a0")
 DRIFT_INPUTS = ("plasma_density",)
 
 
-class LPATaskConfig(BaseModel):
+class LPATaskConfig(ObjectiveWeights):
     """Settings of the LPA tuning task (SI units).
 
     :param surrogate: Surrogate directory or dataset name.
@@ -76,12 +75,6 @@ class LPATaskConfig(BaseModel):
     :param fixed: Values of the inputs not actuated (default: middle of their bounds).
     :param target_energy: ``(low, high)`` range of target energies [eV]; default the 10% to
         90% quantiles of the training energies.
-    :param weight_energy: Objective weight of the relative energy error.
-    :param weight_spread: Objective weight of the relative energy spread.
-    :param weight_charge: Objective weight of the charge in units of ``charge_ref``.
-    :param charge_ref: Charge scale [C] (default: geometric mean of the training charge).
-    :param k_sigma: Uncertainty penalty in standard deviations (0: plain ensemble mean).
-    :param uncertainty: ``"epistemic"`` or ``"total"`` standard deviation in the penalty.
     :param jitter_input: Input with shot-to-shot jitter (default: the laser energy or a0);
         ``""`` disables.
     :param jitter_rel_rms: Relative rms of the jitter per shot.
@@ -92,6 +85,9 @@ class LPATaskConfig(BaseModel):
     :param delta_fraction: Largest delta action as a fraction of each input's range.
     :param start: ``"standard"`` (middle of the bounds) or ``"random"``.
     :param max_episode_steps: Truncation of the vector environment (``gym.make`` sets its own).
+
+    The objective's weights and uncertainty penalty are the fields of
+    :class:`~accelrl.surrogates.objective.ObjectiveWeights`.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -99,12 +95,6 @@ class LPATaskConfig(BaseModel):
     actuators: list[str] | None = None
     fixed: dict[str, float] = Field(default_factory=dict)
     target_energy: tuple[float, float] | None = None
-    weight_energy: float = Field(default=1.0, ge=0)
-    weight_spread: float = Field(default=1.0, ge=0)
-    weight_charge: float = Field(default=0.01, ge=0)
-    charge_ref: float | None = Field(default=None, gt=0)
-    k_sigma: float = Field(default=1.0, ge=0)
-    uncertainty: Literal["epistemic", "total"] = "epistemic"
     jitter_input: str | None = None
     jitter_rel_rms: float = Field(default=0.01, ge=0, le=0.2)
     drift_input: str | None = None
@@ -130,7 +120,7 @@ def _pick(names: Sequence[str], given: str | None, candidates: Sequence[str], wh
     return -1
 
 
-class LPACore:
+class LPACore(StageCore):
     """State and dynamics of ``num_envs`` LPA tuning environments (batched, numpy + torch).
 
     :param config: Task settings.
@@ -138,11 +128,12 @@ class LPACore:
     :param num_envs: Batch size ``B``.
     """
 
+    reward_key = "penalised"
+
     def __init__(
         self, config: LPATaskConfig, surrogate: Surrogate | None = None, num_envs: int = 1
     ) -> None:
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        super().__init__(num_envs)
         self.config = c = config
         self.surrogate = surrogate if surrogate is not None else load_surrogate(c.surrogate)
         self.surrogate.eval()
@@ -173,15 +164,7 @@ class LPACore:
         self.drift_col = _pick(names, c.drift_input, DRIFT_INPUTS, "drift_input")
         self.terms = ObjectiveTerms(
             self.surrogate,
-            ObjectiveConfig(
-                target_energy=1.0,  # replaced per environment
-                weight_energy=c.weight_energy,
-                weight_spread=c.weight_spread,
-                weight_charge=c.weight_charge,
-                charge_ref=c.charge_ref,
-                k_sigma=c.k_sigma,
-                uncertainty=c.uncertainty,
-            ),
+            ObjectiveConfig(target_energy=1.0, **c.weights()),  # target set per environment
         )
         if c.target_energy is None:
             ranges = self.surrogate.provenance.get("output_ranges", {}).get(self.terms.energy)
@@ -194,52 +177,21 @@ class LPACore:
         if not 0 < e_lo <= e_hi:
             raise ValueError(f"target_energy must satisfy 0 < low <= high, got ({e_lo}, {e_hi})")
         self.target_low, self.target_high = float(e_lo), float(e_hi)
-        step = c.delta_fraction * (self.high - self.low)
-        self.action_low, self.action_high = (
-            (-step, step) if c.action_mode == "delta" else (self.low.copy(), self.high.copy())
-        )
-        B, K = num_envs, len(self.actuators)
-        self.num_envs = B
-        self.keys = np.array([rng.key_from_seed(None) for _ in range(B)], dtype=np.uint64)
-        self.counters = np.zeros(B, dtype=np.uint64)
-        self.settings = np.tile(self.base[self.cols], (B, 1))
-        self.target = np.full(B, 0.5 * (e_lo + e_hi))
-        self.drift = np.zeros(B)
-        self.jitter = np.zeros(B)
-        self.steps = np.zeros(B, dtype=np.int64)
-        self.last: dict[str, np.ndarray] = {}
-        self._n_reset = 2 + K
-        self._evaluate(np.arange(B))
+        self._init_state(self.base[self.cols])
+        self.target = np.full(num_envs, 0.5 * (e_lo + e_hi))
+        self._n_reset = 2 + len(self.actuators)
+        self._evaluate(np.arange(num_envs))
 
-    # ------------------------------------------------------------------ random streams
-    def seed(self, idx: np.ndarray, seeds: Sequence[int | None]) -> None:
-        """Re-key the random streams of environments ``idx``."""
-        self.keys[idx] = np.array([rng.key_from_seed(s) for s in seeds], dtype=np.uint64)
-        self.counters[idx] = 0
+    @property
+    def actuator_names(self) -> list[str]:
+        return self.actuators
 
-    def _uniform(self, idx: np.ndarray, n: int) -> np.ndarray:
-        u = rng.uniform(self.keys[idx], self.counters[idx], n)
-        self.counters[idx] += np.uint64(1)
-        return u
-
-    def _normal(self, idx: np.ndarray, n: int) -> np.ndarray:
-        z = rng.normal(self.keys[idx], self.counters[idx], n)
-        self.counters[idx] += np.uint64(1)
-        return z
-
-    # ------------------------------------------------------------------ dynamics
     def true_inputs(
         self, settings: np.ndarray, drift: np.ndarray, jitter: np.ndarray
     ) -> np.ndarray:
         """All surrogate inputs ``[B, d]`` the stage sees: settings, jitter and drift applied,
         clipped to the design bounds (the surrogate is not trusted outside them)."""
-        x = np.tile(self.base, (len(settings), 1))
-        x[:, self.cols] = settings
-        if self.jitter_col >= 0:
-            x[:, self.jitter_col] *= 1.0 + jitter
-        if self.drift_col >= 0:
-            x[:, self.drift_col] *= 1.0 + drift
-        return np.clip(x, self.in_low, self.in_high)
+        return self._stage_inputs(self.cols, settings, drift, jitter)
 
     def reset(self, idx: np.ndarray, options: dict[str, Any] | None = None) -> None:
         """Reset environments ``idx`` (options: ``settings`` [K], ``target_energy`` [eV],
@@ -273,44 +225,7 @@ class LPACore:
             target = np.full(len(idx), t)
         if "drift" in options:
             drift = np.full(len(idx), float(options["drift"]))
-        self.settings[idx] = settings
-        self.target[idx] = target
-        self.drift[idx] = drift
-        self.jitter[idx] = 0.0
-        self.steps[idx] = 0
-        self._evaluate(idx)
-
-    def validate_actions(self, actions: Any) -> np.ndarray:
-        """``[B, K]`` float64 actions, clipped to the action box.
-
-        :raises ValueError: For a wrong shape or NaN/inf values, naming the actuators.
-        """
-        a = np.asarray(actions, dtype=np.float64)
-        shape = (self.num_envs, len(self.actuators))
-        if a.shape != shape:
-            raise ValueError(f"actions must have shape {shape}, got {a.shape}")
-        bad = ~np.isfinite(a)
-        if bad.any():
-            cols = sorted({self.actuators[j] for j in np.nonzero(bad)[1]})
-            raise ValueError(f"actions hold NaN or inf for {cols}")
-        return np.clip(a, self.action_low, self.action_high)
-
-    def step(self, actions: np.ndarray) -> np.ndarray:
-        """Advance all environments by validated actions ``[B, K]``; returns rewards ``[B]``."""
-        c = self.config
-        all_ = np.arange(self.num_envs)
-        if c.action_mode == "delta":
-            settings = self.settings + actions
-        else:
-            settings = actions
-        self.settings = np.clip(settings, self.low, self.high)
-        z = self._normal(all_, 2)
-        self.jitter = c.jitter_rel_rms * z[:, 0] if self.jitter_col >= 0 else 0 * z[:, 0]
-        if self.drift_col >= 0:
-            self.drift = np.clip(self.drift + c.drift_rel_step * z[:, 1], -0.2, 0.2)
-        self.steps += 1
-        self._evaluate(all_)
-        return self.last["penalised"].copy()
+        self._restart(idx, settings, target, drift)
 
     @torch.no_grad()
     def _evaluate(self, idx: np.ndarray) -> None:
@@ -318,11 +233,7 @@ class LPACore:
         out = self.terms(torch.as_tensor(x), torch.as_tensor(self.target[idx]))
         values = {k: v.numpy() for k, v in out.items()}
         values["inputs"] = x
-        if not self.last:  # first call (constructor): all environments
-            self.last = {k: np.array(v) for k, v in values.items()}
-            return
-        for k, v in values.items():
-            self.last[k][idx] = v
+        self._store(idx, values)
 
     # ------------------------------------------------------------------ views
     def observation(self) -> dict[str, np.ndarray]:
@@ -371,16 +282,7 @@ def observation_space(core: LPACore) -> spaces.Dict:
     )
 
 
-def _config(config: LPATaskConfig | dict[str, Any] | None, kwargs: dict[str, Any]) -> LPATaskConfig:
-    if isinstance(config, LPATaskConfig):
-        data = config.model_dump()
-    else:
-        data = dict(config or {})
-    data.update(kwargs)
-    return LPATaskConfig.model_validate(data)
-
-
-class LPATuningEnv(gym.Env):
+class LPATuningEnv(StageEnv):
     """LPA stage tuning on a surrogate (see the module documentation).
 
     :param config: Task settings (:class:`LPATaskConfig` or a mapping of its fields).
@@ -389,7 +291,7 @@ class LPATuningEnv(gym.Env):
     :param kwargs: Fields of :class:`LPATaskConfig` (override ``config``).
     """
 
-    metadata = {"render_modes": []}
+    core: LPACore
 
     def __init__(
         self,
@@ -399,41 +301,10 @@ class LPATuningEnv(gym.Env):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        if render_mode is not None:
-            raise ValueError(f"render_mode must be None, got {render_mode!r}")
-        self.config = _config(config, kwargs)
-        self.core = LPACore(self.config, surrogate, 1)
-        self.observation_space = observation_space(self.core)
-        self.action_space = spaces.Box(
-            self.core.action_low.astype(np.float32),
-            self.core.action_high.astype(np.float32),
-            dtype=np.float32,
-        )
-        self._all = np.array([0])
-        self.core.reset(self._all)
-
-    @property
-    def actuator_names(self) -> list[str]:
-        return list(self.core.actuators)
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        super().reset(seed=seed)
-        if seed is not None:
-            self.core.seed(self._all, [seed])
-        self.core.reset(self._all, options)
-        return self._obs(), self._info()
-
-    def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        a = np.asarray(action, dtype=np.float64)
-        if a.shape != self.action_space.shape:
-            raise ValueError(f"action must have shape {self.action_space.shape}, got {a.shape}")
-        reward = self.core.step(self.core.validate_actions(a.reshape(1, -1)))
-        return self._obs(), float(reward[0]), False, False, self._info()
-
-    def _obs(self) -> dict[str, np.ndarray]:
-        return {k: v[0] for k, v in self.core.observation().items()}
+        check_render_mode(render_mode)
+        self.config = merge_config(LPATaskConfig, config, kwargs)
+        core = LPACore(self.config, surrogate, 1)
+        self._attach(core, observation_space(core))
 
     def _info(self) -> dict[str, Any]:
         info = {k: v[0] for k, v in self.core.info().items()}

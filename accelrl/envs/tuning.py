@@ -49,6 +49,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from accelrl.envs._common import reset_core, single_action
 from accelrl.envs.core import ActionMode, StartMode, TuningCore
 from accelrl.envs.render import screen_image
 from accelrl.envs.spec import Actuator, Randomisation, ScreenSpec, TaskSpec, shipped_spec_path
@@ -178,16 +179,12 @@ class TransverseTuningEnv(gym.Env):
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
-        if seed is not None:
-            self.core.seed(self._all, [seed])
-        self.core.reset(self._all, options)
+        reset_core(self.core, self._all, None if seed is None else [seed], options)
         return self._obs(), self._info()
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        a = np.asarray(action, dtype=np.float64)
-        if a.shape != self.action_space.shape:
-            raise ValueError(f"action must have shape {self.action_space.shape}, got {a.shape}")
-        reward, terminated = self.core.step(self.core.validate_actions(a.reshape(1, -1)))
+        a = single_action(action, self.action_space)
+        reward, terminated = self.core.step(self.core.validate_actions(a))
         return self._obs(), float(reward[0]), bool(terminated[0]), False, self._info()
 
     def _obs(self) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from accelrl.envs._common import reset_core, step_with_autoreset, vector_seeds
 from accelrl.envs.core import ActionMode, StartMode
 from accelrl.envs.render import screen_image
 from accelrl.envs.spec import TaskSpec
@@ -98,14 +99,7 @@ class TransverseTuningVectorEnv(VectorEnv):
         options: dict[str, Any] | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Reset all environments; ``seed`` int gives environment ``i`` the seed ``seed + i``."""
-        if seed is not None:
-            seeds = (
-                [seed + i for i in range(self.num_envs)] if isinstance(seed, int) else list(seed)
-            )
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"need {self.num_envs} seeds, got {len(seeds)}")
-            self.core.seed(self._all, seeds)
-        self.core.reset(self._all, options)
+        reset_core(self.core, self._all, vector_seeds(seed, self.num_envs), options)
         self._needs_reset[:] = False
         return self.core.observation(), self._info()
 
@@ -114,18 +108,9 @@ class TransverseTuningVectorEnv(VectorEnv):
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         core = self.core
         a = core.validate_actions(actions)
-        resetting = np.nonzero(self._needs_reset)[0]
-        # All environments step as one batch; those due for a reset are then reset, with
-        # their random streams rewound so that they match a single environment exactly.
-        counters = core.counters[resetting].copy()
-        reward, terminated = core.step(a)
-        truncated = core.steps >= self.max_episode_steps  # as gymnasium's TimeLimit
-        if resetting.size:
-            core.counters[resetting] = counters
-            core.reset(resetting)
-            reward[resetting] = 0.0
-            terminated[resetting] = False
-            truncated[resetting] = False
+        reward, terminated, truncated = step_with_autoreset(
+            core, a, self._needs_reset, self.max_episode_steps
+        )
         done = terminated | truncated
         if self.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP:
             self._needs_reset[:] = False

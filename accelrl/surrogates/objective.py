@@ -49,10 +49,9 @@ def _first(names: Sequence[str], candidates: Sequence[str], what: str) -> str:
     raise ValueError(f"surrogate has no {what} output; tried {list(candidates)}, has {names}")
 
 
-class ObjectiveConfig(BaseModel):
-    """Weights and outputs of the tuning objective (SI units).
+class ObjectiveWeights(BaseModel):
+    """Weights and uncertainty penalty of the tuning objective.
 
-    :param target_energy: Target beam energy [eV] (> 0).
     :param weight_energy: Weight of the relative energy error.
     :param weight_spread: Weight of the relative energy spread.
     :param weight_charge: Weight of the charge in units of ``charge_ref``.
@@ -60,19 +59,33 @@ class ObjectiveConfig(BaseModel):
     :param k_sigma: Penalty in standard deviations of ``J`` (0: plain mean).
     :param uncertainty: ``"epistemic"`` (ensemble disagreement) or ``"total"`` (plus the
         numerical noise) in the penalty.
-    :param energy_output: Output used as energy (default: first of :data:`ENERGY_OUTPUTS`).
-    :param spread_output: Output used as spread (default: first of :data:`SPREAD_OUTPUTS`).
-    :param charge_output: Output used as charge (default: first of :data:`CHARGE_OUTPUTS`).
     """
 
     model_config = ConfigDict(extra="forbid")
-    target_energy: float = Field(gt=0)
     weight_energy: float = Field(default=1.0, ge=0)
     weight_spread: float = Field(default=1.0, ge=0)
     weight_charge: float = Field(default=0.01, ge=0)
     charge_ref: float | None = Field(default=None, gt=0)
     k_sigma: float = Field(default=1.0, ge=0)
     uncertainty: Literal["epistemic", "total"] = "epistemic"
+
+    def weights(self) -> dict[str, Any]:
+        """The fields of :class:`ObjectiveWeights` alone (of a subclass too)."""
+        return {k: getattr(self, k) for k in ObjectiveWeights.model_fields}
+
+
+class ObjectiveConfig(ObjectiveWeights):
+    """Weights and outputs of the tuning objective (SI units).
+
+    :param target_energy: Target beam energy [eV] (> 0).
+    :param energy_output: Output used as energy (default: first of :data:`ENERGY_OUTPUTS`).
+    :param spread_output: Output used as spread (default: first of :data:`SPREAD_OUTPUTS`).
+    :param charge_output: Output used as charge (default: first of :data:`CHARGE_OUTPUTS`).
+
+    The weights and the penalty are those of :class:`ObjectiveWeights`.
+    """
+
+    target_energy: float = Field(gt=0)
     energy_output: str | None = None
     spread_output: str | None = None
     charge_output: str | None = None

@@ -136,7 +136,30 @@ class DesignSpec(_Model):
 Scalar = float | int | str | bool
 
 
-class DatasetSpec(_Model):
+class Columns:
+    """Names and bounds of the ``inputs`` (each with ``name``, ``low``, ``high``) and
+    ``outputs`` (each with ``name``) of a dataset spec or a model trained on one."""
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the inputs, in column order."""
+        return [i.name for i in self.inputs]  # type: ignore[attr-defined]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the outputs, in column order."""
+        return [o.name for o in self.outputs]  # type: ignore[attr-defined]
+
+    @property
+    def bounds(self) -> np.ndarray:
+        """Input bounds ``[d, 2]`` (low, high), SI."""
+        return np.array(
+            [[i.low, i.high] for i in self.inputs],  # type: ignore[attr-defined]
+            dtype=np.float64,
+        )
+
+
+class DatasetSpec(_Model, Columns):
     """A dataset: simulator, inputs, outputs, fixed parameters, fidelity and design.
 
     :param name: Dataset name (file stem of ``surrogates/<name>.parquet``).
@@ -175,21 +198,6 @@ class DatasetSpec(_Model):
         return self
 
     # ------------------------------------------------------------------ convenience
-    @property
-    def input_names(self) -> list[str]:
-        """Names of the inputs, in spec order."""
-        return [i.name for i in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        """Names of the outputs, in spec order."""
-        return [o.name for o in self.outputs]
-
-    @property
-    def bounds(self) -> np.ndarray:
-        """Input bounds, shape ``[d, 2]`` (low, high), SI."""
-        return np.array([[i.low, i.high] for i in self.inputs], dtype=np.float64)
-
     @property
     def fidelity_label(self) -> str:
         """Label written in the ``fidelity`` column: ``fidelity["label"]`` or ``k=v;...``."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -21,43 +20,6 @@ from accelrl.surrogates.dataset import (
     write_table,
 )
 from accelrl.surrogates.spec import DatasetSpec, DatasetSpecError, load_spec
-
-SPEC: dict[str, Any] = {
-    "name": "tiny",
-    "description": "test spec",
-    "simulator": "wake-t",
-    "inputs": [
-        {"name": "plasma_density", "unit": "m^-3", "low": 1.5e23, "high": 2.5e23},
-        {"name": "beam_current_head", "unit": "A", "low": 1e3, "high": 1e4, "scale": "log"},
-    ],
-    "outputs": [
-        {"name": "charge", "unit": "C"},
-        {"name": "energy_median", "unit": "eV"},
-    ],
-    "fixed": {
-        "laser_energy": 10.0,
-        "beam_current_tail": 5e3,
-        "beam_length": 10e-6,
-        "beam_delay": 50e-6,
-    },
-    "fidelity": {"stage_length": 1e-3, "resolution": 0.5},
-    "design": {"method": "sobol", "n_samples": 8, "seed": 1},
-}
-
-
-@pytest.fixture
-def spec_dict() -> dict[str, Any]:
-    """A fresh copy of a small valid spec mapping."""
-    return copy.deepcopy(SPEC)
-
-
-@pytest.fixture
-def spec_file(tmp_path: Path, spec_dict: dict[str, Any]) -> Path:
-    """The small spec written to ``tmp_path/surrogates/tiny.yaml``."""
-    path = tmp_path / "surrogates" / "tiny.yaml"
-    path.parent.mkdir()
-    path.write_text(yaml.safe_dump(spec_dict))
-    return path
 
 
 def test_valid_spec(spec_file: Path) -> None:

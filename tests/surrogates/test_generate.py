@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import copy
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 import accelrl.surrogates.generate as gen
@@ -20,43 +18,6 @@ from accelrl.surrogates.dataset import DatasetError, load_dataset
 from accelrl.surrogates.design import physical_to_unit, sobol_design
 from accelrl.surrogates.simulators import RunResult
 from accelrl.surrogates.spec import DatasetSpec, load_spec
-
-SPEC: dict[str, Any] = {
-    "name": "tiny",
-    "description": "test spec",
-    "simulator": "wake-t",
-    "inputs": [
-        {"name": "plasma_density", "unit": "m^-3", "low": 1.5e23, "high": 2.5e23},
-        {"name": "beam_current_head", "unit": "A", "low": 1e3, "high": 1e4, "scale": "log"},
-    ],
-    "outputs": [
-        {"name": "charge", "unit": "C"},
-        {"name": "energy_median", "unit": "eV"},
-    ],
-    "fixed": {
-        "laser_energy": 10.0,
-        "beam_current_tail": 5e3,
-        "beam_length": 10e-6,
-        "beam_delay": 50e-6,
-    },
-    "fidelity": {"stage_length": 1e-3, "resolution": 0.5},
-    "design": {"method": "sobol", "n_samples": 8, "seed": 1},
-}
-
-
-@pytest.fixture
-def spec_dict() -> dict[str, Any]:
-    """A fresh copy of a small valid spec mapping."""
-    return copy.deepcopy(SPEC)
-
-
-@pytest.fixture
-def spec_file(tmp_path: Path, spec_dict: dict[str, Any]) -> Path:
-    """The small spec written to ``tmp_path/surrogates/tiny.yaml``."""
-    path = tmp_path / "surrogates" / "tiny.yaml"
-    path.parent.mkdir()
-    path.write_text(yaml.safe_dump(spec_dict))
-    return path
 
 
 def test_design_is_reproducible_and_in_bounds(spec_dict: dict[str, Any]) -> None:

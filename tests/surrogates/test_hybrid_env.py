@@ -6,6 +6,8 @@ names; the transport physics is cross-checked against Cheetah's own tracking.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cheetah
 import gymnasium as gym
 import numpy as np
@@ -23,7 +25,7 @@ from accelrl.envs.hybrid import (
     HybridBeamlineVectorEnv,
 )
 from accelrl.surrogates.dataset import Dataset
-from accelrl.surrogates.models import Architecture, TrainConfig, train_surrogate
+from accelrl.surrogates.models import Surrogate
 from accelrl.surrogates.spec import DatasetSpec
 
 torch.set_num_threads(1)
@@ -81,15 +83,17 @@ def hybrid_fixture_dataset(n_rows: int = 300, seed: int = 0) -> Dataset:
 
 
 @pytest.fixture(scope="module")
-def surrogate():
-    cfg = TrainConfig(
-        architecture=Architecture(members=3, hidden=[32, 32], classifier_hidden=[8]),
+def surrogate(fit_surrogate: Callable[..., Surrogate]) -> Surrogate:
+    """The hybrid fixture's surrogate (replaces the LPA one of conftest.py here)."""
+    return fit_surrogate(
+        hybrid_fixture_dataset(),
+        members=3,
+        hidden=[32, 32],
+        classifier_hidden=[8],
+        seed=2,
         max_epochs=150,
         patience=40,
-        learning_rate=3e-3,
-        seed=2,
     )
-    return train_surrogate(hybrid_fixture_dataset(), cfg, progress=False).model
 
 
 def test_transport_agrees_with_cheetah_tracking(surrogate) -> None:

@@ -1,15 +1,14 @@
 """accelrl/LPATuning-v0: Gymnasium API, vector/single agreement, disagreement penalty, errors.
 
-The surrogate here is trained on a synthetic test-fixture table (smooth functions with the
-column names of the Wake-T dataset), so the tests do not depend on the shipped weights; one
-test checks the shipped surrogate when it is present.
+The surrogate here is trained on a synthetic test-fixture table (conftest.py: smooth
+functions with the column names of the Wake-T dataset), so the tests do not depend on the
+shipped weights; one test checks the shipped surrogate when it is present.
 """
 
 from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
@@ -17,76 +16,10 @@ from gymnasium.utils.env_checker import check_env
 import accelrl  # noqa: F401  (registers the ids)
 from accelrl.envs.lpa import LPATaskConfig, LPATuningEnv
 from accelrl.envs.lpa_vector import LPATuningVectorEnv
-from accelrl.surrogates.dataset import Dataset
-from accelrl.surrogates.models import Architecture, TrainConfig, train_surrogate
 from accelrl.surrogates.models.io import resolve_model_dir
 from accelrl.surrogates.objective import ObjectiveConfig, SurrogateObjective
-from accelrl.surrogates.spec import DatasetSpec
 
 torch.set_num_threads(1)
-
-
-def lpa_fixture_dataset(n_rows: int = 400, seed: int = 0) -> Dataset:
-    """Synthetic test fixture with the Wake-T dataset's names: energy grows with laser energy
-    and falls with density, spread is smallest at a delay that depends on density, charge
-    falls with delay; no beam at low laser energy and long delay."""
-    spec = DatasetSpec.from_dict(
-        {
-            "name": "fixture_lpa",
-            "simulator": "wake-t",
-            "inputs": [
-                {"name": "laser_energy", "unit": "J", "low": 7.0, "high": 13.0},
-                {"name": "plasma_density", "unit": "m^-3", "low": 1.5e23, "high": 2.5e23},
-                {"name": "beam_delay", "unit": "m", "low": 4e-5, "high": 6e-5},
-            ],
-            "outputs": [
-                {"name": "energy_median", "unit": "eV"},
-                {"name": "energy_spread_core", "unit": ""},
-                {"name": "charge_in_acceptance", "unit": "C"},
-            ],
-            "design": {"n_samples": 64, "seed": 0},
-        }
-    )
-    rng = np.random.default_rng(seed)
-    le = rng.uniform(7, 13, n_rows)
-    n = rng.uniform(1.5e23, 2.5e23, n_rows)
-    d = rng.uniform(4e-5, 6e-5, n_rows)
-    u_l, u_n, u_d = (le - 7) / 6, (n - 1.5e23) / 1e23, (d - 4e-5) / 2e-5
-    energy = 2e8 + 8e8 * (0.4 + 0.6 * u_l) * (1.2 - 0.4 * u_n)
-    spread = 0.005 + 0.05 * (u_d - 0.3 - 0.4 * u_n) ** 2
-    charge = 30e-12 * (1.2 - u_d) * (0.8 + 0.4 * u_l)
-    status = np.where((u_l < 0.15) & (u_d > 0.8), "no_beam", "ok")
-    bad = status != "ok"
-    noise = 1 + 0.005 * rng.standard_normal((3, n_rows))
-    table = pd.DataFrame(
-        {
-            "sample": np.arange(n_rows),
-            "laser_energy": le,
-            "plasma_density": n,
-            "beam_delay": d,
-            "energy_median": np.where(bad, np.nan, energy * noise[0]),
-            "energy_spread_core": np.where(bad, np.nan, spread * noise[1]),
-            "charge_in_acceptance": np.where(bad, np.nan, charge * noise[2]),
-            "status": status,
-            "message": "",
-            "fidelity": "fixture",
-            "simulator": "fixture",
-            "wall_time_s": 5.0,
-        }
-    )
-    return Dataset(spec=spec, table=table)
-
-
-@pytest.fixture(scope="module")
-def surrogate():
-    cfg = TrainConfig(
-        architecture=Architecture(members=4, hidden=[48, 48], classifier_hidden=[16]),
-        max_epochs=250,
-        patience=50,
-        learning_rate=3e-3,
-        seed=1,
-    )
-    return train_surrogate(lpa_fixture_dataset(), cfg, progress=False).model
 
 
 def test_check_env(surrogate) -> None:

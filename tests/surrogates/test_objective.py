@@ -1,6 +1,6 @@
 """Surrogate objective (mean minus k sigma) for BO and gradient tuning.
 
-The surrogate is trained on a synthetic test-fixture table (see test_lpa_env.py for the
+The surrogate is trained on a synthetic test-fixture table (see conftest.py for the
 functions), not on simulation data.
 """
 
@@ -11,24 +11,11 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-from test_lpa_env import lpa_fixture_dataset
 
-from accelrl.surrogates.models import Architecture, SurrogateError, TrainConfig, train_surrogate
+from accelrl.surrogates.models import SurrogateError
 from accelrl.surrogates.objective import ObjectiveConfig, SurrogateObjective
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def surrogate():
-    cfg = TrainConfig(
-        architecture=Architecture(members=4, hidden=[48, 48], classifier_hidden=[16]),
-        max_epochs=250,
-        patience=50,
-        learning_rate=3e-3,
-        seed=1,
-    )
-    return train_surrogate(lpa_fixture_dataset(), cfg, progress=False).model
 
 
 def test_objective_terms_and_penalty(surrogate) -> None:

@@ -39,6 +39,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from accelrl.surrogates.spec import Columns
+
 #: z-value of a central 95% Gaussian interval.
 Z95 = 1.959963984540054
 
@@ -156,7 +158,7 @@ class EnsembleMLP(nn.Module):
         return h
 
 
-class Surrogate(nn.Module):
+class Surrogate(nn.Module, Columns):
     """Deep-ensemble surrogate over named physical inputs (see the module documentation).
 
     :param inputs: Input columns with their design bounds.
@@ -223,21 +225,6 @@ class Surrogate(nn.Module):
         self.out_calibration.copy_(torch.tensor([float(f) for f in factors], dtype=torch.float64))
 
     # ------------------------------------------------------------------ names
-    @property
-    def input_names(self) -> list[str]:
-        """Input column names, in column order."""
-        return [i.name for i in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        """Output column names, in column order."""
-        return [o.name for o in self.outputs]
-
-    @property
-    def bounds(self) -> np.ndarray:
-        """Input design bounds ``[d, 2]`` (SI)."""
-        return np.array([[i.low, i.high] for i in self.inputs], dtype=np.float64)
-
     @property
     def members(self) -> int:
         """Number of ensemble members."""

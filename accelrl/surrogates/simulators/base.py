@@ -9,10 +9,10 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 #: Run statuses (the ``status`` column of a dataset table).
 OK, NO_BEAM, FAILED = "ok", "no_beam", "failed"
@@ -58,6 +58,35 @@ class Simulator(Protocol):
     version: str
 
     def run(self, inputs: Mapping[str, float]) -> RunResult: ...
+
+
+def check_fidelity(
+    fidelity: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    code: str,
+    positive: Iterable[str] = (),
+    counts: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Fidelity settings completed with their defaults and checked.
+
+    :param fidelity: Settings given by the spec.
+    :param defaults: Every known setting and its default.
+    :param code: Name of the simulation code, in error messages.
+    :param positive: Settings that must be > 0.
+    :param counts: Settings that must be integers >= 1.
+    :raises ValueError: For an unknown setting or a value out of range, naming it.
+    """
+    unknown = sorted(set(fidelity) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown {code} fidelity settings {unknown}; known: {sorted(defaults)}")
+    f = {**defaults, **fidelity}
+    for key in positive:
+        if not float(f[key]) > 0:
+            raise ValueError(f"fidelity.{key} must be > 0, got {f[key]!r}")
+    for key in counts:
+        if int(f[key]) < 1:
+            raise ValueError(f"fidelity.{key} must be >= 1, got {f[key]!r}")
+    return f
 
 
 def limit_threads(n: int = 1) -> None:

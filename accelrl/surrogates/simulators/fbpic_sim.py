@@ -28,20 +28,12 @@ import numpy as np
 import scipy.constants as ct
 
 from accelrl.surrogates.simulators.analysis import beam_outputs
-from accelrl.surrogates.simulators.base import (
-    FAILED,
-    RunResult,
-    RunTimeout,
-    Stopwatch,
-    describe_error,
-    run_directory,
-    time_limit,
-)
+from accelrl.surrogates.simulators.base import check_fidelity
 from accelrl.surrogates.simulators.lpa import (
     Bunch,
+    StageSimulator,
     channel_coefficient,
-    laser_a0_from_energy,
-    resolve_parameters,
+    laser_a0,
     skin_depth,
     witness_bunch,
 )
@@ -66,18 +58,13 @@ FBPIC_FIDELITY: dict[str, float | int | str | bool] = {
 
 
 def _fidelity(fidelity: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(fidelity) - set(FBPIC_FIDELITY))
-    if unknown:
-        raise ValueError(
-            f"unknown FBPIC fidelity settings {unknown}; known: {sorted(FBPIC_FIDELITY)}"
-        )
-    f = {**FBPIC_FIDELITY, **fidelity}
-    for key in ("stage_length", "cells_per_wavelength", "cells_per_skin_depth", "box_behind"):
-        if not float(f[key]) > 0:
-            raise ValueError(f"fidelity.{key} must be > 0, got {f[key]!r}")
-    for key in ("n_modes", "ppc_z", "ppc_r", "ppc_theta", "n_particles"):
-        if int(f[key]) < 1:
-            raise ValueError(f"fidelity.{key} must be >= 1, got {f[key]!r}")
+    f = check_fidelity(
+        fidelity,
+        FBPIC_FIDELITY,
+        "FBPIC",
+        positive=("stage_length", "cells_per_wavelength", "cells_per_skin_depth", "box_behind"),
+        counts=("n_modes", "ppc_z", "ppc_r", "ppc_theta", "n_particles"),
+    )
     if str(f["use_cuda"]).lower() not in ("auto", "true", "false"):
         raise ValueError(f"fidelity.use_cuda must be 'auto', true or false, got {f['use_cuda']!r}")
     return f
@@ -97,65 +84,23 @@ def _to_numpy(a: Any) -> np.ndarray:
     return np.asarray(a.get() if hasattr(a, "get") else a, dtype=np.float64)
 
 
-class FBPICSimulator:
+class FBPICSimulator(StageSimulator):
     """The LPA stage in FBPIC (quasi-3D spectral PIC, laboratory frame).
 
-    :param fixed: Fixed physical parameters (names of
-        :data:`~accelrl.surrogates.simulators.lpa.PARAMETERS`, SI).
-    :param fidelity: Numerical settings (see module docstring).
-    :param input_names: Names of the varied inputs (checked against the parameters).
-    :param timeout_s: Wall-time limit of one run [s] (``None``: none).
+    Arguments as for :class:`~accelrl.surrogates.simulators.lpa.StageSimulator`; the
+    fidelity settings are those of the module docstring.
     """
 
     name = "fbpic"
-
-    def __init__(
-        self,
-        fixed: Mapping[str, Any] | None = None,
-        fidelity: Mapping[str, Any] | None = None,
-        input_names: list[str] | None = None,
-        timeout_s: float | None = None,
-    ) -> None:
-        self.fixed = dict(fixed or {})
-        self.fidelity = _fidelity(fidelity or {})
-        self.input_names = list(input_names) if input_names is not None else None
-        self.timeout_s = timeout_s
-        if self.input_names is not None:
-            resolve_parameters(self.fixed, dict.fromkeys(self.input_names, 1.0))
-
-    @property
-    def version(self) -> str:
-        """Installed FBPIC version."""
-        from importlib.metadata import version
-
-        return version("fbpic")
+    distribution = "fbpic"
+    run_prefix = "accelrl-fbpic-"
+    fidelity_settings = staticmethod(_fidelity)
 
     @property
     def use_cuda(self) -> bool:
         """Whether runs use the GPU (``fidelity.use_cuda``; ``"auto"``: when available)."""
         flag = str(self.fidelity["use_cuda"]).lower()
         return cuda_available() if flag == "auto" else flag == "true"
-
-    def run(self, inputs: Mapping[str, float]) -> RunResult:
-        """Simulate one setting; never raises for a failed run (``status="failed"``).
-
-        :param inputs: Values of the varied inputs (SI).
-        """
-        clock = Stopwatch()
-        if self.input_names is not None:
-            missing = sorted(set(self.input_names) - set(inputs))
-            if missing:
-                raise ValueError(f"missing inputs {missing}")
-            inputs = {k: inputs[k] for k in self.input_names}
-        params = resolve_parameters(self.fixed, inputs)
-        try:
-            with run_directory("accelrl-fbpic-"), time_limit(self.timeout_s):
-                status, outputs, message = self._simulate(params)
-        except RunTimeout as err:
-            return RunResult(FAILED, {}, f"timeout: {err}", clock.elapsed)
-        except Exception as err:  # a failed simulation is a labelled row, not a crash
-            return RunResult(FAILED, {}, describe_error(err), clock.elapsed)
-        return RunResult(status, outputs, message, clock.elapsed)
 
     def grid(self, p: Mapping[str, float]) -> dict[str, float | int]:
         """Box, grid and step count for parameters ``p``."""
@@ -194,12 +139,7 @@ class FBPICSimulator:
 
         f = self.fidelity
         g = self.grid(p)
-        if "laser_a0" in p:
-            a0 = p["laser_a0"]
-        else:
-            a0 = laser_a0_from_energy(
-                p["laser_energy"], p["laser_duration"], p["laser_waist"], p["laser_wavelength"]
-            )
+        a0 = laser_a0(p)
         n0 = p["plasma_density"]
         pc = channel_coefficient(p["laser_waist"], n0)
         z0p, z1p = g["plasma_start"], g["plasma_start"] + float(f["stage_length"])

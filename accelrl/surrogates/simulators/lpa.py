@@ -16,9 +16,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.constants as ct
+
+from accelrl.surrogates.simulators.base import (
+    FAILED,
+    RunResult,
+    RunTimeout,
+    Stopwatch,
+    describe_error,
+    run_directory,
+    time_limit,
+)
 
 #: Physical parameters of the stage: name -> (unit, description, default or None).
 PARAMETERS: dict[str, tuple[str, str, float | None]] = {
@@ -103,6 +114,19 @@ def laser_a0_from_energy(
     return ct.e * peak_field / (ct.m_e * omega * ct.c)
 
 
+def laser_a0(p: Mapping[str, float]) -> float:
+    """Peak a0 of the stage's laser: ``laser_a0`` when given, else from ``laser_energy``
+    (:func:`laser_a0_from_energy`).
+
+    :param p: Complete parameters (:func:`resolve_parameters`).
+    """
+    if "laser_a0" in p:
+        return p["laser_a0"]
+    return laser_a0_from_energy(
+        p["laser_energy"], p["laser_duration"], p["laser_waist"], p["laser_wavelength"]
+    )
+
+
 def channel_coefficient(waist: float, density: float) -> float:
     """Relative parabolic density rise [1/m^2] of a channel that guides a spot size ``waist``:
     ``n(r) = n0 (1 + c r^2)``, ``c = 1 / (pi r_e w0^4 n0)``."""
@@ -184,3 +208,86 @@ def witness_bunch(p: Mapping[str, float], n_particles: int, seed: int = 0) -> Bu
     uz = np.sqrt(np.maximum(gamma**2 - 1.0 - ux**2 - uy**2, 1.0))
     w = np.full(n, charge / ct.e / n)
     return Bunch(x=x, y=y, z=z, ux=ux, uy=uy, uz=uz, w=w)
+
+
+# ---------------------------------------------------------------------------- adapters
+class StageSimulator:
+    """What the adapters of the stage share: parameters, fidelity, inputs and a safe ``run``.
+
+    A subclass names its code (:attr:`name`, :attr:`distribution`), checks its fidelity
+    settings (:meth:`fidelity_settings`) and simulates one complete parameter set
+    (:meth:`_simulate`).
+
+    :param fixed: Fixed physical parameters (names of :data:`PARAMETERS`, SI).
+    :param fidelity: Numerical settings (see the adapter's module docstring).
+    :param input_names: Names of the varied inputs (checked against the parameters).
+    :param timeout_s: Wall-time limit of one run [s] (``None``: none).
+    """
+
+    #: Simulator name (``"wake-t"``, ``"fbpic"``).
+    name: str
+    #: Distribution whose installed version is :attr:`version`.
+    distribution: str
+    #: Prefix of the temporary run folder.
+    run_prefix: str = "accelrl-sim-"
+    #: Whether a run that outlasted ``timeout_s`` without being interrupted (the time limit
+    #: only acts in a process's main thread) counts as failed.
+    fail_late_runs: bool = False
+
+    def __init__(
+        self,
+        fixed: Mapping[str, Any] | None = None,
+        fidelity: Mapping[str, Any] | None = None,
+        input_names: list[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        self.fixed = dict(fixed or {})
+        self.fidelity = self.fidelity_settings(fidelity or {})
+        self.input_names = list(input_names) if input_names is not None else None
+        self.timeout_s = timeout_s
+        if self.input_names is not None:
+            resolve_parameters(self.fixed, dict.fromkeys(self.input_names, 1.0))
+
+    @staticmethod
+    def fidelity_settings(fidelity: Mapping[str, Any]) -> dict[str, Any]:
+        """Fidelity settings completed with their defaults.
+
+        :raises ValueError: For an unknown setting or a value out of range.
+        """
+        raise NotImplementedError
+
+    @property
+    def version(self) -> str:
+        """Installed version of the code (:attr:`distribution`)."""
+        from importlib.metadata import version
+
+        return version(self.distribution)
+
+    def run(self, inputs: Mapping[str, float]) -> RunResult:
+        """Simulate one setting; never raises for a failed run (``status="failed"``).
+
+        :param inputs: Values of the varied inputs (SI).
+        :raises ValueError: When an input of ``input_names`` is missing.
+        """
+        clock = Stopwatch()
+        if self.input_names is not None:
+            missing = sorted(set(self.input_names) - set(inputs))
+            if missing:
+                raise ValueError(f"missing inputs {missing}")
+            inputs = {k: inputs[k] for k in self.input_names}
+        params = resolve_parameters(self.fixed, inputs)
+        try:
+            with run_directory(self.run_prefix), time_limit(self.timeout_s):
+                status, outputs, message = self._simulate(params)
+        except RunTimeout as err:
+            return RunResult(FAILED, {}, f"timeout: {err}", clock.elapsed)
+        except Exception as err:  # a failed simulation is a labelled row, not a crash
+            return RunResult(FAILED, {}, describe_error(err), clock.elapsed)
+        late = self.timeout_s is not None and clock.elapsed > self.timeout_s
+        if self.fail_late_runs and late:
+            return RunResult(FAILED, {}, f"timeout: took {clock.elapsed:.1f} s", clock.elapsed)
+        return RunResult(status, outputs, message, clock.elapsed)
+
+    def _simulate(self, p: Mapping[str, float]) -> tuple[str, dict[str, float], str]:
+        """``(status, outputs, message)`` of one run with complete parameters ``p``."""
+        raise NotImplementedError

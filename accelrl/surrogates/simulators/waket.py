@@ -43,20 +43,12 @@ import numpy as np
 import scipy.constants as ct
 
 from accelrl.surrogates.simulators.analysis import beam_outputs
-from accelrl.surrogates.simulators.base import (
-    FAILED,
-    RunResult,
-    RunTimeout,
-    Stopwatch,
-    describe_error,
-    run_directory,
-    time_limit,
-)
+from accelrl.surrogates.simulators.base import FAILED, check_fidelity
 from accelrl.surrogates.simulators.lpa import (
     Bunch,
+    StageSimulator,
     channel_coefficient,
-    laser_a0_from_energy,
-    resolve_parameters,
+    laser_a0,
     skin_depth,
     witness_bunch,
 )
@@ -78,79 +70,30 @@ WAKET_FIDELITY: dict[str, float | int | str] = {
 
 
 def _fidelity(fidelity: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(fidelity) - set(WAKET_FIDELITY))
-    if unknown:
-        raise ValueError(
-            f"unknown Wake-T fidelity settings {unknown}; known: {sorted(WAKET_FIDELITY)}"
-        )
-    f = {**WAKET_FIDELITY, **fidelity}
-    for key in ("stage_length", "resolution", "box_behind", "r_max_factor", "dz_fields_factor"):
-        if not float(f[key]) > 0:
-            raise ValueError(f"fidelity.{key} must be > 0, got {f[key]!r}")
-    for key in ("ppc", "n_particles"):
-        if int(f[key]) < 1:
-            raise ValueError(f"fidelity.{key} must be >= 1, got {f[key]!r}")
-    return f
+    return check_fidelity(
+        fidelity,
+        WAKET_FIDELITY,
+        "Wake-T",
+        positive=("stage_length", "resolution", "box_behind", "r_max_factor", "dz_fields_factor"),
+        counts=("ppc", "n_particles"),
+    )
 
 
-class WakeTSimulator:
+class WakeTSimulator(StageSimulator):
     """The LPA stage in Wake-T (quasi-static 2D r-z, laser envelope).
 
-    :param fixed: Fixed physical parameters (names of
-        :data:`~accelrl.surrogates.simulators.lpa.PARAMETERS`, SI).
-    :param fidelity: Numerical settings (see module docstring).
-    :param input_names: Names of the varied inputs (checked against the parameters).
-    :param timeout_s: Wall-time limit of one run [s] (``None``: none).
+    Arguments as for :class:`~accelrl.surrogates.simulators.lpa.StageSimulator`; the
+    fidelity settings are those of the module docstring.
 
     >>> sim = WakeTSimulator(fixed={...}, fidelity={"stage_length": 0.01})  # doctest: +SKIP
     >>> sim.run({"plasma_density": 2e23, ...}).outputs["energy_median"]  # doctest: +SKIP
     """
 
     name = "wake-t"
-
-    def __init__(
-        self,
-        fixed: Mapping[str, Any] | None = None,
-        fidelity: Mapping[str, Any] | None = None,
-        input_names: list[str] | None = None,
-        timeout_s: float | None = None,
-    ) -> None:
-        self.fixed = dict(fixed or {})
-        self.fidelity = _fidelity(fidelity or {})
-        self.input_names = list(input_names) if input_names is not None else None
-        self.timeout_s = timeout_s
-        if self.input_names is not None:
-            resolve_parameters(self.fixed, dict.fromkeys(self.input_names, 1.0))
-
-    @property
-    def version(self) -> str:
-        """Installed Wake-T version."""
-        from importlib.metadata import version
-
-        return version("wake-t")
-
-    def run(self, inputs: Mapping[str, float]) -> RunResult:
-        """Simulate one setting; never raises for a failed run (``status="failed"``).
-
-        :param inputs: Values of the varied inputs (SI).
-        """
-        clock = Stopwatch()
-        if self.input_names is not None:
-            missing = sorted(set(self.input_names) - set(inputs))
-            if missing:
-                raise ValueError(f"missing inputs {missing}")
-            inputs = {k: inputs[k] for k in self.input_names}
-        params = resolve_parameters(self.fixed, inputs)
-        try:
-            with run_directory("accelrl-waket-"), time_limit(self.timeout_s):
-                status, outputs, message = self._simulate(params)
-        except RunTimeout as err:
-            return RunResult(FAILED, {}, f"timeout: {err}", clock.elapsed)
-        except Exception as err:  # a failed simulation is a labelled row, not a crash
-            return RunResult(FAILED, {}, describe_error(err), clock.elapsed)
-        if self.timeout_s is not None and clock.elapsed > self.timeout_s:
-            return RunResult(FAILED, {}, f"timeout: took {clock.elapsed:.1f} s", clock.elapsed)
-        return RunResult(status, outputs, message, clock.elapsed)
+    distribution = "wake-t"
+    run_prefix = "accelrl-waket-"
+    fail_late_runs = True
+    fidelity_settings = staticmethod(_fidelity)
 
     # ------------------------------------------------------------------ simulation
     def grid(self, params: Mapping[str, float]) -> dict[str, float | int]:
@@ -178,12 +121,7 @@ class WakeTSimulator:
         import wake_t
 
         f = self.fidelity
-        if "laser_a0" in p:
-            a0 = p["laser_a0"]
-        else:
-            a0 = laser_a0_from_energy(
-                p["laser_energy"], p["laser_duration"], p["laser_waist"], p["laser_wavelength"]
-            )
+        a0 = laser_a0(p)
         g = self.grid(p)
         b = witness_bunch(p, int(f["n_particles"]), seed=int(f["seed"]))
         initial_charge = b.charge
