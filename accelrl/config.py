@@ -44,3 +44,20 @@ def format_validation_error(err: ValidationError, header: str, show_input: bool 
         shown = "" if not show_input or isinstance(value, dict | list) else f" (got {value!r})"
         lines.append(f"  {where}: {e['msg']}{shown}")
     return "\n".join(lines)
+
+
+def field_value_errors(err: ValidationError) -> list[str]:
+    """One line per error: ``  field.path = value: message`` (the value shortened to 80
+    characters; pydantic's ``"Value error, "`` prefix dropped; no ``= value`` for errors of
+    the whole model)."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if loc:
+            value = repr(e.get("input"))
+            value = value if len(value) <= 80 else value[:77] + "..."
+            lines.append(f"  {loc} = {value}: {msg}")
+        else:
+            lines.append(f"  {msg}")
+    return lines

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from accelrl.config import load_yaml_mapping
+from accelrl.config import field_value_errors, load_yaml_mapping
 from accelrl.physics.beam import INCOMING
 
 
@@ -234,15 +234,7 @@ class TaskSpec(_Model):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            lines = []
-            for e in err.errors():
-                loc = ".".join(str(p) for p in e["loc"])
-                if loc:
-                    value = repr(e.get("input"))
-                    value = value if len(value) <= 80 else value[:77] + "..."
-                    lines.append(f"  {loc} = {value}: {e['msg']}")
-                else:
-                    lines.append(f"  {e['msg']}")
+            lines = field_value_errors(err)
             raise SpecError(f"{source}: invalid task spec\n" + "\n".join(lines)) from None
 
 

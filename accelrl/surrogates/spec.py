@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from accelrl.config import load_yaml_mapping
+from accelrl.config import field_value_errors, load_yaml_mapping
 
 #: Columns of every dataset table besides the input and output columns.
 RESERVED_COLUMNS: tuple[str, ...] = (
@@ -230,13 +230,7 @@ class DatasetSpec(_Model, Columns):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            lines = []
-            for e in err.errors():
-                loc = ".".join(str(p) for p in e["loc"])
-                value = repr(e.get("input"))
-                value = value if len(value) <= 80 else value[:77] + "..."
-                msg = e["msg"].removeprefix("Value error, ")
-                lines.append(f"  {loc} = {value}: {msg}" if loc else f"  {msg}")
+            lines = field_value_errors(err)
             raise DatasetSpecError(f"{source}: invalid dataset spec\n" + "\n".join(lines)) from None
 
 
