@@ -365,8 +365,7 @@ class Controller:
                         wait0 = safety.wait_s
                         t0 = time.perf_counter()
                         obs = safety.read_observation(self.beam_names)
-                        knobs = safety.read_knobs()
-                        safety.check_health()
+                        knobs = safety.read_knobs(health=True)
                         beam = np.array(obs.array(self.beam_names))
                         magnets = np.array(knobs.array(self.knob_names))
                         error = beam - self.target

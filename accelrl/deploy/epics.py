@@ -15,12 +15,17 @@ Behaviour, in control-system terms:
   ``INVALID`` alarm fails the read (:class:`~accelrl.deploy.machine.MachineError`). The
   requests of one call (reads or writes) go out in one TCP send and are awaited together:
   one round trip per call, whatever the number of PVs.
+* **Combined reads**: :meth:`~EpicsMachine.read_state` reads readbacks, setpoints and health
+  (those asked for) in one round trip.
 * **Monitors** (``monitors``): ``DBR_TIME`` subscriptions whose latest updates serve
   :meth:`~EpicsMachine.read_observation` (default ``"observations"``; the IOC's time stamps
-  still decide freshness) or every read (``"all"``, only while the monitors provably lag the
-  IOC by at most ``max_monitor_lag_s``: an update time-stamped within it has arrived, and a
-  server delivers a client's updates in order). A call whose monitors are not recent enough,
-  or whose channel is down, reads (or raises). See ``docs/virtual_accelerator.md``.
+  still decide freshness) or every read: ``"synced"``, after a barrier round trip (a
+  subscription of one PV per circuit, cancelled once its first update arrived: the server
+  queues that update behind every update posted before, so all of them have arrived), or
+  ``"all"``, only while the monitors provably lag the IOC by at most ``max_monitor_lag_s``
+  (an update time-stamped within it has arrived, and a server delivers a client's updates
+  in order). A call whose monitors are not recent enough, or whose channel is down, reads
+  (or raises). See ``docs/virtual_accelerator.md``.
 * **Writes** use put-with-callback (``WriteNotify``) and wait for the server's completion;
   an error status or error response raises :class:`~accelrl.deploy.machine.PutRejected`
   with the server's message. A confirmed write is *not* taken as applied: the safety layer
@@ -69,12 +74,13 @@ from accelrl.deploy.machine import (
     PutRejected,
     Reading,
     SettleTimeout,
+    State,
 )
 
 #: EPICS alarm severity INVALID: the value must not be used.
 INVALID_SEVERITY = 3
 #: What :class:`EpicsMachine` serves from Channel Access monitors.
-MONITOR_MODES = ("none", "observations", "all")
+MONITOR_MODES = ("none", "observations", "synced", "all")
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,22 @@ class _Latch:
         return self._done.wait(timeout=max(0.0, timeout))
 
 
+class _BarrierSubscription:
+    """Stands in for a caproto subscription while a barrier waits for its first update."""
+
+    __slots__ = ("pv", "_latch", "refused")
+
+    def __init__(self, pv: Any, latch: _Latch) -> None:
+        self.pv = pv
+        self._latch = latch
+        self.refused: Any = None  # the server's error response, if it refused
+
+    def process(self, command: Any) -> None:
+        if type(command).__name__ == "ErrorResponse":
+            self.refused = command
+        self._latch.set()
+
+
 @dataclass(frozen=True)
 class _Cached:
     """One monitor update: the value, the circuit that delivered it, its arrival order."""
@@ -190,7 +212,7 @@ class _CaChannels:
         self._updated = threading.Condition()
         self._written: dict[str, tuple[Any, int]] = {}  # PV -> (value put, seq at the put)
         #: Calls served from the monitors (``cached``) and by reads (``round_trips``).
-        self.stats = {"cached": 0, "round_trips": 0}
+        self.stats = {"cached": 0, "round_trips": 0, "barriers": 0}
 
     def _make_context(self, timeout: float) -> Any:
         ca, client = self._ca, self._client
@@ -225,7 +247,16 @@ class _CaChannels:
 
             def _process_command(self, command: Any) -> None:
                 if isinstance(command, ca.ErrorResponse):
-                    info = self.ioids.pop(command.original_request.parameter2, None)
+                    request = command.original_request
+                    if request.command == ca.EventAddRequest.ID:
+                        sub = self.subscriptions.get(request.parameter2)
+                        if isinstance(sub, _BarrierSubscription):
+                            sub.process(command)  # the barrier fails (no update follows)
+                    info = (
+                        None
+                        if request.command == ca.EventAddRequest.ID
+                        else self.ioids.pop(request.parameter2, None)
+                    )
                     if info is not None:
                         info["response"] = command
                         if "event" in info:
@@ -236,7 +267,7 @@ class _CaChannels:
                 if isinstance(command, ca.EventAddResponse):
                     sub = self.subscriptions.get(command.subscriptionid)
                     sink = getattr(self.context, "monitor_sink", None)
-                    if sub is not None and sink is not None:
+                    if sink is not None and isinstance(sub, client.Subscription):
                         sink(self, sub.pv, command)
 
         class _Context(client.Context):
@@ -339,6 +370,69 @@ class _CaChannels:
         ``timeout`` [s] passed (``False``)."""
         with self._updated:
             return self._updated.wait_for(lambda: self._seq > after, max(0.0, timeout))
+
+    def barrier(self, names: Sequence[str], timeout: float) -> None:
+        """Return once every monitor update the server posted before it received this call's
+        request has arrived, on the circuits of ``names``: one round trip, one PV per
+        circuit.
+
+        The request is a subscription (``EventAdd``) that is cancelled again: the server
+        sends a new subscription's first update through the same queue as the circuit's
+        other updates, behind every update posted before it, and the client handles a
+        circuit's messages in order (a read's answer is sent past that queue, so it is no
+        barrier).
+
+        :raises Disconnected: If a channel is not connected, its circuit closes, or the
+            server does not answer within ``timeout``.
+        :raises MachineError: If the server refuses the subscription.
+        """
+        ca = self._ca
+        first: dict[Any, str] = {}
+        for name in names:
+            self._require(name)
+            pv = self._pvs[name]
+            circuit = pv.circuit_manager
+            if circuit is None or pv.channel is None or circuit.dead.is_set():
+                raise Disconnected(f"{name}: channel not connected")
+            first.setdefault(circuit, name)
+        self.stats["barriers"] += 1
+        latch = _Latch(len(first))
+        subs: dict[Any, _BarrierSubscription] = {}
+        pending: list[tuple[Any, Any, int]] = []
+        deadline = time.monotonic() + timeout
+        try:
+            for circuit, name in first.items():
+                pv = self._pvs[name]
+                try:
+                    subid = circuit._subscriptionid_counter()
+                    command = pv.channel.subscribe(
+                        mask=ca.SubscriptionType.DBE_VALUE, subscriptionid=subid
+                    )
+                    subs[circuit] = circuit.subscriptions[subid] = _BarrierSubscription(pv, latch)
+                    pending.append((circuit, pv, subid))
+                    circuit.send(command, extra={"pv": name})
+                except (ca.CaprotoError, OSError) as err:
+                    raise Disconnected(f"{name}: monitor barrier failed: {err}") from err
+            answered = latch.wait(deadline - time.monotonic())
+        finally:
+            for circuit, pv, subid in pending:
+                circuit.subscriptions.pop(subid, None)
+                try:
+                    circuit.send(pv.channel.unsubscribe(subid), extra={"pv": pv.name})
+                except (ca.CaprotoError, OSError, AttributeError):
+                    pass  # a closed circuit drops its subscriptions anyway
+        for circuit, name in first.items():
+            if circuit.dead.is_set():
+                raise Disconnected(f"{name}: the circuit closed before the server answered")
+        if not answered:
+            raise Disconnected(f"{list(first.values())}: no answer within {timeout:.3g} s")
+        for sub in subs.values():
+            if sub.refused is not None:
+                message = bytes(sub.refused.error_message).rstrip(b"\x00").decode(errors="replace")
+                raise MachineError(
+                    f"{sub.pv.name}: monitor barrier refused by the server "
+                    f"({sub.refused.status.name}: {message})"
+                )
 
     def connected(self, name: str) -> bool:
         pv = self._pvs.get(name)
@@ -543,7 +637,7 @@ class _PvaChannels:
             conf = {"EPICS_PVA_ADDR_LIST": " ".join(addresses), "EPICS_PVA_AUTO_ADDR_LIST": "NO"}
         self._context = Context("pva", conf=conf, useenv=conf is None)
         self._up: set[str] = set()
-        self.stats = {"cached": 0, "round_trips": 0}
+        self.stats = {"cached": 0, "round_trips": 0, "barriers": 0}
 
     def connect(self, names: Sequence[str], timeout: float) -> list[str]:
         results = self._context.get(list(names), timeout=timeout, throw=False)
@@ -603,9 +697,12 @@ class EpicsMachine:
         ``EPICS_CA_ADDR_LIST`` environment, or ``EPICS_PVA_ADDR_LIST`` for PV Access).
     :param monitors: Channel Access monitors (see the module documentation):
         ``"observations"`` (default) serves :meth:`read_observation` from monitors and ends
-        :meth:`settle` on the busy flags' updates; ``"all"`` also serves
-        :meth:`read_knobs`, :meth:`read_setpoints` and :meth:`health` from monitors that
-        lag the IOC by at most ``max_monitor_lag_s``; ``"none"``: every call reads. PV
+        :meth:`settle` on the busy flags' updates; ``"synced"`` also serves
+        :meth:`read_knobs`, :meth:`read_setpoints`, :meth:`health` and :meth:`read_state`
+        from the monitors after one barrier round trip per call (they then show every
+        change the IOC made before the call, as a read would); ``"all"`` serves those from
+        monitors that lag the IOC by at most ``max_monitor_lag_s`` (no round trip; another
+        client's change may show up to that much later); ``"none"``: every call reads. PV
         Access always reads.
     :param max_monitor_lag_s: Recency bound [s] of a call served from the monitors (default
         ``timing.poll_interval_s``): observations need a circuit that received data within
@@ -675,11 +772,11 @@ class EpicsMachine:
     @property
     def monitored_pvs(self) -> list[str]:
         """The PVs with a monitor: observations and busy flags (``"observations"``), every
-        PV (``"all"``), none (``"none"``). Busy flags are never served from the monitors
-        (:meth:`settle` reads them first: a read sent after a put's completion is answered
+        PV (``"synced"``, ``"all"``), none (``"none"``). Busy flags are never served from the
+        monitors (:meth:`settle` reads them first: a read sent after a put's completion is answered
         after the IOC raised the flag, while the flag's monitor update may still be on its
         way); their updates end a settle early."""
-        if self.monitors == "all":
+        if self.monitors in ("synced", "all"):
             return list(self._pv_names)
         if self.monitors == "observations":
             c = self.config
@@ -689,10 +786,13 @@ class EpicsMachine:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Machine calls served from the monitors (``cached``) and by reads
-        (``round_trips``; puts not counted) since :meth:`connect`."""
+        """Machine calls served from the monitors (``cached``), by reads (``round_trips``;
+        puts not counted) and barriers before serving (``barriers``, ``"synced"``) since
+        :meth:`connect`."""
         channels = self._channels
-        return dict(channels.stats) if channels is not None else {"cached": 0, "round_trips": 0}
+        if channels is None:
+            return {"cached": 0, "round_trips": 0, "barriers": 0}
+        return dict(channels.stats)
 
     def connect(self, timeout: float | None = None) -> None:
         """Connect every PV of the config (and start the monitors, see :attr:`monitors`).
@@ -752,10 +852,19 @@ class EpicsMachine:
     def _fetch(self, names: Sequence[str], monitored: str) -> dict[str, ChannelValue]:
         channels = self._ch()
         allowed = monitored == "observations" and self.monitors != "none"
-        allowed = allowed or (monitored == "all" and self.monitors == "all")
+        allowed = allowed or (monitored == "all" and self.monitors in ("synced", "all"))
         if not (allowed and isinstance(channels, _CaChannels)):
             self._served = False
             return channels.read(names, self._timeout)
+        if monitored == "all" and self.monitors == "synced":
+            # One barrier round trip: every update posted before it has arrived, so the
+            # monitors show what a read would (a PV without an update yet is read).
+            channels.barrier(names, self._timeout)
+            self._seen = channels.updates
+            served = channels.stats["cached"]
+            values = channels.read(names, self._timeout, math.inf, synced=False)
+            self._served = channels.stats["cached"] > served
+            return values
         self._seen = channels.updates
         served = channels.stats["cached"]
         # Observations are judged by their IOC time stamps (the fresh-reading rule): they
@@ -799,6 +908,38 @@ class EpicsMachine:
     def read_observation(self) -> Reading:
         """The observation (SI); ``timestamp`` is the oldest of the channels' IOC times."""
         return self._reading(self._observations, "observations")
+
+    def read_state(self, knobs: bool = True, setpoints: bool = True, health: bool = True) -> State:
+        """:meth:`read_knobs`, :meth:`read_setpoints` and :meth:`health` (those asked for)
+        in one call: one round trip for all their PVs (or served from the monitors under
+        the same rule as each of them, ``monitors="all"``). Every value is checked as by
+        the separate calls.
+
+        :raises Disconnected: If a channel cannot be read.
+        :raises MachineError: If a readback or setpoint is in INVALID alarm.
+        """
+        parts: dict[str, Mapping[str, Any]] = {}
+        if knobs:
+            parts["knobs"] = self._readbacks
+        if setpoints:
+            parts["setpoints"] = self._setpoints
+        names = [pv for pvs in parts.values() for pv in pvs.values()]
+        guarded = set(names)
+        if health:
+            names += self._health_pvs()
+        names = list(dict.fromkeys(names))
+        raw = self._fetch(names, "all") if names else {}
+        for name in guarded:
+            v = raw[name]
+            if v.severity >= INVALID_SEVERITY:
+                raise MachineError(f"{name}: value {v.value!r} is in INVALID alarm")
+        out: dict[str, Any] = {}
+        for part, pvs in parts.items():
+            values = {n: float(raw[pv].value) for n, pv in pvs.items()}
+            out[part] = Reading(values, min(raw[pv].timestamp for pv in pvs.values()))
+        if health:
+            out["health"] = self._health(raw)
+        return State(**out)
 
     # ----------------------------------------------------------------- writes
     def put(self, setpoints: Mapping[str, float]) -> None:
@@ -901,14 +1042,22 @@ class EpicsMachine:
         :raises Disconnected: If an interlock, beam-loss or heartbeat PV cannot be read (an
             unknown protection state is not a healthy one).
         """
+        names = self._health_pvs()
+        return self._health(self._fetch(names, "all") if names else {})
+
+    def _health_pvs(self) -> list[str]:
+        c = self.config
+        return [p for p in (c.interlock.pv, c.beam_loss.pv, c.heartbeat.pv) if p]
+
+    def _health(self, raw: Mapping[str, ChannelValue]) -> Health:
+        """The health of the interlock, beam-loss and heartbeat values ``raw`` (PV -> value)
+        and of the channels' connection state now."""
         c = self.config
         channels = self._ch()
         detail: list[str] = []
         down = [n for n in self._pv_names if not channels.connected(n)]
         if down:
             detail.append(f"disconnected: {down}")
-        names = [p for p in (c.interlock.pv, c.beam_loss.pv, c.heartbeat.pv) if p]
-        raw = self._fetch(names, "all") if names else {}
         interlock = beam_loss = False
         age = None
         if c.interlock.pv:

@@ -116,6 +116,33 @@ class Machine(Protocol):
         """Interlock, beam loss, heartbeat and connection state."""
 
 
+@dataclass(frozen=True)
+class State:
+    """Knob readbacks, setpoints and health read together (what was asked for, else
+    ``None``); see :class:`ReadsState`.
+
+    :param knobs: Readbacks of all knobs.
+    :param setpoints: Setpoints of all knobs.
+    :param health: The protection state.
+    """
+
+    knobs: Reading | None = None
+    setpoints: Reading | None = None
+    health: Health | None = None
+
+
+@runtime_checkable
+class ReadsState(Protocol):
+    """Optional addition to :class:`Machine`: machines that read readbacks, setpoints and
+    health in one request (e.g. one Channel Access round trip) instead of one per call.
+    :class:`~accelrl.deploy.safety.SafetyLayer` uses it, when present, for the reads that
+    verify a write; every value is checked exactly as with the separate calls."""
+
+    def read_state(self, knobs: bool = True, setpoints: bool = True, health: bool = True) -> State:
+        """What :meth:`Machine.read_knobs`, :meth:`Machine.read_setpoints` and
+        :meth:`Machine.health` return (those asked for), read together."""
+
+
 @runtime_checkable
 class WaitsForUpdates(Protocol):
     """Optional addition to :class:`Machine`: machines that receive updates (e.g. EPICS

@@ -19,7 +19,12 @@ Rules (all limits in SI units, per knob):
    ``settle_timeout``), the *setpoints* read back must equal what was written (a put that a
    client library did not report as rejected is caught here: ``put_rejected``), and the
    *readbacks* must come within ``tolerance`` before the settle timeout (``put_unverified``).
-   Health is checked again.
+   Health is checked again. On a machine that reads readbacks, setpoints and health in one
+   request (:class:`~accelrl.deploy.machine.ReadsState`) these reads are combined, and the
+   pre-write check may be the health and setpoints read with the step's
+   ``read_knobs(health=True)`` if its answer arrived at most ``SafetyLayer.state_reuse_s``
+   (2 ms) before and nothing was put since -- no older than the health of a separate health
+   read followed by a setpoints read was when the put went out.
 6. **Fresh readings.** Only observations time-stamped after the last verified write (and
    after the previous observation used) are accepted; waiting longer than
    ``timing.reading_timeout_s`` aborts (``stale_reading``). NaN/inf readings abort
@@ -50,11 +55,13 @@ from accelrl.deploy.bundle import Manifest
 from accelrl.deploy.config import MachineConfig
 from accelrl.deploy.machine import (
     Disconnected,
+    Health,
     Machine,
     MachineError,
     PutRejected,
     Reading,
     SettleTimeout,
+    State,
 )
 
 #: Relative slack on the max-step check of :meth:`SafetyLayer.write` (float rounding).
@@ -264,6 +271,12 @@ class SafetyLayer:
         self._last_reading_time: float = -math.inf
         #: Number of puts made.
         self.writes = 0
+        #: Longest time [s] since the answer of the health and setpoints read with the
+        #: step's readbacks that :meth:`write` takes as its pre-write check (machines that
+        #: read them together); older ones are read again. At most one read round trip: the
+        #: health is then no older than that of a health read followed by a setpoints read.
+        self.state_reuse_s = 0.002
+        self._pre_write: tuple[float, int, State] | None = None
         #: Seconds spent waiting on the machine: in ``settle`` and in polling for fresh
         #: readings and arrived readbacks (every poll but the successful one) -- the part of
         #: a step that is not the controller's own work.
@@ -338,9 +351,39 @@ class SafetyLayer:
         return self._step * self.config.rollback.ramp_steps_max
 
     # ------------------------------------------------------------------ health and reads
+    def _read_state(self, what: str, knobs: bool, setpoints: bool, health: bool) -> State | None:
+        """Readbacks, setpoints and health (those asked for) in one request, where the
+        machine reads them together (:class:`~accelrl.deploy.machine.ReadsState`); ``None``
+        for other machines (the caller makes the separate calls)."""
+        read_state = getattr(self.machine, "read_state", None)
+        if not callable(read_state):
+            return None
+        return self._machine_call(
+            what, lambda: read_state(knobs=knobs, setpoints=setpoints, health=health)
+        )
+
+    def _recent_state(self) -> State | None:
+        """The health and setpoints read with the last :meth:`read_knobs` ``(health=True)``,
+        if read at most :attr:`state_reuse_s` ago and nothing was put since (then they are
+        the pre-write check, as a read now would be); else ``None``. Used once."""
+        recent, self._pre_write = self._pre_write, None
+        if recent is None:
+            return None
+        at, writes, state = recent
+        if writes != self.writes or time.monotonic() - at > self.state_reuse_s:
+            return None
+        if state.health is None or state.setpoints is None:
+            return None
+        return state
+
     def check_health(self) -> None:
         """Abort on disconnect, interlock, beam loss or a stale heartbeat."""
-        h = self._machine_call("health", self.machine.health)
+        self._judge_health(self._machine_call("health", self.machine.health))
+
+    def _judge_health(self, h: Health | None) -> None:
+        """:meth:`check_health` of a health state just read."""
+        if h is None:
+            raise SafetyAbort(AbortReason.machine_error, "the machine returned no health state")
         detail = "; ".join(h.detail)
         if not h.connected:
             raise SafetyAbort(AbortReason.disconnected, detail or "channels not connected")
@@ -434,9 +477,20 @@ class SafetyLayer:
         self._last_reading_time = reading.timestamp
         return reading
 
-    def read_knobs(self) -> Reading:
-        """Readbacks of all knobs (abort ``nonfinite_reading`` on NaN/inf)."""
-        reading = self._machine_call("read knobs", self.machine.read_knobs)
+    def read_knobs(self, health: bool = False) -> Reading:
+        """Readbacks of all knobs (abort ``nonfinite_reading`` on NaN/inf).
+
+        :param health: Also :meth:`check_health` (after the readbacks' checks), in the same
+            request where the machine reads them together.
+        """
+        self._pre_write = None
+        state = self._read_state("read knobs and health", True, True, True) if health else None
+        if state is not None:
+            reading = state.knobs
+            if reading is None:
+                raise SafetyAbort(AbortReason.machine_error, "the machine returned no readbacks")
+        else:
+            reading = self._machine_call("read knobs", self.machine.read_knobs)
         try:
             v = self._vector(reading.values)
         except KeyError as err:
@@ -445,6 +499,11 @@ class SafetyLayer:
             raise SafetyAbort(
                 AbortReason.nonfinite_reading, f"readbacks not finite: {reading.values}"
             )
+        if state is not None:
+            self._judge_health(state.health)
+            self._pre_write = (time.monotonic(), self.writes, state)
+        elif health:
+            self.check_health()
         return reading
 
     # ------------------------------------------------------------------ proposals
@@ -529,8 +588,15 @@ class SafetyLayer:
         changed = {n: v for n, v in values.items() if v != base[n]}
         if not changed:
             return None
-        self.check_health()
-        current = self._machine_call("read setpoints", self.machine.read_setpoints)
+        state = self._recent_state()
+        if state is None:
+            state = self._read_state("health and setpoints", False, True, True)
+        if state is None:
+            self.check_health()
+            current = self._machine_call("read setpoints", self.machine.read_setpoints)
+        else:
+            self._judge_health(state.health)
+            current = state.setpoints or Reading({}, -math.inf)
         for name in self.names:
             have = float(current.values.get(name, math.nan))
             if not abs(have - base[name]) <= self.limits[name].tolerance:
@@ -539,11 +605,20 @@ class SafetyLayer:
                     f"setpoint of {name} reads {have!r}, last written {base[name]!r}: "
                     "changed by another client",
                 )
-        result = self._put_and_verify(changed)
-        self.check_health()
+        result, health = self._put_and_verify(changed, with_health=True)
+        if health is None:
+            self.check_health()
+        else:
+            self._judge_health(health)
         return result
 
-    def _put_and_verify(self, changed: dict[str, float]) -> WriteResult:
+    def _put_and_verify(
+        self, changed: dict[str, float], with_health: bool = False
+    ) -> tuple[WriteResult, Health | None]:
+        """Put, settle, verify the setpoints and wait for the readbacks; with ``with_health``, also
+        the health read together with the readbacks that verified the write (machines that
+        read them together; else ``None``: not read). The rollback reads no health here (a
+        fault of the protection channels must not stop its ramp)."""
         timing = self.config.timing
         start = time.monotonic()
         self._machine_call("put", lambda: self.machine.put(changed))
@@ -556,7 +631,13 @@ class SafetyLayer:
             )
         finally:
             self.wait_s += time.perf_counter() - settle_start
-        sp = self._machine_call("read setpoints", self.machine.read_setpoints)
+        # The setpoints, readbacks and health after settling: one request where the machine
+        # reads them together (the readbacks are polled below if they lag).
+        state = self._read_state("read setpoints and knobs", True, True, with_health)
+        if state is None:
+            sp = self._machine_call("read setpoints", self.machine.read_setpoints)
+        else:
+            sp = state.setpoints or Reading({}, -math.inf)
         for name, value in changed.items():
             have = float(sp.values.get(name, math.nan))
             if not abs(have - value) <= self.limits[name].tolerance:
@@ -570,9 +651,18 @@ class SafetyLayer:
         self.commanded.update(changed)
         deadline = start + timing.settle_timeout_s
         first = time.perf_counter()
+        health = None if state is None else state.health
         while True:
             attempt = time.perf_counter()
-            rb = self._machine_call("read knobs", self.machine.read_knobs)
+            if state is not None and state.knobs is not None:
+                rb, state = state.knobs, None
+            elif with_health and health is not None:
+                polled = self._read_state("read knobs and health", True, False, True)
+                assert polled is not None
+                rb = polled.knobs or Reading({}, -math.inf)
+                health = polled.health
+            else:
+                rb = self._machine_call("read knobs", self.machine.read_knobs)
             off = {
                 n: float(rb.values.get(n, math.nan))
                 for n, v in changed.items()
@@ -595,13 +685,14 @@ class SafetyLayer:
             self._poll_pause(timing.poll_interval_s)
         settled = self._clock()
         self.last_settled = settled
-        return WriteResult(
+        result = WriteResult(
             setpoints=dict(changed),
             setpoints_read={n: float(sp.values[n]) for n in changed},
             readbacks={n: float(rb.values[n]) for n in self.names if n in rb.values},
             settled_at=settled,
             duration_s=time.monotonic() - start,
         )
+        return result, health
 
     # ------------------------------------------------------------------ rollback
     def rollback(self, retries: int = 2) -> RollbackResult:
@@ -649,7 +740,7 @@ class SafetyLayer:
             for attempt in range(retries + 1):
                 record: dict[str, Any] = {"setpoints": changed, "attempt": attempt}
                 try:
-                    w = self._put_and_verify(changed)
+                    w, _ = self._put_and_verify(changed)
                     record.update(ok=True, readbacks=w.readbacks)
                     result.writes.append(record)
                     break

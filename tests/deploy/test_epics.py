@@ -297,7 +297,8 @@ def test_frozen_ioc_process_raises_disconnected(ioc, machine):
     deadline = time.monotonic() + 10.0
     while True:
         try:
-            assert machine.read_knobs().values["Q1"] in (10.0, 11.0)
+            # the put may reach the resumed IOC late: its readback ramps from 10 to 11
+            assert 10.0 <= machine.read_knobs().values["Q1"] <= 11.0
             break
         except Disconnected:
             if time.monotonic() > deadline:
@@ -339,11 +340,34 @@ def test_a_call_is_one_round_trip(ioc, monkeypatch):
         machine.health()
         machine.put({"Q1": 11.0, "Q2": -9.0, "Q3": 9.0})
         assert sends == [5, 4, 3, 3]  # every PV of a call in one send, awaited together
-        assert machine.stats == {"cached": 0, "round_trips": 3}
+        assert machine.stats == {"cached": 0, "round_trips": 3, "barriers": 0}
         machine.settle(["Q1", "Q2", "Q3"])
         assert machine.read_setpoints().values == pytest.approx(
             {**START, "Q1": 11.0, "Q2": -9.0, "Q3": 9.0}
         )
+    finally:
+        machine.close()
+
+
+def test_read_state_is_one_round_trip(ioc, monkeypatch):
+    machine = ioc.machine()
+    machine.connect(timeout=5.0)
+    try:
+        deadline = time.monotonic() + 3.0
+        while machine.stats["cached"] == 0:  # the monitors' subscriptions are all made
+            assert time.monotonic() < deadline
+            machine.read_observation()
+            time.sleep(0.01)
+        sends = count_sends(machine, monkeypatch)
+        state = machine.read_state()
+        assert sends == [13]  # 5 readbacks, 5 setpoints, interlock, beam loss, heartbeat
+        assert state.knobs.values == pytest.approx(START)
+        assert state.setpoints.values == pytest.approx(START)
+        assert state.health.connected and not state.health.interlock
+        assert state.health.heartbeat_age_s < 1.0
+        only = machine.read_state(knobs=False, health=False)
+        assert sends == [13, 5] and only.knobs is None and only.health is None
+        assert only.setpoints.values == pytest.approx(START)
     finally:
         machine.close()
 
@@ -360,6 +384,7 @@ def test_monitor_modes_and_their_pvs(ioc):
     busy = {k.busy for k in config.knobs}
     assert set(default.monitored_pvs) == {o.pv for o in config.observations} | busy
     assert EpicsMachine(config, monitors="all").monitored_pvs == default.pv_names
+    assert EpicsMachine(config, monitors="synced").monitored_pvs == default.pv_names
     assert EpicsMachine(config, monitors="none").monitored_pvs == []
     pva = config.model_copy(update={"transport": "pva"})
     assert EpicsMachine(pva, monitors="all").monitors == "none"
@@ -367,7 +392,8 @@ def test_monitor_modes_and_their_pvs(ioc):
 
 # --------------------------------------------------------------------------- monitors
 def test_observations_come_from_the_monitors(ioc, monkeypatch):
-    machine = ioc.machine(max_monitor_lag_s=1.0)  # heartbeats (0.1 s) keep it recent
+    # heartbeats (0.1 s) keep it recent
+    machine = ioc.machine(monitors="observations", max_monitor_lag_s=1.0)
     machine.connect(timeout=5.0)
     try:
         deadline = time.monotonic() + 3.0
@@ -480,3 +506,86 @@ def test_all_mode_raises_disconnected(ioc):
                 call()
     finally:
         machine.close()
+
+
+def test_synced_mode_serves_reads_after_one_barrier(ioc, monkeypatch):
+    machine = ioc.machine(monitors="synced")
+    machine.connect(timeout=5.0)
+    try:
+        deadline = time.monotonic() + 3.0
+        while machine.stats["cached"] == 0:  # the monitors' subscriptions are all made
+            assert time.monotonic() < deadline
+            machine.read_observation()
+            time.sleep(0.01)
+        assert machine.read_knobs().values == pytest.approx(START)  # may read (no update yet)
+        stats = machine.stats
+        sends = count_sends(machine, monkeypatch)
+        assert machine.read_knobs().values == pytest.approx(START)
+        assert machine.read_setpoints().values == pytest.approx(START)
+        state = machine.read_state()
+        assert state.knobs.values == pytest.approx(START)
+        assert state.setpoints.values == pytest.approx(START)
+        assert state.health.connected and not state.health.interlock
+        # each call: one subscription request (one PV), then its cancel -- no reads
+        assert sends == [1, 1] * 3
+        assert machine.stats["round_trips"] == stats["round_trips"]
+        assert machine.stats["barriers"] == stats["barriers"] + 3
+        assert machine.stats["cached"] == stats["cached"] + 3
+    finally:
+        machine.close()
+
+
+def test_synced_mode_sees_other_clients_changes_at_once(ioc):
+    machine = ioc.machine(monitors="synced")
+    machine.connect(timeout=5.0)
+    try:
+        setpoint = machine.config.knob("Q2").setpoint
+        for i in range(20):
+            value = -10.0 + 0.25 * (i + 1)
+            ioc.caput(setpoint, value)  # another client; its put is complete here
+            assert machine.read_setpoints().values["Q2"] == value
+            ioc.set_faults("interlock")
+            assert machine.health().interlock
+            ioc.set_faults()
+            assert not machine.health().interlock
+        assert machine.stats["barriers"] >= 60
+    finally:
+        machine.close()
+
+
+def test_synced_mode_raises_disconnected(ioc):
+    machine = ioc.machine(monitors="synced")
+    machine.connect(timeout=5.0)
+    try:
+        machine.read_knobs()
+        ioc.set_faults("disconnect")
+        time.sleep(0.2)  # the IOC drops the circuits 50 ms after the fault
+        for call in (machine.read_observation, machine.read_knobs, machine.health):
+            with pytest.raises(Disconnected):
+                call()
+    finally:
+        machine.close()
+
+
+def test_safety_layer_reads_health_and_setpoints_before_every_write(ioc, machine):
+    from accelrl.deploy.safety import AbortReason, SafetyAbort, SafetyLayer
+
+    safety = SafetyLayer(machine, machine.config)
+    safety.start()
+    step = {"Q1": 10.5}
+    safety.read_knobs(health=True)  # the step's combined read
+    assert safety.write(step) is not None  # within state_reuse_s: its health was the check
+    assert ioc.put_count() == 1
+    safety.read_knobs(health=True)
+    ioc.set_faults("interlock")  # after the step's read: too old to stand for a new check
+    time.sleep(2 * safety.state_reuse_s)
+    with pytest.raises(SafetyAbort) as err:
+        safety.write({"Q1": 11.0})
+    assert err.value.reason is AbortReason.interlock
+    assert ioc.put_count() == 1  # nothing put
+    ioc.set_faults()
+    ioc.caput(machine.config.knob("Q2").setpoint, -9.5)  # another client moves a knob
+    with pytest.raises(SafetyAbort) as err:
+        safety.write({"Q1": 11.0})
+    assert err.value.reason is AbortReason.setpoint_changed
+    assert ioc.put_count() == 2  # the other client's put only
