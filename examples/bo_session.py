@@ -69,8 +69,10 @@ session.ingest(problem.named(info["magnets"]), measure())
 # 5. What the model learnt: the prior's correlation with the data and the calibration.
 d = session.diagnostics()
 r = d["prior_correlation"]
-print(f"prior correlation {r if r is None else round(r, 3)} (fallback below "
-      f"{d['correlation_threshold']}); blend weight {d['prior_weight']:.2f}")
+print(
+    f"prior correlation {r if r is None else round(r, 3)} (fallback below "
+    f"{d['correlation_threshold']}); blend weight {d['prior_weight']:.2f}"
+)
 print("calibrated incoming centroid [m, rad]:", np.round(d["calibration"]["incoming"][1:5], 6))
 
 # 6. Save, resume, and return to the best setting in max-step sized moves.

@@ -143,8 +143,10 @@ def tune_command(
 
     def measure() -> dict[str, float]:
         reading = np.asarray(info["reading"], np.float64)
-        result = {"mae": float(np.mean(np.abs(reading - target))),
-                  "on_screen": float(info["on_screen"])}
+        result = {
+            "mae": float(np.mean(np.abs(reading - target))),
+            "on_screen": float(info["on_screen"]),
+        }
         result.update(zip(TRANSVERSE, (float(v) for v in reading), strict=True))
         return result
 
@@ -152,8 +154,15 @@ def tune_command(
         d = session.diagnostics()
         best = d["best"]["objective"] if d["best"] else math.nan
         table = Table(title=f"accelrl tune {machine} trial {trial}, prior {prior.value}")
-        for col in ("step", "MAE [um]", "best [um]", "mode", "prior r", "prior used",
-                    "suggest [s]"):
+        for col in (
+            "step",
+            "MAE [um]",
+            "best [um]",
+            "mode",
+            "prior r",
+            "prior used",
+            "suggest [s]",
+        ):
             table.add_column(col, justify="right")
         r = d["prior_correlation"]
         table.add_row(

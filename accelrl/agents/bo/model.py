@@ -106,8 +106,9 @@ class PriorMean(Mean):
         self.sign = float(sign)
         self.register_buffer("low", torch.as_tensor(low, dtype=DTYPE).reshape(-1))
         self.register_buffer("high", torch.as_tensor(high, dtype=DTYPE).reshape(-1))
-        values = [fixed.get(n, 0.0) if c < 0 else 0.0 for n, c in zip(input_names, columns,
-                                                                     strict=True)]
+        values = [
+            fixed.get(n, 0.0) if c < 0 else 0.0 for n, c in zip(input_names, columns, strict=True)
+        ]
         self.register_buffer("fixed", torch.tensor(values, dtype=DTYPE))
         self.register_buffer("y_mean", torch.zeros((), dtype=DTYPE))
         self.register_buffer("y_std", torch.ones((), dtype=DTYPE))
@@ -199,9 +200,7 @@ class CalibratedMean(Mean):
     def __init__(self, prior_mean: PriorMean, num_observables: int = 0) -> None:
         super().__init__()
         self.prior_mean = prior_mean
-        self.log_noise = nn.Parameter(
-            torch.full((num_observables,), math.log(0.05), dtype=DTYPE)
-        )
+        self.log_noise = nn.Parameter(torch.full((num_observables,), math.log(0.05), dtype=DTYPE))
         if num_observables:
             self.register_prior("noise_prior", NormalPrior(math.log(0.05), 1.0), "log_noise")
         self.register_added_loss_term("observables")
@@ -415,8 +414,7 @@ def fit_models(
     if prior_mean is None:
         model = fit_gp(train_x, train_y, None, states.get("constant"), maxiter, timeout_s)
         states["constant"] = _parameter_state(model)
-        return FitResult(model, False, math.nan, False, math.nan, states,
-                         time.perf_counter() - t0)
+        return FitResult(model, False, math.nan, False, math.nan, states, time.perf_counter() - t0)
     mean = CalibratedMean(prior_mean, 0 if observables is None else observables.shape[-1])
     if observables is not None:
         mean.set_observables(train_x, observables)
@@ -431,12 +429,10 @@ def fit_models(
     tested, points = (correlation, len(train_y)) if predictive is None else predictive
     poor = points >= min_points and not (tested >= correlation_threshold)
     if not poor:
-        return FitResult(model, True, tested, False, weight, states,
-                         time.perf_counter() - t0)
+        return FitResult(model, True, tested, False, weight, states, time.perf_counter() - t0)
     constant = fit_gp(train_x, train_y, None, states.get("constant"), maxiter, timeout_s)
     states["constant"] = _parameter_state(constant)
-    return FitResult(constant, False, tested, True, weight, states,
-                     time.perf_counter() - t0)
+    return FitResult(constant, False, tested, True, weight, states, time.perf_counter() - t0)
 
 
 def describe_state(states: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:

@@ -99,17 +99,30 @@ def plot_slices(session: TuningSession, path: str | Path, points: int = 101) -> 
             sd = post.variance.clamp_min(0).sqrt().reshape(-1).numpy()
         x = low[i] + grid * (high[i] - low[i])
         ax.plot(x, to_objective(mean), color="C0", label="GP mean")
-        ax.fill_between(x, to_objective(mean - 2 * sd), to_objective(mean + 2 * sd),
-                        color="C0", alpha=0.2, label="+- 2 sd")
+        ax.fill_between(
+            x,
+            to_objective(mean - 2 * sd),
+            to_objective(mean + 2 * sd),
+            color="C0",
+            alpha=0.2,
+            label="+- 2 sd",
+        )
         if session.prior_mean is not None:
             with torch.no_grad():
                 prior = session.prior_mean.raw(session.prior_mean.physical(torch.as_tensor(U)))
             raw = prior.numpy()
-            ax.plot(x, (np.exp(raw) if obj.log else raw) * factor, "--", color="C2",
-                    label="calibrated prior")
-        near = np.all(
-            np.abs(np.delete((X - low) / (high - low) - centre, i, axis=1)) < 0.05, axis=1
-        ) if d > 1 else np.ones(len(X), dtype=bool)
+            ax.plot(
+                x,
+                (np.exp(raw) if obj.log else raw) * factor,
+                "--",
+                color="C2",
+                label="calibrated prior",
+            )
+        near = (
+            np.all(np.abs(np.delete((X - low) / (high - low) - centre, i, axis=1)) < 0.05, axis=1)
+            if d > 1
+            else np.ones(len(X), dtype=bool)
+        )
         y = np.array([r[f"result.{obj.name}"] for r in data]) * factor
         ax.plot(X[near, i], y[near], "k.", ms=4, label="data near slice")
         ax.axvline(low[i] + centre[i] * (high[i] - low[i]), color="C1", lw=1)

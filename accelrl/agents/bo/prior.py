@@ -213,5 +213,3 @@ class BeamlinePrior(nn.Module):
             f"inputs={list(self.input_names)}, calibrate={self.calibrate}, wrong={self.wrong}, "
             f"floor={self.floor:g} m"
         )
-
-

@@ -71,9 +71,7 @@ class Variable(_Model):
         _finite(f"variable {self.name}: low", self.low)
         _finite(f"variable {self.name}: high", self.high)
         if not self.high > self.low:
-            raise ValueError(
-                f"variable {self.name}: high ({self.high}) must be > low ({self.low})"
-            )
+            raise ValueError(f"variable {self.name}: high ({self.high}) must be > low ({self.low})")
         if self.max_step is not None and not (self.max_step > 0 and math.isfinite(self.max_step)):
             raise ValueError(
                 f"variable {self.name}: max_step must be a finite number > 0 "
@@ -275,8 +273,12 @@ def from_protocol(problem: Any, max_step_factor: float | None = 1.0) -> TuningPr
         if max_step_factor is not None and float(problem.max_delta[i]) > 0:
             step = max_step_factor * float(problem.max_delta[i])
         variables.append(
-            {"name": name, "low": float(problem.low[i]), "high": float(problem.high[i]),
-             "max_step": step}
+            {
+                "name": name,
+                "low": float(problem.low[i]),
+                "high": float(problem.high[i]),
+                "max_step": step,
+            }
         )
     return TuningProblem.create(
         {
@@ -284,8 +286,9 @@ def from_protocol(problem: Any, max_step_factor: float | None = 1.0) -> TuningPr
             "objective": {"name": "mae", "minimise": True, "log": True, "floor": 1e-9},
             "constraints": [{"name": "on_screen", "lower": 0.5, "critical": True}],
             "observables": list(TRANSVERSE),
-            "initial": {n: float(v) for n, v in zip(problem.actuator_names, problem.start,
-                                                    strict=True)},
+            "initial": {
+                n: float(v) for n, v in zip(problem.actuator_names, problem.start, strict=True)
+            },
         }
     )
 

@@ -105,9 +105,7 @@ class SafetyLayer:
         rb = np.clip(np.asarray(readback, np.float64), self.low, self.high)
         return np.maximum(self.low, rb - self.max_step), np.minimum(self.high, rb + self.max_step)
 
-    def box(
-        self, readback: np.ndarray, centre: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def box(self, readback: np.ndarray, centre: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Where the acquisition may look: the step box intersected with the trust region
         around ``centre`` (SI). Where they do not overlap, the box collapses onto the point
         of the step box nearest to the trust region."""

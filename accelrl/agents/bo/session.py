@@ -202,8 +202,10 @@ class TuningSession:
         """Pearson correlation of the recorded prior predictions with the modelled
         objective, and the number of points it used."""
         pairs = [
-            (r["prior_prediction"], self.problem.objective.transform(
-                r[f"result.{self.problem.objective.name}"]))
+            (
+                r["prior_prediction"],
+                self.problem.objective.transform(r[f"result.{self.problem.objective.name}"]),
+            )
             for r in self.rows
         ]
         pairs = [(p, y) for p, y in pairs if math.isfinite(p) and math.isfinite(y)]
@@ -385,7 +387,8 @@ class TuningSession:
             "has_prior": self.prior is not None,
             "uses_prior": bool(fit.uses_prior) if fit else self.prior is not None,
             "prior_fallback": bool(fit.fallback) if fit else False,
-            "prior_correlation": None if fit is None or math.isnan(fit.correlation)
+            "prior_correlation": None
+            if fit is None or math.isnan(fit.correlation)
             else fit.correlation,
             "correlation_threshold": self.config.correlation_threshold,
             "prior_weight": None if fit is None or math.isnan(fit.weight) else fit.weight,
@@ -421,10 +424,14 @@ class TuningSession:
         prior_spec = None
         if self.prior is not None:
             describe = getattr(self.prior, "config", None)
-            prior_spec = describe() if callable(describe) else {
-                "kind": "custom",
-                "class": f"{type(self.prior).__module__}.{type(self.prior).__qualname__}",
-            }
+            prior_spec = (
+                describe()
+                if callable(describe)
+                else {
+                    "kind": "custom",
+                    "class": f"{type(self.prior).__module__}.{type(self.prior).__qualname__}",
+                }
+            )
         session = {
             "format_version": FORMAT_VERSION,
             "config": self.config.model_dump(),
@@ -441,8 +448,9 @@ class TuningSession:
             writer = csv.writer(f)
             writer.writerow(columns)
             for row in self.rows:
-                writer.writerow([repr(row[c]) if isinstance(row[c], float) else row[c]
-                                 for c in columns])
+                writer.writerow(
+                    [repr(row[c]) if isinstance(row[c], float) else row[c] for c in columns]
+                )
         torch.save(
             {
                 "states": self._states,

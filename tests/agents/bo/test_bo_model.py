@@ -105,8 +105,9 @@ def test_calibration_is_fitted_with_the_gp_hyperparameters() -> None:
         before = (prior.observe(x_phys) - readings).abs().mean()
     fit = None
     for _ in range(4):  # warm-started refits, as in a session
-        fit = fit_models(X, Y, pm, None if fit is None else fit.states, maxiter=15,
-                         observables=readings)
+        fit = fit_models(
+            X, Y, pm, None if fit is None else fit.states, maxiter=15, observables=readings
+        )
     with torch.no_grad():
         after = (prior.observe(x_phys) - readings).abs().mean()
     assert fit is not None and fit.uses_prior

@@ -52,8 +52,9 @@ def test_protocol_optimiser_survives_nan_and_off_screen_readings() -> None:
     from accelrl.agents.bo import BOOptimiser
     from accelrl.agents.protocol import Observation, Problem
 
-    low, high = np.array([-72.0, -72.0, -6e-3, -72.0, -6e-3]), -np.array(
-        [-72.0, -72.0, -6e-3, -72.0, -6e-3]
+    low, high = (
+        np.array([-72.0, -72.0, -6e-3, -72.0, -6e-3]),
+        -np.array([-72.0, -72.0, -6e-3, -72.0, -6e-3]),
     )
     max_delta = 0.1 * high
     problem = Problem(

@@ -38,8 +38,11 @@ def _check(x: dict[str, float], readback: np.ndarray) -> None:
     assert np.all(np.abs(v - readback) <= STEP + TOL), (v, readback)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-          HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     data=st.lists(st.tuples(settings_strategy, values, st.booleans()), min_size=0, max_size=6),
     duplicate=st.booleans(),

@@ -105,8 +105,9 @@ def test_save_load_with_the_beamline_prior(tmp_path) -> None:
     readings = [(1e-4, 3e-4, 2e-4, 1e-4), (2e-4, 2e-4, 1e-4, 2e-4), (0.0, 1e-4, 0.0, 3e-4)]
     for r in readings:
         result = dict(zip(("mu_x", "sigma_x", "mu_y", "sigma_y"), r, strict=True))
-        result.update(mae=float(np.mean(np.abs(np.array(r) - [3e-4, 1e-4, -2e-4, 2e-4]))),
-                      on_screen=1.0)
+        result.update(
+            mae=float(np.mean(np.abs(np.array(r) - [3e-4, 1e-4, -2e-4, 2e-4]))), on_screen=1.0
+        )
         session.ingest(problem.named(x), result)
         s = session.suggest()
         x = problem.vector(s)

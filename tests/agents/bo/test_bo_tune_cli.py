@@ -21,12 +21,33 @@ def test_tune_writes_session_table_and_plots(tmp_path) -> None:
     out = tmp_path / "run"
     result = CliRunner().invoke(
         _app(),
-        ["tune", "--machine", "sim:ares-ea", "--trial", "30", "--prior", "physics",
-         "--steps", "4", "--out", str(out), "--no-progress", "--budget", "0.05"],
+        [
+            "tune",
+            "--machine",
+            "sim:ares-ea",
+            "--trial",
+            "30",
+            "--prior",
+            "physics",
+            "--steps",
+            "4",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--budget",
+            "0.05",
+        ],
     )
     assert result.exit_code == 0, result.output
-    for name in ("problem.json", "session.json", "data.csv", "model.pt", "summary.json",
-                 "objective.png", "slices.png"):
+    for name in (
+        "problem.json",
+        "session.json",
+        "data.csv",
+        "model.pt",
+        "summary.json",
+        "objective.png",
+        "slices.png",
+    ):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_mae_m"] <= summary["initial_mae_m"]

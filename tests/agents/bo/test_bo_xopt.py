@@ -62,8 +62,6 @@ def test_xopt_runs_bo_steps_with_the_physics_prior() -> None:
     # the GP's mean is our module, fed in Xopt's column order
     mean = X.generator.model.models[0].mean_module
     assert isinstance(mean.model, NamedInputs) and isinstance(mean.model.prior, BeamlinePrior)
-    x = torch.tensor([[float(X.data[n].iloc[0]) for n in vocs.variable_names]],
-                     dtype=torch.float64)
-    expected = prior(torch.tensor([[float(X.data[n].iloc[0]) for n in names]],
-                                  dtype=torch.float64))
+    x = torch.tensor([[float(X.data[n].iloc[0]) for n in vocs.variable_names]], dtype=torch.float64)
+    expected = prior(torch.tensor([[float(X.data[n].iloc[0]) for n in names]], dtype=torch.float64))
     torch.testing.assert_close(mean.model(x), expected)
