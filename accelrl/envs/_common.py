@@ -303,34 +303,24 @@ class StageEnv(gym.Env):
         raise NotImplementedError
 
 
-class StageVectorEnv(VectorEnv):
-    """``num_envs`` environments of a stage task, one batched evaluation per step.
+class CoreVectorEnv(VectorEnv):
+    """A vector environment whose ``num_envs`` environments are one batched core.
 
-    Environment ``i`` reset with ``seed=s`` matches a single environment reset with ``s + i``.
-
-    :param core: The batched core.
-    :param single_observation_space: Observation space of one environment.
-    :param max_episode_steps: Truncation.
+    Holds what every such environment shares: all-environment reset with per-environment
+    seeds, and ``info`` from the core with Gymnasium's ``"_<key>"`` masks. Subclasses build
+    the core and spaces, call :meth:`_start_core`, and implement ``step``.
     """
 
-    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+    core: BatchedCore
     #: Whether ``info`` carries Gymnasium's ``"_<key>"`` masks (all ``True``).
     info_masks: bool = True
 
-    def __init__(
-        self, core: StageCore, single_observation_space: spaces.Space, max_episode_steps: int
-    ) -> None:
-        self.core = core
-        self.num_envs = num_envs = core.num_envs
-        self.max_episode_steps = max_episode_steps
-        self.single_observation_space = single_observation_space
-        self.single_action_space = action_box(core.action_low, core.action_high)
-        self.observation_space = batch_space(self.single_observation_space, num_envs)
-        self.action_space = batch_space(self.single_action_space, num_envs)
-        self._all = np.arange(num_envs)
-        self._needs_reset = np.zeros(num_envs, dtype=bool)
-        self._mask = np.ones(num_envs, dtype=bool)
-        core.reset(self._all)
+    def _start_core(self) -> None:
+        """Bookkeeping arrays for ``self.core`` and a first reset of all environments."""
+        self._all = np.arange(self.num_envs)
+        self._needs_reset = np.zeros(self.num_envs, dtype=bool)
+        self._mask = np.ones(self.num_envs, dtype=bool)
+        self.core.reset(self._all)
 
     def reset(
         self,
@@ -343,6 +333,38 @@ class StageVectorEnv(VectorEnv):
         self._needs_reset[:] = False
         return self.core.observation(), self._info()
 
+    def _info(self) -> dict[str, Any]:
+        info: dict[str, Any] = self.core.info()
+        if self.info_masks:
+            for key in list(info):
+                info["_" + key] = self._mask
+        return info
+
+
+class StageVectorEnv(CoreVectorEnv):
+    """``num_envs`` environments of a stage task, one batched evaluation per step.
+
+    Environment ``i`` reset with ``seed=s`` matches a single environment reset with ``s + i``.
+
+    :param core: The batched core.
+    :param single_observation_space: Observation space of one environment.
+    :param max_episode_steps: Truncation.
+    """
+
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self, core: StageCore, single_observation_space: spaces.Space, max_episode_steps: int
+    ) -> None:
+        self.core = core
+        self.num_envs = num_envs = core.num_envs
+        self.max_episode_steps = max_episode_steps
+        self.single_observation_space = single_observation_space
+        self.single_action_space = action_box(core.action_low, core.action_high)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._start_core()
+
     def step(
         self, actions: Any
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -353,10 +375,3 @@ class StageVectorEnv(VectorEnv):
         )
         self._needs_reset = truncated.copy()
         return core.observation(), reward, terminated, truncated, self._info()
-
-    def _info(self) -> dict[str, Any]:
-        info: dict[str, Any] = self.core.info()
-        if self.info_masks:
-            for key in list(info):
-                info["_" + key] = self._mask
-        return info

@@ -10,23 +10,22 @@ relative: the single environment evaluates the map on Python floats, the batch o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import cheetah
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from accelrl.envs._common import reset_core, step_with_autoreset, vector_seeds
+from accelrl.envs._common import CoreVectorEnv, step_with_autoreset
 from accelrl.envs.core import ActionMode, StartMode
 from accelrl.envs.render import screen_image
 from accelrl.envs.spec import TaskSpec
 from accelrl.envs.tuning import build_core, observation_space
 
 
-class TransverseTuningVectorEnv(VectorEnv):
+class TransverseTuningVectorEnv(CoreVectorEnv):
     """``num_envs`` transverse-tuning environments in one process, batched.
 
     :param spec: Task spec (or path to its YAML).
@@ -87,21 +86,7 @@ class TransverseTuningVectorEnv(VectorEnv):
         )
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self._all = np.arange(num_envs)
-        self._needs_reset = np.zeros(num_envs, dtype=bool)
-        self._mask = np.ones(num_envs, dtype=bool)
-        self.core.reset(self._all)
-
-    def reset(
-        self,
-        *,
-        seed: int | Sequence[int | None] | None = None,
-        options: dict[str, Any] | None = None,
-    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Reset all environments; ``seed`` int gives environment ``i`` the seed ``seed + i``."""
-        reset_core(self.core, self._all, vector_seeds(seed, self.num_envs), options)
-        self._needs_reset[:] = False
-        return self.core.observation(), self._info()
+        self._start_core()
 
     def step(
         self, actions: Any
@@ -128,12 +113,6 @@ class TransverseTuningVectorEnv(VectorEnv):
             return core.observation(), reward, terminated, truncated, infos
         self._needs_reset = done
         return core.observation(), reward, terminated, truncated, self._info()
-
-    def _info(self) -> dict[str, Any]:
-        info: dict[str, Any] = self.core.info()
-        for key in list(info):
-            info["_" + key] = self._mask
-        return info
 
     def render(self) -> tuple[np.ndarray, ...] | None:
         if self.render_mode != "rgb_array":
