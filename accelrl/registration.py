@@ -24,12 +24,12 @@ ENVIRONMENTS: dict[str, tuple[str, str]] = {
 CODE_ENVIRONMENTS: dict[str, tuple[str, str, int]] = {
     "accelrl/LPATuning-v0": (
         "accelrl.envs.lpa:LPATuningEnv",
-        "accelrl.envs.lpa:vector_entry_point",
+        "accelrl.envs.lpa_vector:LPATuningVectorEnv",
         50,
     ),
     "accelrl/LPAHybridBeamline-v0": (
         "accelrl.envs.hybrid:HybridBeamlineEnv",
-        "accelrl.envs.hybrid:vector_entry_point",
+        "accelrl.envs.hybrid:HybridBeamlineVectorEnv",
         50,
     ),
 }

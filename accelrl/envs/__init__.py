@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
+from gymnasium.envs.registration import load_env_creator
 
 from accelrl.envs.ares_ea import ENV_ID as ARES_EA_ID
 from accelrl.envs.ares_ea import AresEATransverseTuning, ares_ea_spec
@@ -39,9 +39,7 @@ def make_vec(env_id: str, num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
     from accelrl.registration import CODE_ENVIRONMENTS
 
     if env_id in CODE_ENVIRONMENTS:
-        module, _, name = CODE_ENVIRONMENTS[env_id][1].partition(":")
-        entry = getattr(importlib.import_module(module), name)
-        return entry(num_envs=num_envs, **kwargs)
+        return load_env_creator(CODE_ENVIRONMENTS[env_id][1])(num_envs=num_envs, **kwargs)
     if env_id not in TASKS:
         known = sorted([*TASKS, *CODE_ENVIRONMENTS])
         raise ValueError(f"unknown environment {env_id!r}; registered: {known}")

@@ -37,7 +37,9 @@ class BatchedCore(Protocol):
 
     def reset(self, idx: np.ndarray, options: dict[str, Any] | None = None) -> None: ...
 
-    def step(self, actions: np.ndarray) -> Any: ...
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rewards ``[B]`` and terminated flags ``[B]``."""
+        ...
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -85,8 +87,7 @@ def step_with_autoreset(
     autoreset) with their random streams rewound, so that they match a single environment
     that is reset instead of stepped.
 
-    :param core: The batched core; its ``step`` returns the rewards ``[B]`` or
-        ``(rewards, terminated)``.
+    :param core: The batched core; its ``step`` returns ``(rewards, terminated)``.
     :param actions: Validated actions ``[B, K]``.
     :param needs_reset: ``[B]`` environments whose episode ended at the previous step.
     :param max_episode_steps: Truncation, as Gymnasium's ``TimeLimit``.
@@ -95,11 +96,7 @@ def step_with_autoreset(
     """
     resetting = np.nonzero(needs_reset)[0]
     counters = core.counters[resetting].copy()
-    out = core.step(actions)
-    if isinstance(out, tuple):
-        reward, terminated = out
-    else:
-        reward, terminated = out, np.zeros(core.num_envs, dtype=bool)
+    reward, terminated = core.step(actions)
     truncated = core.steps >= max_episode_steps
     if resetting.size:
         core.counters[resetting] = counters
@@ -223,8 +220,10 @@ class StageCore:
             raise ValueError(f"actions hold NaN or inf for {cols}")
         return np.clip(a, self.action_low, self.action_high)
 
-    def step(self, actions: np.ndarray) -> np.ndarray:
-        """Advance all environments by validated actions ``[B, K]``; returns rewards ``[B]``."""
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Advance all environments by validated actions ``[B, K]``; returns the rewards
+        ``[B]`` and the terminated flags ``[B]`` (always ``False``: stage tasks only
+        truncate)."""
         c = self.config
         all_ = np.arange(self.num_envs)
         settings = self.settings + actions if c.action_mode == "delta" else actions
@@ -235,7 +234,7 @@ class StageCore:
             self.drift = np.clip(self.drift + c.drift_rel_step * z[:, 1], -0.2, 0.2)
         self.steps += 1
         self._evaluate(all_)
-        return self.last[self.reward_key].copy()
+        return self.last[self.reward_key].copy(), np.zeros(self.num_envs, dtype=bool)
 
     def _store(self, idx: np.ndarray, values: dict[str, np.ndarray]) -> None:
         """Keep the evaluated ``values`` of environments ``idx`` in ``last``."""
@@ -293,7 +292,7 @@ class StageEnv(gym.Env):
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         a = single_action(action, self.action_space)
-        reward = self.core.step(self.core.validate_actions(a))
+        reward, _ = self.core.step(self.core.validate_actions(a))
         return self._obs(), float(reward[0]), False, False, self._info()
 
     def _obs(self) -> dict[str, np.ndarray]:

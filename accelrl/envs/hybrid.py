@@ -488,9 +488,3 @@ class HybridBeamlineVectorEnv(StageVectorEnv):
         core = HybridCore(self.config, surrogate, num_envs)
         steps = max_episode_steps or self.config.max_episode_steps
         super().__init__(core, _observation_space(core), steps)
-
-
-def vector_entry_point(num_envs: int = 1, **kwargs: Any) -> HybridBeamlineVectorEnv:
-    """Gymnasium's ``vector_entry_point`` for ``accelrl/LPAHybridBeamline-v0``."""
-    kwargs.pop("env_id", None)
-    return HybridBeamlineVectorEnv(num_envs=num_envs, **kwargs)

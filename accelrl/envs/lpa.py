@@ -313,11 +313,3 @@ class LPATuningEnv(StageEnv):
         info["step"] = int(info["step"])
         info["output_names"] = self.core.surrogate.output_names
         return info
-
-
-def vector_entry_point(num_envs: int = 1, **kwargs: Any) -> Any:
-    """Gymnasium's ``vector_entry_point`` for ``accelrl/LPATuning-v0``."""
-    from accelrl.envs.lpa_vector import LPATuningVectorEnv
-
-    kwargs.pop("env_id", None)
-    return LPATuningVectorEnv(num_envs=num_envs, **kwargs)

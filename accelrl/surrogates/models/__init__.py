@@ -8,25 +8,8 @@ classifier, training, validation report and ONNX export.
 
 from __future__ import annotations
 
-from accelrl.surrogates.models.ensemble import (
-    Z95,
-    Architecture,
-    EnsembleMLP,
-    InputInfo,
-    OutputInfo,
-    Surrogate,
-    SurrogateError,
-    SurrogateOutput,
-)
-from accelrl.surrogates.models.io import (
-    export_onnx,
-    load_surrogate,
-    onnx_parity,
-    resolve_model_dir,
-    save_surrogate,
-)
-from accelrl.surrogates.models.report import evaluate, write_report
-from accelrl.surrogates.models.train import Split, TrainConfig, TrainResult, train_surrogate
+import importlib
+from typing import Any
 
 __all__ = [
     "Architecture",
@@ -49,3 +32,33 @@ __all__ = [
     "train_surrogate",
     "write_report",
 ]
+
+# Names load on first use: the environments need the ensemble and its loader, not the
+# training stack (pandas, tqdm).
+_LAZY = {
+    "Z95": "accelrl.surrogates.models.ensemble",
+    "Architecture": "accelrl.surrogates.models.ensemble",
+    "EnsembleMLP": "accelrl.surrogates.models.ensemble",
+    "InputInfo": "accelrl.surrogates.models.ensemble",
+    "OutputInfo": "accelrl.surrogates.models.ensemble",
+    "Surrogate": "accelrl.surrogates.models.ensemble",
+    "SurrogateError": "accelrl.surrogates.models.ensemble",
+    "SurrogateOutput": "accelrl.surrogates.models.ensemble",
+    "export_onnx": "accelrl.surrogates.models.io",
+    "load_surrogate": "accelrl.surrogates.models.io",
+    "onnx_parity": "accelrl.surrogates.models.io",
+    "resolve_model_dir": "accelrl.surrogates.models.io",
+    "save_surrogate": "accelrl.surrogates.models.io",
+    "evaluate": "accelrl.surrogates.models.report",
+    "write_report": "accelrl.surrogates.models.report",
+    "Split": "accelrl.surrogates.models.train",
+    "TrainConfig": "accelrl.surrogates.models.train",
+    "TrainResult": "accelrl.surrogates.models.train",
+    "train_surrogate": "accelrl.surrogates.models.train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'accelrl.surrogates.models' has no attribute {name!r}")

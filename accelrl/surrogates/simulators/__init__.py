@@ -54,7 +54,7 @@ def make_simulator(spec: DatasetSpec | dict[str, Any], timeout_s: float | None =
 
     if not isinstance(spec, DatasetSpec):
         spec = DatasetSpec.from_dict(spec)
-    fidelity = {k: v for k, v in spec.fidelity.items()}
+    fidelity = dict(spec.fidelity)
     if spec.simulator == "wake-t":
         from accelrl.surrogates.simulators.waket import WakeTSimulator
 
@@ -68,9 +68,6 @@ def make_simulator(spec: DatasetSpec | dict[str, Any], timeout_s: float | None =
 
 def simulator_version(name: str) -> str:
     """Installed version of the code ``name`` (``"wake-t"``, ``"fbpic"``), or ``"unknown"``."""
-    from importlib.metadata import PackageNotFoundError, version
+    from accelrl.execution import package_versions
 
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "unknown"
+    return package_versions([name], missing="unknown")[name]
