@@ -420,13 +420,15 @@ def fit_models(
         mean.set_observables(train_x, observables)
     model = fit_gp(train_x, train_y, mean, states.get("prior"), maxiter, timeout_s)
     states["prior"] = _parameter_state(model)
-    with torch.no_grad():
-        term = mean.prior_term(train_x)
-        y_std = model.outcome_transform(train_y.reshape(-1, 1))[0].reshape(-1)
-        model.eval()
-    correlation = _pearson(term, y_std) if len(train_y) >= 3 else math.nan
+    if predictive is None:  # in-sample: the prior term against the standardised data
+        with torch.no_grad():
+            term = mean.prior_term(train_x)
+            y_std = model.outcome_transform(train_y.reshape(-1, 1))[0].reshape(-1)
+        tested = _pearson(term, y_std) if len(train_y) >= 3 else math.nan
+        points = len(train_y)
+    else:
+        tested, points = predictive
     weight = float(mean.weight.detach())
-    tested, points = (correlation, len(train_y)) if predictive is None else predictive
     poor = points >= min_points and not (tested >= correlation_threshold)
     if not poor:
         return FitResult(model, True, tested, False, weight, states, time.perf_counter() - t0)

@@ -30,7 +30,14 @@ from torch import nn
 
 from accelrl.agents.bo.acquisition import make_acquisition, optimise
 from accelrl.agents.bo.config import SessionConfig, session_config
-from accelrl.agents.bo.model import FitResult, PriorMean, fit_gp, fit_models
+from accelrl.agents.bo.model import (
+    FitResult,
+    PriorMean,
+    _parameter_state,
+    _pearson,
+    fit_gp,
+    fit_models,
+)
 from accelrl.agents.bo.problem import ProblemError, TuningProblem
 from accelrl.agents.bo.safety import SafetyLayer
 
@@ -90,7 +97,6 @@ class TuningSession:
         self._pending: list[np.ndarray] = []
         self._fit: FitResult | None = None
         self._diag: dict[str, Any] = {}
-        self._best_before: float | None = None
 
     # ------------------------------------------------------------------ data
     @property
@@ -211,12 +217,8 @@ class TuningSession:
         pairs = [(p, y) for p, y in pairs if math.isfinite(p) and math.isfinite(y)]
         if len(pairs) < 3:
             return math.nan, len(pairs)
-        a, b = np.array(pairs).T
-        a, b = a - a.mean(), b - b.mean()
-        denominator = math.sqrt(float((a * a).sum() * (b * b).sum()))
-        if not denominator > 0:
-            return math.nan, len(pairs)
-        return float((a * b).sum()) / denominator, len(pairs)
+        a, b = torch.as_tensor(pairs, dtype=torch.float64).T
+        return _pearson(a, b), len(pairs)
 
     def _observables(self, rows: list[dict[str, Any]]) -> torch.Tensor | None:
         """Observed values ``[n, m]`` of the prior's observables at the training rows (NaN
@@ -304,7 +306,7 @@ class TuningSession:
                     self._states.get(key),
                     cfg.fit_maxiter,
                 )
-                self._states[key] = {n: p.detach().clone() for n, p in gp.named_parameters()}
+                self._states[key] = _parameter_state(gp)
                 constraints.append((gp, c.lower, c.upper))
         best = self._best_row()  # safe and feasible: the incumbent of the acquisition
         best_f = self._modelled(best) if best is not None else float(train_y.min())
