@@ -99,17 +99,16 @@ def export_command(
     import torch
     from rich.console import Console
 
-    from accelrl.deploy.bundle import BundleError
+    from accelrl.deploy.bundle import BundleError, read_manifest
     from accelrl.deploy.export import PARITY_COUNT, ExportError, export
-    from accelrl.deploy.runtime import OnnxPolicy
 
     torch.set_num_threads(1)
     try:
+        # export() verifies the written bundle (hashes, self-test) before it returns.
         path = export(model, out, vecnormalize=vecnormalize, env_id=env_id, seed=seed)
-        policy = OnnxPolicy(path)
+        m = read_manifest(path)
     except (ExportError, BundleError) as err:
         raise _fail(str(err)) from None
-    m = policy.manifest
     parity = m.provenance.get("export", {}).get("parity_max_error_over_range")
     console = Console()
     console.print(f"bundle: {path}", highlight=False)

@@ -497,9 +497,7 @@ class Controller:
             "initial": initial,
             "final_setpoints": final_setpoints,
             "final_error": last_error,
-            "final_mae": None
-            if last_error is None
-            else float(np.mean(np.abs(list(last_error.values())))),
+            "final_mae": None if last_error is None else mae(last_error),
             "target": dict(zip(self.beam_names, self.target.tolist(), strict=True)),
             "wall_s": time.perf_counter() - t_run,
         }
