@@ -154,3 +154,51 @@ def test_fbpic_tiny_stage_is_physical() -> None:
     assert out["emittance_x"] == pytest.approx(3e-6, rel=0.15)
     assert out["emittance_y"] == pytest.approx(0.5e-6, rel=0.15)
     assert out["bunch_length"] == pytest.approx(np.std(initial.z), rel=0.05)
+
+
+_AFTER_NUMBA_LAUNCH = """
+import numba, numpy as np
+
+@numba.njit(parallel=True)
+def total(x):
+    s = 0.0
+    for i in numba.prange(x.size):
+        s += x[i]
+    return s
+
+total(np.ones(8))  # launches numba's pool with NUMBA_NUM_THREADS=2
+from accelrl.surrogates.simulators import limit_threads
+limit_threads(1)
+
+@numba.njit
+def plus_one(x):
+    return x + 1
+
+assert plus_one(1) == 2  # a compilation after the limit re-reads numba's configuration
+assert numba.get_num_threads() == 1, numba.get_num_threads()
+print("ok")
+"""
+
+
+def test_limit_threads_after_numba_launched_its_pool() -> None:
+    """A process whose numba pool is already running (an earlier run, another library)
+    gets one thread per run, and later numba compilations still work."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("numba")
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    out = subprocess.run(
+        [sys.executable, "-c", _AFTER_NUMBA_LAUNCH],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_limit_threads_rejects_zero() -> None:
+    with pytest.raises(ValueError, match="thread count must be >= 1"):
+        limit_threads(0)

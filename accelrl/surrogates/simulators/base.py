@@ -90,20 +90,29 @@ def check_fidelity(
 
 
 def limit_threads(n: int = 1) -> None:
-    """Set numba, OpenMP and BLAS thread counts to ``n`` for libraries not yet loaded.
+    """Use ``n`` numba, OpenMP and BLAS threads in this process.
 
-    Call in a worker process before Wake-T, FBPIC or numpy's BLAS do their work; for
-    numba already loaded, its thread count is set too.
+    Call in a worker process before Wake-T, FBPIC or numpy's BLAS do their work. Before
+    numba is imported, ``NUMBA_NUM_THREADS`` sizes its thread pool; once numba is loaded
+    that variable is left as it is (numba refuses a changed pool size once its threads
+    have been launched, and checks it at every compilation) and ``numba.set_num_threads``
+    limits the threads used instead.
+
+    :param n: Number of threads (>= 1).
+    :raises ValueError: For ``n < 1``.
     """
-    for var in THREAD_VARS:
-        os.environ[var] = str(n)
+    if n < 1:
+        raise ValueError(f"thread count must be >= 1, got {n}")
     import sys
 
-    if "numba" in sys.modules:
-        with contextlib.suppress(Exception):
-            import numba
+    numba_loaded = "numba" in sys.modules
+    for var in THREAD_VARS:
+        if not (numba_loaded and var == "NUMBA_NUM_THREADS"):
+            os.environ[var] = str(n)
+    if numba_loaded:
+        import numba
 
-            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     with contextlib.suppress(ImportError):
         from threadpoolctl import threadpool_limits
 
