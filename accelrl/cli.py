@@ -53,7 +53,7 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from accelrl.agents.evaluate_cli import evaluate_command
@@ -61,6 +61,7 @@ from accelrl.agents.train_cli import train_command
 from accelrl.agents.tune_cli import tune_command
 from accelrl.deploy.cli import deploy_app, export_command
 from accelrl.deploy.virtual.cli import serve_virtual_command
+from accelrl.progress import progress_bar
 from accelrl.surrogates.cli import surrogates_app
 
 if TYPE_CHECKING:
@@ -582,15 +583,7 @@ def rollout(
 
 
 def _progress() -> Progress:
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("steps"),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    )
+    return progress_bar(middle=["steps"], remaining=False, transient=True, console=err_console)
 
 
 def _quartiles(values: np.ndarray) -> tuple[float, float, float]:

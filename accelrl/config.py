@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,33 +32,43 @@ def load_yaml_mapping(path: str | Path, error: type[ValueError], kind: str) -> d
 
 
 def format_validation_error(err: ValidationError, header: str, show_input: bool = True) -> str:
-    """``header``, then one line per error: ``  field.path: message (got value)``.
+    """``header``, then :func:`field_value_errors` one per line.
 
     :param err: The pydantic error.
     :param header: First line, naming the file (e.g. ``"invalid machine config a.yaml:"``).
-    :param show_input: Show the offending value (never for mappings and lists).
+    :param show_input: Show the offending values.
     """
-    lines = [header]
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        value = e.get("input")
-        shown = "" if not show_input or isinstance(value, dict | list) else f" (got {value!r})"
-        lines.append(f"  {where}: {e['msg']}{shown}")
-    return "\n".join(lines)
+    return "\n".join([header, *field_value_errors(err, show_input)])
 
 
-def field_value_errors(err: ValidationError) -> list[str]:
-    """One line per error: ``  field.path = value: message`` (the value shortened to 80
-    characters; pydantic's ``"Value error, "`` prefix dropped; no ``= value`` for errors of
-    the whole model)."""
+def field_value_errors(
+    err: ValidationError,
+    show_input: bool = True,
+    location: Callable[[list[str]], list[str]] | None = None,
+) -> list[str]:
+    """One line per error: ``  field.path = value: message``.
+
+    The value is shortened to 80 characters and left out for mappings (and with
+    ``show_input=False``: ``  field.path: message``); pydantic's ``"Value error, "`` prefix is
+    dropped; errors of the whole model are ``  message``.
+
+    :param err: The pydantic error.
+    :param show_input: Show the offending values.
+    :param location: Rewrites each error's field path (e.g. drops a discriminator tag).
+    """
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        loc = [str(p) for p in e["loc"]]
+        if location is not None:
+            loc = location(loc)
         msg = e["msg"].removeprefix("Value error, ")
-        if loc:
-            value = repr(e.get("input"))
-            value = value if len(value) <= 80 else value[:77] + "..."
-            lines.append(f"  {loc} = {value}: {msg}")
-        else:
+        value = e.get("input")
+        if not loc:
             lines.append(f"  {msg}")
+        elif show_input and not isinstance(value, dict):
+            shown = repr(value)
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            lines.append(f"  {'.'.join(loc)} = {shown}: {msg}")
+        else:
+            lines.append(f"  {'.'.join(loc)}: {msg}")
     return lines

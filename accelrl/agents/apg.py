@@ -162,9 +162,9 @@ def train_apg(
     start_time = time.perf_counter()
     bar = None
     if progress:
-        from rich.progress import Progress
+        from accelrl.progress import progress_bar
 
-        bar = Progress(transient=True)
+        bar = progress_bar(transient=True)
         bar.start()
         task = bar.add_task("APG training", total=config.iterations)
     try:

@@ -69,6 +69,7 @@ from accelrl.agents.metrics import (
 )
 from accelrl.agents.protocol import Observation, Optimiser, Problem
 from accelrl.execution import ExecutorArg, executor_scope, git_state, package_versions
+from accelrl.progress import progress_bar
 
 if TYPE_CHECKING:
     from accelrl.envs import TransverseTuningEnv, Trial
@@ -727,30 +728,6 @@ def _chunks(trials: list[Trial], chunk_size: int | None) -> list[list[Trial]]:
     return [trials[i : i + chunk_size] for i in range(0, len(trials), chunk_size)]
 
 
-def _progress_bar(enabled: bool):  # noqa: ANN202 - rich types stay lazy
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("trials"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-        disable=not enabled,
-    )
-
-
 def evaluate_many(
     optimisers: Sequence[str | OptimiserFactory] | Mapping[str, str | OptimiserFactory],
     trials: Sequence[Trial] | str | Path | None = None,
@@ -832,7 +809,7 @@ def evaluate_many(
             if pool is None
             else {pool.submit(_run_chunk, f, c, *args): (i, j) for i, j, f, c in jobs}
         )
-        with _progress_bar(progress) as bar:
+        with progress_bar(middle=["trials"], transient=True, enabled=progress) as bar:
             tasks = [bar.add_task(f"{e.label} ({kind})", total=len(trial_list)) for e in entries]
             try:
                 if pool is None:

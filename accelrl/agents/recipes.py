@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from accelrl.config import load_yaml_mapping
+from accelrl.config import field_value_errors, load_yaml_mapping
 
 Algorithm = Literal["td3", "sac", "ppo"]
 ALGORITHMS: tuple[str, ...] = ("td3", "sac", "ppo")
@@ -420,19 +420,11 @@ class Recipe(_Model):
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
+    def location(loc: list[str]) -> list[str]:
         # Drop the discriminator tag from "hyperparameters.<algo>.<field>".
         if len(loc) >= 2 and loc[0] == "hyperparameters" and loc[1] in ALGORITHMS:
             del loc[1]
-        msg = e["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        if loc:
-            value = repr(e.get("input"))
-            value = value if len(value) <= 80 else value[:77] + "..."
-            lines.append(f"  {'.'.join(loc)} = {value}: {msg}")
-        else:
-            lines.append(f"  {msg}")
+        return loc
+
+    lines = field_value_errors(err, location=location)
     return f"{source}: invalid training recipe\n" + "\n".join(lines)

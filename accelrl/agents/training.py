@@ -59,6 +59,7 @@ from accelrl.envs import TASKS, load_trials, make_vec
 from accelrl.envs.sb3 import SB3VecEnv
 from accelrl.envs.trials import Trial
 from accelrl.execution import package_versions
+from accelrl.progress import progress_bar
 
 _log = logging.getLogger(__name__)
 
@@ -315,26 +316,10 @@ class TrainingMonitor(BaseCallback):
     def _on_training_start(self) -> None:
         self._start = time.perf_counter()
         if self.show_progress:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("[bold]training[/bold]"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("steps {task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[note]}"),
-                console=Console(stderr=True),
-                transient=False,
+            self._progress = progress_bar(
+                "[bold]training[/bold]",
+                middle=["steps {task.fields[rate]}"],
+                after=["{task.fields[note]}"],
             )
             self._progress.start()
             self._task = self._progress.add_task("train", total=self.total, rate="", note="")

@@ -191,6 +191,18 @@ class MachineConfig(_Model):
         """Observation names in order."""
         return tuple(o.name for o in self.observations)
 
+    @property
+    def pv_names(self) -> tuple[str, ...]:
+        """Every PV of the config, each once, in a fixed order: per knob its setpoint,
+        readback and busy flag, then the observations, interlock, beam loss and heartbeat
+        (empty for ``transport: sim``)."""
+        names: list[str | None] = []
+        for k in self.knobs:
+            names += [k.setpoint, k.readback_pv, k.busy]
+        names += [o.pv for o in self.observations]
+        names += [self.interlock.pv, self.beam_loss.pv, self.heartbeat.pv]
+        return tuple(dict.fromkeys(n for n in names if n))
+
     def knob(self, name: str) -> KnobConfig:
         """The knob called ``name`` (``KeyError`` listing the known names)."""
         for knob in self.knobs:

@@ -62,7 +62,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +119,14 @@ def _python_value(data: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- CA transport
+def _require_valid(values: Mapping[str, ChannelValue], names: Iterable[str]) -> None:
+    """Raise :class:`MachineError` if a value of ``names`` is in INVALID alarm."""
+    for name in names:
+        v = values[name]
+        if v.severity >= INVALID_SEVERITY:
+            raise MachineError(f"{name}: value {v.value!r} is in INVALID alarm")
+
+
 def _ignore_update(sub: Any, response: Any) -> None:
     """Subscription callback that keeps a monitor active; the monitor cache is filled on the
     client's receive thread instead (in order, without a thread hop)."""
@@ -739,7 +747,7 @@ class EpicsMachine:
         self.knob_names: tuple[str, ...] = config.knob_names
         self.observation_names: tuple[str, ...] = config.observation_names
         self.addresses = _addresses(addresses)
-        self._pv_names = self._all_pvs(config)
+        self._pv_names = config.pv_names
         # reading name -> PV (the config's validation ensures PVs for transport ca/pva)
         self._readbacks: dict[str, Any] = {k.name: k.readback_pv for k in config.knobs}
         self._setpoints: dict[str, Any] = {k.name: k.setpoint for k in config.knobs}
@@ -757,17 +765,6 @@ class EpicsMachine:
         """Every PV of the config, in a fixed order (setpoints, readbacks, busy flags,
         observations, interlock, beam loss, heartbeat)."""
         return list(self._pv_names)
-
-    @staticmethod
-    def _all_pvs(c: MachineConfig) -> tuple[str, ...]:
-        names: list[str] = []
-        for k in c.knobs:
-            names += [p for p in (k.setpoint, k.readback_pv, k.busy) if p and p not in names]
-        names += [o.pv for o in c.observations if o.pv and o.pv not in names]
-        for p in (c.interlock.pv, c.beam_loss.pv, c.heartbeat.pv):
-            if p and p not in names:
-                names.append(p)
-        return tuple(names)
 
     @property
     def monitored_pvs(self) -> list[str]:
@@ -844,9 +841,7 @@ class EpicsMachine:
         they are recent enough, else by one concurrent read. A value in INVALID alarm
         fails."""
         values = self._fetch(names, monitored)
-        for name, v in values.items():
-            if v.severity >= INVALID_SEVERITY:
-                raise MachineError(f"{name}: value {v.value!r} is in INVALID alarm")
+        _require_valid(values, values)
         return values
 
     def _fetch(self, names: Sequence[str], monitored: str) -> dict[str, ChannelValue]:
@@ -929,10 +924,7 @@ class EpicsMachine:
             names += self._health_pvs()
         names = list(dict.fromkeys(names))
         raw = self._fetch(names, "all") if names else {}
-        for name in guarded:
-            v = raw[name]
-            if v.severity >= INVALID_SEVERITY:
-                raise MachineError(f"{name}: value {v.value!r} is in INVALID alarm")
+        _require_valid(raw, guarded)
         out: dict[str, Any] = {}
         for part, pvs in parts.items():
             values = {n: float(raw[pv].value) for n, pv in pvs.items()}

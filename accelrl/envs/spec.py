@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from accelrl.config import field_value_errors, load_yaml_mapping
+from accelrl.config import format_validation_error, load_yaml_mapping
 from accelrl.physics.beam import INCOMING
 
 
@@ -234,8 +234,7 @@ class TaskSpec(_Model):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            lines = field_value_errors(err)
-            raise SpecError(f"{source}: invalid task spec\n" + "\n".join(lines)) from None
+            raise SpecError(format_validation_error(err, f"{source}: invalid task spec")) from None
 
 
 def shipped_spec_path(name: str) -> Path:

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from accelrl.execution import executor_scope
+from accelrl.progress import progress_bar
 from accelrl.surrogates.dataset import (
     STATUSES,
     DatasetError,
@@ -374,24 +375,8 @@ def _progress(enabled: bool, total: int, name: str) -> Iterator[Any]:
     if not enabled:
         yield lambda row: None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     counts = dict.fromkeys(STATUSES, 0)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[counts]}"),
-    ) as bar:
+    with progress_bar("{task.description}", after=["{task.fields[counts]}"]) as bar:
         task = bar.add_task(name, total=total, counts="")
 
         def advance(row: Mapping[str, Any]) -> None:

@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from accelrl.config import field_value_errors, load_yaml_mapping
+from accelrl.config import format_validation_error, load_yaml_mapping
 
 #: Columns of every dataset table besides the input and output columns.
 RESERVED_COLUMNS: tuple[str, ...] = (
@@ -230,8 +230,8 @@ class DatasetSpec(_Model, Columns):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            lines = field_value_errors(err)
-            raise DatasetSpecError(f"{source}: invalid dataset spec\n" + "\n".join(lines)) from None
+            message = format_validation_error(err, f"{source}: invalid dataset spec")
+            raise DatasetSpecError(message) from None
 
 
 def load_spec(path: str | Path) -> DatasetSpec:

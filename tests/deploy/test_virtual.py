@@ -21,7 +21,6 @@ from accelrl.deploy.virtual import (
     unique_prefix,
     with_prefix,
 )
-from accelrl.deploy.virtual.config import machine_pvs
 
 ROOT = Path(__file__).resolve().parents[2]
 VIRTUAL_CONFIG = ROOT / "deploy" / "virtual_ares_ea.yaml"
@@ -43,7 +42,10 @@ def test_shipped_configs_are_valid_and_match_the_task():
         assert (knob.low, knob.high) == (actuator["low"], actuator["high"])
         assert knob.max_step == pytest.approx(0.1 * max(abs(knob.low), abs(knob.high)))
         assert knob.unit == actuator["unit"]
-    assert len(set(machine_pvs(machine))) == len(machine_pvs(machine))
+    # every role has a PV of its own: 3 per knob, one per observation, interlock, beam
+    # loss and heartbeat
+    roles = 3 * len(machine.knobs) + len(machine.observations) + 3
+    assert len(machine.pv_names) == roles
 
 
 @pytest.mark.parametrize(
@@ -83,7 +85,7 @@ def test_missing_machine_config_is_reported(tmp_path):
 def test_with_prefix_renames_every_pv():
     machine = load_machine_config(MACHINE_CONFIG)
     renamed = with_prefix(machine, "VB3:")
-    old, new = machine_pvs(machine), machine_pvs(renamed)
+    old, new = machine.pv_names, renamed.pv_names
     assert all(n.startswith("VB3:") for n in new)
     assert [n[len("VB3:") :] for n in new] == [n[len("VA:") :] for n in old]
     assert with_prefix(machine, None) is machine

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from accelrl.agents.bo.safety import TrustRegionConfig
+from accelrl.config import format_validation_error
 
 __all__ = ["CORRELATION_THRESHOLD", "MIN_POINTS_FOR_CHECK", "SessionConfig", "session_config"]
 
@@ -71,8 +72,4 @@ def session_config(value: SessionConfig | Mapping[str, Any] | None) -> SessionCo
     try:
         return SessionConfig.model_validate(dict(value))
     except ValidationError as err:
-        lines = [
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-            for e in err.errors()
-        ]
-        raise ValueError("invalid session config:\n  " + "\n  ".join(lines)) from None
+        raise ValueError(format_validation_error(err, "invalid session config:")) from None

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from accelrl.config import format_validation_error
 from accelrl.physics.beam import TRANSVERSE
 
 __all__ = [
@@ -199,14 +200,7 @@ class TuningProblem(_Model):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            lines = []
-            for e in err.errors():
-                where = ".".join(str(p) for p in e["loc"]) or "problem"
-                msg = e["msg"].removeprefix("Value error, ")
-                value = e.get("input")
-                shown = "" if isinstance(value, Mapping) else f" (got {value!r})"
-                lines.append(f"{where}: {msg}{shown}")
-            raise ProblemError("invalid tuning problem:\n  " + "\n  ".join(lines)) from None
+            raise ProblemError(format_validation_error(err, "invalid tuning problem:")) from None
 
     # -- views
     @property

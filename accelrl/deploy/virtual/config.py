@@ -189,7 +189,7 @@ def common_prefix(machine: MachineConfig) -> str:
 
     :raises VirtualConfigError: If the PVs do not share one such prefix.
     """
-    names = machine_pvs(machine)
+    names = machine.pv_names
     prefixes = {n.split(":", 1)[0] + ":" for n in names if ":" in n}
     if len(prefixes) != 1 or any(":" not in n for n in names):
         raise VirtualConfigError(
@@ -197,16 +197,6 @@ def common_prefix(machine: MachineConfig) -> str:
             f"renamed, found {sorted(prefixes)}"
         )
     return prefixes.pop()
-
-
-def machine_pvs(machine: MachineConfig) -> list[str]:
-    """Every PV name of ``machine`` (knobs, observations, interlock, beam loss, heartbeat)."""
-    names: list[str] = []
-    for knob in machine.knobs:
-        names += [p for p in (knob.setpoint, knob.readback, knob.busy) if p]
-    names += [o.pv for o in machine.observations if o.pv]
-    names += [p for p in (machine.interlock.pv, machine.beam_loss.pv, machine.heartbeat.pv) if p]
-    return names
 
 
 def with_prefix(machine: MachineConfig, prefix: str | None) -> MachineConfig:

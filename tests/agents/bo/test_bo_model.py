@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import Bowl
+from bo_testlib import Bowl
 from torch import nn
 
 from accelrl.agents.bo.model import CalibratedMean, PriorMean, fit_gp, fit_models

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import FAST, Bowl
+from bo_testlib import FAST, Bowl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

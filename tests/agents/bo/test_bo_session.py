@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import FAST, Bowl, bowl_value
+from bo_testlib import FAST, Bowl, bowl_value
 
 from accelrl.agents.bo.problem import ProblemError, TuningProblem
 from accelrl.agents.bo.session import TuningSession
