@@ -10,10 +10,11 @@ thread, ``ORT_SEQUENTIAL``):
   options), torch eager (the :class:`~accelrl.agents.policy.MLPPolicy` on a pre-allocated
   tensor, ``no_grad``), and Stable-Baselines3 ``TD3.predict(deterministic=True)`` of an actor
   of the same hidden sizes on the task's flat observation;
-* **controller overhead per step**: the wall time of a controller step (fresh reading,
-  readbacks, health, policy, safety, verified write; the step's log record is written after
-  its clock stops) minus the time spent waiting on the machine (``machine.settle`` and
-  polling for fresh frames/readbacks beyond the successful read) -- over Channel Access
+* **controller overhead per step**: the wall time from one controller step's start to the
+  next one's (fresh reading, readbacks, health, policy, safety, verified write, and the
+  step's fsync'ed log record) minus the time spent waiting on the machine in it
+  (``machine.settle`` and polling for fresh frames/readbacks beyond the successful read;
+  ``timing.wait_s`` of the step's record) -- over Channel Access
   against the virtual accelerator (:mod:`accelrl.deploy.virtual`, a caproto IOC in a
   subprocess on 127.0.0.1, free port; reset before each run) when it is available, with
   :class:`~accelrl.deploy.epics.EpicsMachine`'s default monitors (``"observations"``), with
@@ -181,7 +182,10 @@ def controller_overhead(machine, config, steps: int, log_dir: Path, target) -> d
     if result.abort_reason is not None:
         raise RuntimeError(f"benchmark run aborted: {result.abort_reason}: {result.abort_detail}")
     records = [r for r in read_run(log_dir) if r["type"] == "step" and "total_s" in r["timing"]]
-    overhead = np.array([r["timing"]["total_s"] - r["timing"]["wait_s"] for r in records])
+    # step start to the next step's start (the log record included), minus the step's waits
+    overhead = np.array(
+        [b["time"] - a["time"] - a["timing"]["wait_s"] for a, b in zip(records, records[1:])]
+    )
     total = np.array([r["timing"]["total_s"] for r in records])
     policy_s = np.array([r["timing"]["policy_s"] for r in records])
     calls = machine.calls
