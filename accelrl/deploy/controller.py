@@ -385,7 +385,7 @@ class Controller:
                             rec = {}
                             reason = StopReason.target_reached
                             break
-                        x = np.concatenate([beam, magnets, self.target])
+                        x = policy.observation(beam, magnets, self.target)
                         raw = policy.act1(x)
                         t2 = time.perf_counter()
                         rec["raw_action"] = dict(zip(self.knob_names, raw.tolist(), strict=True))
