@@ -60,6 +60,9 @@ class PriorMean(Mean):
     :param prior: ``nn.Module`` with ``input_names`` whose ``forward(x [..., m])`` (SI,
         columns in ``input_names`` order) returns the objective ``[...]`` (or ``[..., 1]``,
         or a tuple whose first element is that, e.g. a surrogate's ``(mean, std, ...)``).
+        Only a module with ``calibration_vector()`` (e.g.
+        :class:`~accelrl.agents.bo.prior.BeamlinePrior`) is calibrated: its trainable
+        parameters are fitted with the GP. Any other module is used as it is, never changed.
     :param names: The problem's variable names, in GP-input order.
     :param low: Lower bounds ``[d]`` (SI) that normalised 0 maps to.
     :param high: Upper bounds ``[d]`` (SI) that normalised 1 maps to.
@@ -99,7 +102,13 @@ class PriorMean(Mean):
                 )
         if sign not in (1.0, -1.0):
             raise ValueError(f"sign must be +1 or -1, got {sign}")
-        self.prior = prior
+        if callable(getattr(prior, "calibration_vector", None)):
+            self.prior = prior  # a submodule: its trainable parameters are the calibration
+        else:
+            # Any other module (a surrogate, a fixed model) is held outside the module tree:
+            # its parameters are neither fitted with the GP nor saved, and the GP's
+            # train()/eval() leaves its mode alone.
+            object.__setattr__(self, "prior", prior)
         self.names = tuple(names)
         self.input_names = tuple(input_names)
         self.columns = columns

@@ -171,3 +171,38 @@ def test_multi_output_and_tuple_priors() -> None:
     bad = PriorMean(TwoOutputs(), ["a", "b"], LOW, HIGH)
     with pytest.raises(ValueError, match="wrap multi-output models with SelectOutput"):
         bad(x)
+
+
+def test_a_prior_without_calibration_is_never_changed(toy_problem) -> None:
+    """A module prior with its own (trainable) parameters and no ``calibration_vector()``,
+    e.g. a learned surrogate: the session's fits leave its weights and mode alone."""
+    from bo_testlib import FAST, bowl_value
+
+    from accelrl.agents.bo.session import TuningSession
+
+    class Learned(torch.nn.Module):
+        input_names = ("a", "b")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1, dtype=torch.float64)
+            self.drop = torch.nn.Dropout(0.5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.drop(self.layer(x))[..., 0]
+
+    prior = Learned().eval()
+    before = {k: v.clone() for k, v in prior.state_dict().items()}
+    session = TuningSession(toy_problem, prior, FAST)
+    x = toy_problem.initial_vector
+    for _ in range(6):
+        session.ingest({"a": x[0], "b": x[1]}, {"f": bowl_value(x[0], x[1]), "ok": 1.0})
+        s = session.suggest()
+        x = [s["a"], s["b"]]
+    assert session.diagnostics()["uses_prior"] or session.diagnostics()["prior_fallback"]
+    assert not prior.training
+    for k, v in prior.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    held = PriorMean(prior, ["a", "b"], [-1.0, -8.0], [1.0, 8.0])
+    assert held.prior is prior and list(held.parameters()) == []
+    assert not any("layer" in k for k in held.state_dict())
