@@ -16,6 +16,7 @@ which a shared machine's load does not inflate), then one line of JSON. Publishe
 (constant mean, EI, 150 steps, all 300 trials): 45 um, 32 steps.
 
     python benchmarks/bo.py [--workers 2] [--steps 75] [--limit N] [--out DIR]
+                            [--variants constant,physics,wrong]
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ import numpy as np  # noqa: E402
 
 #: Trial indices of the benchmark: 30, 39, ..., 291 (30 trials).
 TRIALS: tuple[int, ...] = tuple(range(30, 292, 9))
-#: Label -> BOOptimiser prior.
-VARIANTS: dict[str, str] = {"constant": "none", "physics": "physics", "wrong": "wrong"}
+#: Label -> BOOptimiser arguments.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "constant": {"prior": "none"},
+    "physics": {"prior": "physics"},
+    "wrong": {"prior": "wrong"},
+}
 PUBLISHED_BO = (45.0, 32)
 
 
@@ -55,7 +60,7 @@ def run_trial(variant: str, index: int, steps: int) -> dict[str, Any]:
     seed = trial_seed(0, trial.index)
     _, info = env.reset(seed=seed, options={"trial": trial})
     target = np.array(info["target"], dtype=np.float64)
-    optimiser = BOOptimiser(prior=VARIANTS[variant])
+    optimiser = BOOptimiser(**VARIANTS[variant])
     optimiser.reset(trial_problem(env, info, steps, seed))
     mae, suggest_s, suggest_cpu_s, fallback = [info["mae"]], [], [], []
     for s in range(1, steps + 1):
@@ -88,26 +93,29 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=75)
     parser.add_argument("--limit", type=int, default=None, help="first N of the 30 trials")
     parser.add_argument("--out", type=Path, default=None, help="write per-trial JSON here")
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated subset of {list(VARIANTS)}",
+    )
     args = parser.parse_args()
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
     from rich.table import Table
 
     from accelrl.agents.evaluation import init_worker
+    from accelrl.progress import progress_bar
 
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or not variants:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     trials = TRIALS[: args.limit] if args.limit else TRIALS
-    jobs = [(v, t) for t in trials for v in VARIANTS]
+    jobs = [(v, t) for t in trials for v in variants]
     results: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     with cf.ProcessPoolExecutor(max_workers=args.workers, initializer=init_worker) as pool:
         futures = [pool.submit(run_trial, v, t, args.steps) for v, t in jobs]
-        with Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-        ) as bar:
+        with progress_bar(middle=["trials"]) as bar:
             task = bar.add_task("BO trials", total=len(jobs))
             for fut in cf.as_completed(futures):
                 r = fut.result()
@@ -125,7 +133,7 @@ def main() -> None:
     wall = time.perf_counter() - t0
 
     summary: dict[str, dict[str, float]] = {}
-    for v in VARIANTS:
+    for v in variants:
         rs = [r for r in results if r["variant"] == v]
         summary[v] = {
             "median_best_mae_um": float(np.median([r["best_mae"] for r in rs]) * 1e6),
@@ -174,6 +182,19 @@ def main() -> None:
         "",
     )
     Console().print(table)
+    if "wrong" in summary and "constant" in summary:
+        report_wrong_vs_constant(results, summary, args.steps)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bo_trials.json").write_text(json.dumps(results))
+    keys = ("median_best_mae_um", "median_steps_to_convergence", "median_suggest_s")
+    print(json.dumps({v: {k: round(s[k], 4) for k in keys} for v, s in summary.items()}))
+
+
+def report_wrong_vs_constant(
+    results: list[dict[str, Any]], summary: dict[str, dict[str, float]], steps: int
+) -> None:
+    """Print the median ratio of wrong-prior to constant-mean best MAE per trial."""
     worse = [
         r_w["best_mae"] / r_c["best_mae"]
         for r_w in results
@@ -182,15 +203,10 @@ def main() -> None:
         if r_c["variant"] == "constant" and r_c["trial"] == r_w["trial"]
     ]
     print(
-        f"wrong / constant best MAE at step {args.steps}: median ratio "
+        f"wrong / constant best MAE at step {steps}: median ratio "
         f"{np.median(worse):.2f}, medians {summary['wrong']['median_best_mae_um']:.1f} vs "
         f"{summary['constant']['median_best_mae_um']:.1f} um"
     )
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "bo_trials.json").write_text(json.dumps(results))
-    keys = ("median_best_mae_um", "median_steps_to_convergence", "median_suggest_s")
-    print(json.dumps({v: {k: round(s[k], 4) for k in keys} for v, s in summary.items()}))
 
 
 if __name__ == "__main__":

@@ -184,7 +184,10 @@ def controller_overhead(machine, config, steps: int, log_dir: Path, target) -> d
     records = [r for r in read_run(log_dir) if r["type"] == "step" and "total_s" in r["timing"]]
     # step start to the next step's start (the log record included), minus the step's waits
     overhead = np.array(
-        [b["time"] - a["time"] - a["timing"]["wait_s"] for a, b in zip(records, records[1:])]
+        [
+            b["time"] - a["time"] - a["timing"]["wait_s"]
+            for a, b in zip(records[:-1], records[1:], strict=True)
+        ]
     )
     total = np.array([r["timing"]["total_s"] for r in records])
     policy_s = np.array([r["timing"]["policy_s"] for r in records])

@@ -113,10 +113,9 @@ def tune_command(
     from rich.live import Live
     from rich.table import Table
 
-    from accelrl.agents.bo import BeamlinePrior, TuningSession, ares_ea_problem
+    from accelrl.agents.bo import BeamlinePrior, TuningSession, ares_ea_problem, screen_result
     from accelrl.agents.bo.plots import plot_objective, plot_slices
     from accelrl.envs import TASKS, TransverseTuningEnv, load_trials
-    from accelrl.physics.beam import TRANSVERSE
 
     trials = load_trials()
     if trial >= len(trials):
@@ -142,13 +141,7 @@ def tune_command(
     )
 
     def measure() -> dict[str, float]:
-        reading = np.asarray(info["reading"], np.float64)
-        result = {
-            "mae": float(np.mean(np.abs(reading - target))),
-            "on_screen": float(info["on_screen"]),
-        }
-        result.update(zip(TRANSVERSE, (float(v) for v in reading), strict=True))
-        return result
+        return screen_result(info["reading"], target, bool(info["on_screen"]))
 
     def view(step: int, mae: float) -> Table:
         d = session.diagnostics()

@@ -34,6 +34,7 @@ _LAZY = {
     "Variable": "accelrl.agents.bo.problem",
     "ares_ea_problem": "accelrl.agents.bo.problem",
     "from_protocol": "accelrl.agents.bo.problem",
+    "screen_result": "accelrl.agents.bo.problem",
     "SafetyLayer": "accelrl.agents.bo.safety",
     "TrustRegionConfig": "accelrl.agents.bo.safety",
     "SessionPaused": "accelrl.agents.bo.session",

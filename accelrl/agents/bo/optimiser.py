@@ -22,9 +22,8 @@ import numpy as np
 
 from accelrl.agents.baselines import check_problem
 from accelrl.agents.bo.config import SessionConfig
-from accelrl.agents.bo.problem import from_protocol
+from accelrl.agents.bo.problem import from_protocol, screen_result
 from accelrl.agents.protocol import Observation, Problem
-from accelrl.physics.beam import TRANSVERSE
 
 __all__ = ["PRIORS", "BOOptimiser"]
 
@@ -106,10 +105,7 @@ class BOOptimiser:
             raise RuntimeError("BOOptimiser: call reset(problem) before ask()")
         s = self.session
         magnets = np.asarray(observation.magnets, np.float64)
-        beam = np.asarray(observation.beam, np.float64)
-        mae = float(np.mean(np.abs(beam - np.asarray(observation.target, np.float64))))
-        result = {"mae": mae, "on_screen": 1.0 if observation.on_screen else 0.0}
-        result.update(zip(TRANSVERSE, (float(v) for v in beam), strict=True))
+        result = screen_result(observation.beam, observation.target, observation.on_screen)
         s.ingest(s.problem.named(magnets), result)
         remaining = self._problem.max_steps - int(observation.step)
         if self.return_to_best and not s.pending:

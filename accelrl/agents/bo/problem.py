@@ -274,17 +274,8 @@ def from_protocol(problem: Any, max_step_factor: float | None = 1.0) -> TuningPr
                 "max_step": step,
             }
         )
-    return TuningProblem.create(
-        {
-            "variables": variables,
-            "objective": {"name": "mae", "minimise": True, "log": True, "floor": 1e-9},
-            "constraints": [{"name": "on_screen", "lower": 0.5, "critical": True}],
-            "observables": list(TRANSVERSE),
-            "initial": {
-                n: float(v) for n, v in zip(problem.actuator_names, problem.start, strict=True)
-            },
-        }
-    )
+    initial = dict(zip(problem.actuator_names, problem.start, strict=True))
+    return _screen_tuning_problem(variables, initial)
 
 
 def ares_ea_problem(
@@ -308,12 +299,36 @@ def ares_ea_problem(
         variables.append(
             {"name": a.name, "low": a.low, "high": a.high, "unit": a.unit, "max_step": step}
         )
+    return _screen_tuning_problem(
+        variables, dict(zip([a.name for a in spec.actuators], start, strict=True))
+    )
+
+
+def screen_result(reading: Any, target: Any, on_screen: bool | float) -> dict[str, float]:
+    """The result of one measurement of a screen tuning problem: ``mae`` [m] of the beam
+    reading ``(mu_x, sigma_x, mu_y, sigma_y)`` [m] to the ``target`` [m], ``on_screen``
+    (1 or 0) and the four reading values (the observables)."""
+    beam = np.asarray(reading, np.float64).reshape(-1)
+    result = {
+        "mae": float(np.mean(np.abs(beam - np.asarray(target, np.float64).reshape(-1)))),
+        "on_screen": 1.0 if on_screen else 0.0,
+    }
+    result.update(zip(TRANSVERSE, (float(v) for v in beam), strict=True))
+    return result
+
+
+def _screen_tuning_problem(
+    variables: list[dict[str, Any]], initial: Mapping[str, float]
+) -> TuningProblem:
+    """A transverse tuning problem on a screen: objective the MAE of the beam reading to
+    its target [m], minimised in log; beam on the screen a critical constraint; the four
+    transverse beam parameters recorded as observables."""
     return TuningProblem.create(
         {
             "variables": variables,
             "objective": {"name": "mae", "minimise": True, "log": True, "floor": 1e-9},
             "constraints": [{"name": "on_screen", "lower": 0.5, "critical": True}],
             "observables": list(TRANSVERSE),
-            "initial": dict(zip([a.name for a in spec.actuators], start, strict=True)),
+            "initial": {n: float(v) for n, v in initial.items()},
         }
     )
