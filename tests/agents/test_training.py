@@ -367,10 +367,10 @@ def test_export_refuses_what_it_cannot_represent() -> None:
     venv = make_vec(ARES_EA_ID, 2)
     env = FlattenObservation(SB3VecEnv(venv, normalise_actions=True))
     high = venv.single_action_space.high.astype(np.float64)
-    plain_ppo = PPO("MlpPolicy", env, n_steps=8, batch_size=16, device="cpu")
+    plain_ppo = PPO("MlpPolicy", env, n_steps=8, batch_size=16, device="cpu", seed=0)
     with pytest.raises(ValueError, match="tanh"):
         to_mlp_policy(plain_ppo, None, NAMES, -high, high)
-    td3 = TD3("MlpPolicy", env, policy_kwargs={"net_arch": [8]}, device="cpu")
+    td3 = TD3("MlpPolicy", env, policy_kwargs={"net_arch": [8]}, device="cpu", seed=0)
     with pytest.raises(ValueError, match="symmetric"):
         to_mlp_policy(td3, None, NAMES, np.zeros(5), high)
     with pytest.raises(ValueError, match="the task has 12 and 4"):
