@@ -183,6 +183,8 @@ def controller_overhead(machine, config, steps: int, log_dir: Path, target) -> d
         raise RuntimeError(f"benchmark run aborted: {result.abort_reason}: {result.abort_detail}")
     records = [r for r in read_run(log_dir) if r["type"] == "step" and "total_s" in r["timing"]]
     # step start to the next step's start (the log record included), minus the step's waits
+    if len(records) < 2:
+        raise RuntimeError(f"need >= 2 logged steps to time the loop, got {len(records)}")
     overhead = np.array(
         [
             b["time"] - a["time"] - a["timing"]["wait_s"]
@@ -194,7 +196,7 @@ def controller_overhead(machine, config, steps: int, log_dir: Path, target) -> d
     calls = machine.calls
     steps_run = max(len(records), 1)
     return {
-        "steps": len(records),
+        "steps": len(overhead),  # step-to-step intervals timed
         "calls_per_step": calls / steps_run,
         "ms_per_call": machine.io_s / max(calls, 1) * 1e3,
         "trips_per_step": machine.round_trips / steps_run if machine.counts_trips else None,
@@ -254,6 +256,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20_000, help="inference calls per row")
     parser.add_argument("--steps", type=int, default=40, help="controller steps per machine")
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be >= 2 (the overhead is timed from step to step)")
     torch.set_num_threads(1)
 
     rows = inference(args.calls)

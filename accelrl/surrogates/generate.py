@@ -91,7 +91,9 @@ def run_sample(
 ) -> dict[str, Any]:
     """Run one design sample in this worker; returns the table row (never raises).
 
-    The simulator is built once per worker process and spec.
+    The simulator is built once per worker process and spec; the run uses one numba,
+    OpenMP and BLAS thread (numba's limit applies per calling thread: set here, in the
+    thread that runs the simulation, e.g. a Dask worker's task thread).
     """
     key = json.dumps(spec_dict, sort_keys=True) + f"|{timeout_s}"
     t0 = time.perf_counter()
@@ -99,6 +101,7 @@ def run_sample(
     spec = DatasetSpec.from_dict(dict(spec_dict))
     row.update(fidelity=spec.fidelity_label, simulator=spec.simulator)
     try:
+        limit_threads(1)
         sim = _SIMULATORS.get(key)
         if sim is None:
             sim = _SIMULATORS[key] = make_simulator(spec, timeout_s=timeout_s)

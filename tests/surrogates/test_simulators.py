@@ -156,8 +156,13 @@ def test_fbpic_tiny_stage_is_physical() -> None:
     assert out["bunch_length"] == pytest.approx(np.std(initial.z), rel=0.05)
 
 
-_AFTER_NUMBA_LAUNCH = """
+_PRANGE = """
+import threading
+
 import numba, numpy as np
+from numba.np.ufunc import parallel
+
+from accelrl.surrogates.simulators import limit_threads
 
 @numba.njit(parallel=True)
 def total(x):
@@ -166,23 +171,47 @@ def total(x):
         s += x[i]
     return s
 
-total(np.ones(8))  # launches numba's pool with NUMBA_NUM_THREADS=2
-from accelrl.surrogates.simulators import limit_threads
-limit_threads(1)
-
 @numba.njit
 def plus_one(x):
     return x + 1
-
-assert plus_one(1) == 2  # a compilation after the limit re-reads numba's configuration
-assert numba.get_num_threads() == 1, numba.get_num_threads()
-print("ok")
 """
 
+_AFTER_NUMBA_LAUNCH = (
+    _PRANGE
+    + """
+total(np.ones(8))  # launches numba's pool with NUMBA_NUM_THREADS=2
+limit_threads(1)
+assert plus_one(1) == 2  # a compilation after the limit re-reads numba's configuration
+assert numba.get_num_threads() == 1, numba.get_num_threads()
+seen = []
+def work():  # numba's limit is per thread: a worker thread sets its own
+    limit_threads(1)
+    seen.append(numba.get_num_threads())
+t = threading.Thread(target=work)
+t.start(); t.join()
+assert seen == [1], seen
+print("ok")
+"""
+)
 
-def test_limit_threads_after_numba_launched_its_pool() -> None:
-    """A process whose numba pool is already running (an earlier run, another library)
-    gets one thread per run, and later numba compilations still work."""
+_BEFORE_NUMBA_LAUNCH = (
+    _PRANGE
+    + """
+limit_threads(1)  # numba imported, its pool not started (e.g. before a process pool forks)
+assert not parallel._is_initialized, "limit_threads started numba's pool"
+total(np.ones(8))
+assert plus_one(1) == 2
+assert numba.get_num_threads() == 1 and numba.config.NUMBA_NUM_THREADS == 1
+print("ok")
+"""
+)
+
+
+@pytest.mark.parametrize("script", [_AFTER_NUMBA_LAUNCH, _BEFORE_NUMBA_LAUNCH])
+def test_limit_threads_with_numba_loaded(script: str) -> None:
+    """A process whose numba pool is already running (an earlier run, another library),
+    or imported but not started, gets one thread per run; later compilations still work
+    and the pool is never started by the limit itself (fork safety)."""
     import os
     import subprocess
     import sys
@@ -190,11 +219,7 @@ def test_limit_threads_after_numba_launched_its_pool() -> None:
     pytest.importorskip("numba")
     env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
     out = subprocess.run(
-        [sys.executable, "-c", _AFTER_NUMBA_LAUNCH],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 

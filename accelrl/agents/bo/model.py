@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -54,6 +55,13 @@ def _raw_calibration(module: CalibratedMean) -> torch.Tensor:
     return module.prior_mean.prior.calibration_vector()
 
 
+def is_calibrated(prior: nn.Module | None) -> bool:
+    """Whether a session calibrates ``prior``: it exposes ``calibration_vector()`` (the
+    calibration protocol of :class:`~accelrl.agents.bo.prior.BeamlinePrior`); its trainable
+    parameters are then fitted with the GP. Any other module is used as it is."""
+    return prior is not None and callable(getattr(prior, "calibration_vector", None))
+
+
 class PriorMean(Mean):
     """A prior module over named physical inputs as a GP mean over normalised inputs.
 
@@ -62,7 +70,8 @@ class PriorMean(Mean):
         or a tuple whose first element is that, e.g. a surrogate's ``(mean, std, ...)``).
         Only a module with ``calibration_vector()`` (e.g.
         :class:`~accelrl.agents.bo.prior.BeamlinePrior`) is calibrated: its trainable
-        parameters are fitted with the GP. Any other module is used as it is, never changed.
+        parameters are fitted with the GP. Any other module is used through a frozen copy
+        in evaluation mode (``prior`` is that copy); the caller's module is never changed.
     :param names: The problem's variable names, in GP-input order.
     :param low: Lower bounds ``[d]`` (SI) that normalised 0 maps to.
     :param high: Upper bounds ``[d]`` (SI) that normalised 1 maps to.
@@ -102,13 +111,20 @@ class PriorMean(Mean):
                 )
         if sign not in (1.0, -1.0):
             raise ValueError(f"sign must be +1 or -1, got {sign}")
-        if callable(getattr(prior, "calibration_vector", None)):
+        if is_calibrated(prior):
             self.prior = prior  # a submodule: its trainable parameters are the calibration
         else:
-            # Any other module (a surrogate, a fixed model) is held outside the module tree:
-            # its parameters are neither fitted with the GP nor saved, and the GP's
-            # train()/eval() leaves its mode alone.
-            object.__setattr__(self, "prior", prior)
+            # Any other module (a surrogate, a fixed model) is used through a frozen copy in
+            # evaluation mode, held outside the module tree: the GP's fits neither change nor
+            # accumulate gradients on the caller's module, and its state is not saved.
+            try:
+                frozen = copy.deepcopy(prior)
+            except Exception as err:
+                raise ValueError(
+                    f"prior {type(prior).__name__} cannot be copied ({err}); a prior without "
+                    "calibration_vector() is used through a frozen copy"
+                ) from err
+            object.__setattr__(self, "prior", frozen.requires_grad_(False).eval())
         self.names = tuple(names)
         self.input_names = tuple(input_names)
         self.columns = columns
@@ -221,9 +237,7 @@ class CalibratedMean(Mean):
         self.register_prior("scale_prior", NormalPrior(0.0, 0.5), "log_scale")
         self.register_prior("offset_prior", NormalPrior(0.0, 1.0), "offset")
         prior = prior_mean.prior
-        if hasattr(prior, "calibration_vector") and any(
-            p.requires_grad for p in prior.parameters()
-        ):
+        if is_calibrated(prior) and any(p.requires_grad for p in prior.parameters()):
             self.register_prior("calibration_prior", NormalPrior(0.0, 1.0), _raw_calibration)
 
     def set_observables(self, x: torch.Tensor, values: torch.Tensor) -> None:

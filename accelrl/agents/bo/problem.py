@@ -304,14 +304,15 @@ def ares_ea_problem(
     )
 
 
-def screen_result(reading: Any, target: Any, on_screen: bool | float) -> dict[str, float]:
+def screen_result(reading: Any, target: Any, on_screen: bool) -> dict[str, float]:
     """The result of one measurement of a screen tuning problem: ``mae`` [m] of the beam
     reading ``(mu_x, sigma_x, mu_y, sigma_y)`` [m] to the ``target`` [m], ``on_screen``
-    (1 or 0) and the four reading values (the observables)."""
+    (1 when ``on_screen`` is true or 1, else 0: an unknown state is not on the screen) and
+    the four reading values (the observables)."""
     beam = np.asarray(reading, np.float64).reshape(-1)
     result = {
         "mae": float(np.mean(np.abs(beam - np.asarray(target, np.float64).reshape(-1)))),
-        "on_screen": 1.0 if on_screen else 0.0,
+        "on_screen": 1.0 if on_screen is True or on_screen == 1 else 0.0,
     }
     result.update(zip(TRANSVERSE, (float(v) for v in beam), strict=True))
     return result

@@ -37,6 +37,7 @@ from accelrl.agents.bo.model import (
     _pearson,
     fit_gp,
     fit_models,
+    is_calibrated,
 )
 from accelrl.agents.bo.problem import ProblemError, TuningProblem
 from accelrl.agents.bo.safety import SafetyLayer
@@ -456,7 +457,8 @@ class TuningSession:
         torch.save(
             {
                 "states": self._states,
-                "prior": None if self.prior is None else self.prior.state_dict(),
+                # a calibrated prior's parameters; any other prior is never changed
+                "prior": self.prior.state_dict() if is_calibrated(self.prior) else None,
             },
             path / "model.pt",
         )

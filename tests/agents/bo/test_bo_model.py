@@ -173,9 +173,10 @@ def test_multi_output_and_tuple_priors() -> None:
         bad(x)
 
 
-def test_a_prior_without_calibration_is_never_changed(toy_problem) -> None:
+def test_a_prior_without_calibration_is_never_changed(toy_problem, tmp_path) -> None:
     """A module prior with its own (trainable) parameters and no ``calibration_vector()``,
-    e.g. a learned surrogate: the session's fits leave its weights and mode alone."""
+    e.g. a learned surrogate: the session works on a frozen copy in evaluation mode and
+    leaves the caller's weights, gradients and mode alone; its state is not saved."""
     from bo_testlib import FAST, bowl_value
 
     from accelrl.agents.bo.session import TuningSession
@@ -203,6 +204,9 @@ def test_a_prior_without_calibration_is_never_changed(toy_problem) -> None:
     assert not prior.training
     for k, v in prior.state_dict().items():
         assert torch.equal(v, before[k]), k
-    held = PriorMean(prior, ["a", "b"], [-1.0, -8.0], [1.0, 8.0])
-    assert held.prior is prior and list(held.parameters()) == []
-    assert not any("layer" in k for k in held.state_dict())
+    assert all(p.grad is None for p in prior.parameters())  # no gradients piled up
+    session.save(tmp_path / "s")
+    assert torch.load(tmp_path / "s" / "model.pt", weights_only=False)["prior"] is None
+    held = PriorMean(prior.train(), ["a", "b"], [-1.0, -8.0], [1.0, 8.0])
+    assert held.prior is not prior and not held.prior.training and prior.training
+    assert list(held.parameters()) == [] and not any("layer" in k for k in held.state_dict())
