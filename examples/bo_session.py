@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from accelrl.agents.bo import BeamlinePrior, TuningSession, ares_ea_problem
+from accelrl.agents.bo import BeamlinePrior, TuningSession, ares_ea_problem, screen_result
 from accelrl.envs import TASKS, TransverseTuningEnv, load_trials
-from accelrl.physics.beam import TRANSVERSE
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--trial", type=int, default=30, help="trial of the published set")
@@ -36,12 +35,9 @@ target = np.asarray(info["target"])
 
 
 def measure() -> dict[str, float]:
-    """What the control system reports: MAE to the target [m], the reading, beam on screen."""
-    reading = np.asarray(info["reading"])
-    mae = float(np.mean(np.abs(reading - target)))
-    result = {"mae": mae, "on_screen": float(info["on_screen"])}
-    result.update(zip(TRANSVERSE, map(float, reading), strict=True))
-    return result
+    """What the control system reports: MAE to the target [m], beam on screen, the reading
+    (mu_x, sigma_x, mu_y, sigma_y) [m] that the prior's calibration also fits."""
+    return screen_result(info["reading"], target, bool(info["on_screen"]))
 
 
 # 2. The problem: five magnets with hard bounds and a max step of 10 % of the range per move;

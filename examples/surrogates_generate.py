@@ -2,7 +2,7 @@
 
 Runs a 16-sample scrambled Sobol design of a 1 cm laser-plasma stage with an injected
 witness bunch (Wake-T quasi-static 2D r-z model with laser-envelope evolution) on two
-worker processes, resumably, into ``surrogates_example/``; then loads the table, prints the
+worker processes, resumably, into ``runs/surrogates_example/``; then loads the table, prints the
 outputs of the settings that ran and re-simulates the best one in this process.
 
 Needs the ``[surrogates]`` extra (Wake-T). The first run in a fresh environment compiles
@@ -20,7 +20,7 @@ from accelrl.surrogates.generate import generate
 from accelrl.surrogates.simulators import make_simulator
 from accelrl.surrogates.spec import DatasetSpec
 
-OUT = Path("surrogates_example")
+OUT = Path("runs/surrogates_example")
 
 # 1. The dataset spec: the shipped one, with a shorter stage and a smaller design.
 shipped = DatasetSpec.from_yaml(
