@@ -8,6 +8,13 @@ Examples::
 
     accelrl tune --machine sim:ares-ea --trial 30 --prior physics --steps 75 --out runs/tune30
     accelrl tune --machine sim:ares-ea --trial 30 --prior none --acquisition ucb --out runs/ucb
+    accelrl tune --machine deploy/sim_ares_ea.yaml --trial 30 --out runs/tune-machine
+    accelrl tune --machine deploy/virtual_ares_ea_machine.yaml --target 0,1e-4,0,1e-4 \
+        --ca-address 127.0.0.1:5064 --mode confirm --out runs/tune-ca
+
+With a machine config (``deploy/*.yaml``: the simulation or an EPICS machine) the session runs
+in the deploy controller: every write through the safety layer, modes shadow / confirm / auto,
+the run log in ``--out``/run, rollback on an abort (exit status 3).
 
 Writes into ``--out``: the session (``problem.json``, ``session.json``, ``data.csv``,
 ``model.pt``; resumable with :meth:`accelrl.agents.bo.TuningSession.load`), ``summary.json``,
@@ -30,8 +37,16 @@ from rich.markup import escape
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
-#: Machines ``--machine`` accepts.
+#: Built-in machines ``--machine`` accepts (besides a machine config file).
 MACHINES: tuple[str, ...] = ("sim:ares-ea",)
+
+
+class ModeChoice(StrEnum):
+    """How a session on a machine config acts (see ``accelrl deploy run``)."""
+
+    shadow = "shadow"
+    confirm = "confirm"
+    auto = "auto"
 
 
 class PriorChoice(StrEnum):
@@ -73,7 +88,12 @@ def tune_command(
         typer.Option("--out", file_okay=False, help="Output directory.", show_default=False),
     ],
     machine: Annotated[
-        str, typer.Option("--machine", help=f"Machine to tune; one of {', '.join(MACHINES)}.")
+        str,
+        typer.Option(
+            "--machine",
+            help=f"Machine to tune: {', '.join(MACHINES)}, or a machine config (deploy/*.yaml: "
+            "simulation or EPICS, through the deploy safety layer).",
+        ),
     ] = "sim:ares-ea",
     trial: Annotated[
         int,
@@ -102,11 +122,38 @@ def tune_command(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show the live display.")
     ] = True,
+    mode: Annotated[
+        ModeChoice | None,
+        typer.Option(
+            "--mode",
+            help="Machine config only: shadow (never write), confirm (ask per step) or auto; "
+            "default auto for a simulated machine, confirm otherwise.",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            help="Machine config only: target mu_x,sigma_x,mu_y,sigma_y [m] (default for a "
+            "simulated machine: the trial's).",
+        ),
+    ] = None,
+    ca_address: Annotated[
+        list[str] | None,
+        typer.Option("--ca-address", help="Machine config, ca/pva: search only HOST[:PORT]."),
+    ] = None,
 ) -> None:
     """Tune a machine with Bayesian optimisation (BoTorch) and a physics-informed prior."""
+    if machine not in MACHINES and Path(machine).suffix in (".yaml", ".yml"):
+        _tune_machine_config(
+            out, Path(machine), trial, prior, acquisition, steps, budget, seed, mode, target,
+            ca_address,
+        )  # fmt: skip
+        return
     if machine not in MACHINES:
         err_console.print(
-            f"[bold red]error:[/] --machine {escape(machine)!s} is not one of {list(MACHINES)}"
+            f"[bold red]error:[/] --machine {escape(machine)!s} is not one of {list(MACHINES)} "
+            "nor a machine config (.yaml)"
         )
         raise typer.Exit(1)
     import numpy as np
@@ -211,3 +258,97 @@ def tune_command(
         f"wrote {escape(str(out))}/: problem.json, session.json, data.csv, model.pt, "
         "summary.json, objective.png, slices.png"
     )
+
+
+def _tune_machine_config(
+    out: Path,
+    path: Path,
+    trial: int,
+    prior: PriorChoice,
+    acquisition: AcquisitionChoice,
+    steps: int,
+    budget: float,
+    seed: int,
+    mode: ModeChoice | None,
+    target: str | None,
+    ca_address: list[str] | None,
+) -> None:
+    """A BO session on the machine of a machine config, run by the deploy controller: every
+    write through the safety layer, logged; an abort rolls the knobs back."""
+    from accelrl.agents.bo import BOOptimiser
+    from accelrl.agents.bo.plots import plot_objective, plot_slices
+    from accelrl.agents.machine_source import OptimiserSource
+    from accelrl.deploy.cli import EXIT_ABORTED, build_machine, parse_floats, print_run_result
+    from accelrl.deploy.config import MachineConfigError, load_machine_config
+    from accelrl.deploy.controller import Controller, StopReason
+    from accelrl.deploy.safety import SafetyLayer
+
+    if not path.is_file():
+        err_console.print(f"[bold red]error:[/] machine config {escape(str(path))} not found")
+        raise typer.Exit(2)
+    try:
+        config = load_machine_config(path)
+    except MachineConfigError as err:
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    target_values = parse_floats(target, 4, "'--target'") if target is not None else None
+    mach, sim_target = build_machine(config, trial, None, 0.0, 0.0, seed, ca_address)
+    if target_values is None:
+        if sim_target is None:
+            mach.close()
+            raise typer.BadParameter(
+                f"machine {config.name!r} ({config.transport}) needs a target",
+                param_hint="'--target'",
+            )
+        target_values = [sim_target[n] for n in ("mu_x", "sigma_x", "mu_y", "sigma_y")]
+    run_mode = (
+        mode.value if mode is not None else ("auto" if config.transport == "sim" else "confirm")
+    )
+    optimiser = BOOptimiser(prior=prior.value, acquisition=acquisition.value, budget_s=budget)
+    log_dir = out / "run"
+    if (log_dir / "run.jsonl").exists():
+        mach.close()
+        raise typer.BadParameter(f"{out} already holds a run", param_hint="'--out'")
+    try:
+        source = OptimiserSource(config, optimiser, max_steps=steps, seed=seed)
+        controller = Controller(
+            source, mach, SafetyLayer(mach, config), run_mode, target=target_values,
+            max_steps=steps, log_dir=log_dir,
+        )  # fmt: skip
+    except ValueError as err:
+        mach.close()
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"BO ({prior.value} prior) on {config.name} ({config.transport}), {run_mode} mode, up to "
+        f"{steps} steps; log: {log_dir}",
+        highlight=False,
+    )
+    try:
+        result = controller.run()
+    finally:
+        mach.close()
+    session = optimiser.session
+    written = ["run/"]
+    if session is not None and session.rows:
+        session.save(out)
+        plot_objective(session, out / "objective.png")
+        plot_slices(session, out / "slices.png")
+        written += ["problem.json", "session.json", "data.csv", "model.pt", "objective.png",
+                    "slices.png"]  # fmt: skip
+    summary = {
+        "machine": config.name,
+        "machine_config": str(path),
+        "transport": config.transport,
+        "mode": run_mode,
+        "prior": prior.value,
+        "acquisition": acquisition.value,
+        "steps": steps,
+        "run": result.summary,
+        "diagnostics": None if session is None else session.diagnostics(),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print_run_result(console, result, log_dir, title="accelrl tune")
+    console.print(f"wrote {escape(str(out))}/: {', '.join([*written, 'summary.json'])}")
+    if result.reason is StopReason.abort:
+        raise typer.Exit(EXIT_ABORTED)

@@ -48,7 +48,8 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _floats(text: str, n: int, option: str) -> list[float]:
+def parse_floats(text: str, n: int, option: str) -> list[float]:
+    """``n`` comma-separated numbers of a command-line option (``BadParameter`` otherwise)."""
     try:
         values = [float(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
@@ -121,7 +122,7 @@ def export_command(
 
 
 # ---------------------------------------------------------------------- deploy run
-def _build_machine(
+def build_machine(
     config: Any,
     trial: int,
     trials: Path | None,
@@ -148,6 +149,30 @@ def _build_machine(
     from accelrl.deploy.epics import EpicsMachine  # numpy + caproto only
 
     return EpicsMachine(config, addresses=addresses), None
+
+
+def print_run_result(console: Any, result: Any, log_dir: Path, title: str = "deploy run") -> None:
+    """The table of a controller run (steps, writes, final errors, abort and rollback)."""
+    from rich.table import Table
+
+    table = Table(title=f"{title}: {result.reason.value}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("steps", str(result.steps))
+    table.add_row("writes", str(result.writes))
+    if result.final_error is not None:
+        for name, value in result.final_error.items():
+            table.add_row(f"final {name} - target", f"{value * 1e6:+.1f} um")
+    if result.abort_reason is not None:
+        table.add_row("abort", f"{result.abort_reason.value}: {result.abort_detail}")
+        rb = result.rollback or {}
+        table.add_row(
+            "rollback",
+            f"{'complete' if rb.get('complete') else 'INCOMPLETE'} in {rb.get('writes', 0)} "
+            f"writes {rb.get('detail', '')}",
+        )
+    console.print(table)
+    console.print(f"log: {log_dir}", highlight=False)
 
 
 def deploy_run_command(
@@ -212,7 +237,6 @@ def deploy_run_command(
     """Run a policy bundle on a machine through the safety layer (shadow, confirm or auto),
     logging every step; aborts roll the knobs back to their initial settings."""
     from rich.console import Console
-    from rich.table import Table
 
     from accelrl.deploy.bundle import BundleError
     from accelrl.deploy.config import MachineConfigError, load_machine_config
@@ -226,10 +250,10 @@ def deploy_run_command(
         policy = OnnxPolicy(bundle)
     except (MachineConfigError, BundleError) as err:
         raise _fail(str(err)) from None
-    target_values = _floats(target, 4, "'--target'") if target is not None else None
-    thr = _floats(thresholds, 4, "'--thresholds'") if thresholds is not None else None
+    target_values = parse_floats(target, 4, "'--target'") if target is not None else None
+    thr = parse_floats(thresholds, 4, "'--thresholds'") if thresholds is not None else None
     try:
-        mach, sim_target = _build_machine(
+        mach, sim_target = build_machine(
             config, trial, trials, settle_delay, reading_noise, seed, ca_address
         )
     except ValueError as err:
@@ -269,24 +293,7 @@ def deploy_run_command(
         result = controller.run()
     finally:
         mach.close()
-    table = Table(title=f"deploy run: {result.reason.value}")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
-    table.add_row("steps", str(result.steps))
-    table.add_row("writes", str(result.writes))
-    if result.final_error is not None:
-        for name, value in result.final_error.items():
-            table.add_row(f"final {name} - target", f"{value * 1e6:+.1f} um")
-    if result.abort_reason is not None:
-        table.add_row("abort", f"{result.abort_reason.value}: {result.abort_detail}")
-        rb = result.rollback or {}
-        table.add_row(
-            "rollback",
-            f"{'complete' if rb.get('complete') else 'INCOMPLETE'} in {rb.get('writes', 0)} "
-            f"writes {rb.get('detail', '')}",
-        )
-    console.print(table)
-    console.print(f"log: {log_dir}", highlight=False)
+    print_run_result(console, result, log_dir)
     if result.reason is StopReason.abort:
         raise typer.Exit(EXIT_ABORTED)
 

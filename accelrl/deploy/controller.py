@@ -44,15 +44,35 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from accelrl.deploy.bundle import BundleError
 from accelrl.deploy.machine import Machine
 from accelrl.deploy.runlog import RunLog
-from accelrl.deploy.runtime import OnnxPolicy
+from accelrl.deploy.runtime import ActionSpec, OnnxPolicy
 from accelrl.deploy.safety import AbortReason, Proposal, SafetyAbort, SafetyLayer
+
+
+@runtime_checkable
+class ActionSource(Protocol):
+    """What proposes the controller's actions: an :class:`~accelrl.deploy.runtime.OnnxPolicy`
+    or anything with the same three members (e.g. a BO session,
+    :class:`accelrl.agents.bo.proposer.SessionProposer`)."""
+
+    @property
+    def spec(self) -> ActionSpec:
+        """The interface (knobs, beam names, action mode, limits, thresholds, provenance)."""
+        ...
+
+    def observation(self, beam: np.ndarray, magnets: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """The input of :meth:`act1` from the beam reading, the readbacks and the target."""
+        ...
+
+    def act1(self, observation: np.ndarray) -> np.ndarray:
+        """The action ``[K]`` (SI) for one input."""
+        ...
 
 
 class Mode(StrEnum):
@@ -169,7 +189,8 @@ class _OperatorAbort(Exception):
 class Controller:
     """Runs a policy bundle on a machine (see the module documentation).
 
-    :param bundle: The verified policy (or a bundle directory, loaded and verified here).
+    :param bundle: The verified policy (or a bundle directory, loaded and verified here), or
+        any other :class:`ActionSource` (e.g. a BO session).
     :param machine: The machine.
     :param safety: Its safety layer (e.g. :meth:`SafetyLayer.for_bundle`); its limits must
         lie within the bundle's knob limits.
@@ -192,7 +213,7 @@ class Controller:
 
     def __init__(
         self,
-        bundle: OnnxPolicy | str | Path,
+        bundle: ActionSource | str | Path,
         machine: Machine,
         safety: SafetyLayer,
         mode: Mode | str = Mode.shadow,
@@ -208,8 +229,8 @@ class Controller:
         plot: bool = True,
         fsync: bool = True,
     ) -> None:
-        self.policy = bundle if isinstance(bundle, OnnxPolicy) else OnnxPolicy(bundle)
-        m = self.policy.manifest
+        self.policy: ActionSource = OnnxPolicy(bundle) if isinstance(bundle, str | Path) else bundle
+        m = self.policy.spec
         if mode not in tuple(Mode):
             raise ValueError(f"mode must be one of {[m.value for m in Mode]}, got {mode!r}")
         self.mode = Mode(mode)
@@ -229,12 +250,12 @@ class Controller:
                 f"bundle was trained on {m.env_id!r}; machine {safety.config.name!r} provides "
                 f"{safety.config.env_id!r}"
             )
-        for k in m.knobs:
-            lim = safety.limits[k.name]
-            if lim.low < k.low or lim.high > k.high:
+        for name, (low, high) in m.knob_limits.items():
+            lim = safety.limits[name]
+            if lim.low < low or lim.high > high:
                 raise ValueError(
-                    f"safety limits of {k.name} [{lim.low}, {lim.high}] are wider than the "
-                    f"bundle's [{k.low}, {k.high}]; build the layer with SafetyLayer.for_bundle"
+                    f"safety limits of {name} [{lim.low}, {lim.high}] are wider than the "
+                    f"{m.source}'s [{low}, {high}]; build the layer with SafetyLayer.for_bundle"
                 )
         self.beam_names = m.beam_names
         self.knob_names = m.knob_names
@@ -295,14 +316,15 @@ class Controller:
 
     # ------------------------------------------------------------------ run
     def _start_record(self, initial: dict[str, float] | None) -> dict[str, Any]:
-        m = self.policy.manifest
+        m = self.policy.spec
         return {
             "type": "start",
             "time": time.time(),
             "mode": self.mode.value,
             "machine": self.safety.config.name,
             "transport": self.safety.config.transport,
-            "bundle": str(self.policy.path),
+            "source": m.source,
+            "bundle": m.location,
             "env_id": m.env_id,
             "bundle_sha256": dict(m.files),
             "action_mode": m.action_mode,
@@ -337,7 +359,7 @@ class Controller:
                 log.write(record)
 
         safety, policy, mode = self.safety, self.policy, self.mode
-        action_mode = policy.manifest.action_mode
+        action_mode = policy.spec.action_mode
         reason: StopReason | None = None
         abort: SafetyAbort | None = None
         initial: dict[str, float] | None = None
@@ -487,7 +509,8 @@ class Controller:
             "reason": reason.value,
             "mode": self.mode.value,
             "machine": self.safety.config.name,
-            "bundle": str(self.policy.path),
+            "source": self.policy.spec.source,
+            "bundle": self.policy.spec.location,
             "steps": step,
             "writes": writes,
             "abort": None

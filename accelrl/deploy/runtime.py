@@ -20,6 +20,8 @@ This module needs numpy and onnxruntime only (no torch, no onnx).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,34 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     return opts
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    """What the controller needs to know of whatever proposes its actions (a policy bundle,
+    a BO session): the interface and where it came from.
+
+    :param env_id: Environment (task) whose knobs and observations it uses.
+    :param knob_names: Knobs in action order.
+    :param beam_names: Beam reading names (``mu_x, sigma_x, mu_y, sigma_y``).
+    :param action_mode: ``"delta"`` (changes) or ``"direct"`` (settings).
+    :param knob_limits: Knob -> ``(low, high)`` (SI) the source may ask for; the safety
+        layer's limits must lie within them.
+    :param target_thresholds: Default "target reached" thresholds on ``|beam - target|`` [m].
+    :param source: What proposes the actions, for the run log (e.g. ``"bundle"``, ``"bo"``).
+    :param location: Where it came from (bundle directory, session folder), or ``None``.
+    :param files: File name -> sha256 of its files (a bundle), for the run log.
+    """
+
+    env_id: str
+    knob_names: tuple[str, ...]
+    beam_names: tuple[str, ...]
+    action_mode: str
+    knob_limits: Mapping[str, tuple[float, float]]
+    target_thresholds: tuple[float, ...]
+    source: str
+    location: str | None = None
+    files: Mapping[str, str] = field(default_factory=dict)
 
 
 class OnnxPolicy:
@@ -209,6 +239,22 @@ class OnnxPolicy:
         return self._y1[0].copy()
 
     __call__ = act1
+
+    @property
+    def spec(self) -> ActionSpec:
+        """The bundle's interface for the controller (:class:`ActionSpec`)."""
+        m = self.manifest
+        return ActionSpec(
+            env_id=m.env_id,
+            knob_names=m.knob_names,
+            beam_names=m.beam_names,
+            action_mode=m.action_mode,
+            knob_limits={k.name: (k.low, k.high) for k in m.knobs},
+            target_thresholds=tuple(m.target_thresholds),
+            source="bundle",
+            location=str(self.path),
+            files=dict(m.files),
+        )
 
     def observation(self, beam: np.ndarray, magnets: np.ndarray, target: np.ndarray) -> np.ndarray:
         """The raw flat observation ``[beam (4) m, magnets (K) SI, target (4) m]``."""
