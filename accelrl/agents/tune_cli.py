@@ -150,6 +150,12 @@ def tune_command(
             ca_address,
         )  # fmt: skip
         return
+    if mode is not None or target is not None or ca_address:
+        err_console.print(
+            "[bold red]error:[/] --mode, --target and --ca-address apply to a machine config "
+            f"(deploy/*.yaml), not to {escape(machine)!s}"
+        )
+        raise typer.Exit(2)
     if machine not in MACHINES:
         err_console.print(
             f"[bold red]error:[/] --machine {escape(machine)!s} is not one of {list(MACHINES)} "

@@ -112,3 +112,5 @@ def test_tune_command_on_a_machine_config(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "needs a target" in result.output
     result = runner.invoke(app, ["tune", "--machine", "nowhere.yaml", "--out", str(out / "y")])
     assert result.exit_code == 2 and "not found" in result.output
+    result = runner.invoke(app, ["tune", "--mode", "auto", "--out", str(out / "z")])
+    assert result.exit_code == 2 and "apply to a machine config" in result.output
