@@ -51,6 +51,9 @@ class OptimiserSource:
     :param seed: Seed of the optimiser's randomness.
     :param target_thresholds: "Target reached" thresholds [m]; default the task's.
     :raises ValueError: If the config lacks the beam observations or ``max_steps < 1``.
+
+    A source serves one controller run (its first :meth:`act1` starts the optimiser's
+    problem); build a new one for the next run.
     """
 
     def __init__(
