@@ -227,3 +227,46 @@ def test_disconnect_aborts_without_hanging(va, policy, tmp_path):
     assert result.rollback is not None
     if not result.rollback["complete"]:
         assert result.rollback["detail"]
+
+
+def _bo_run(ioc: Any, log_dir: Path, steps: int, fault: str | None = None) -> Any:
+    """A BO session (physics prior) as the controller's action source over CA."""
+    from accelrl.agents.bo import BOOptimiser
+    from accelrl.agents.machine_source import OptimiserSource
+    from accelrl.deploy.epics import EpicsMachine
+
+    config = fast_config(ioc)
+    machine = EpicsMachine(config, addresses=[ioc.address])
+    machine.connect(timeout=5.0)
+    safety = SafetyLayer(machine, config)
+    # a generous time budget: the suggestions do not depend on the machine's load
+    source = OptimiserSource(config, BOOptimiser(prior="physics", budget_s=5.0), max_steps=steps)
+    controller = Controller(
+        source, machine, safety, "auto", target=target_of(30), max_steps=steps,
+        log_dir=log_dir, plot=False,
+    )  # fmt: skip
+    if fault is not None:
+        controller.stop_callback = fault_after_first_write(ioc, safety, fault)
+    try:
+        return controller.run()
+    finally:
+        machine.close()
+
+
+def test_bo_session_tunes_the_virtual_machine_and_rolls_back(va, tmp_path):
+    """``accelrl tune --machine deploy/*.yaml`` over Channel Access: the BO session tunes the
+    virtual ARES-EA through the safety layer, and an interlock after its first write aborts
+    the run and rolls the knobs back."""
+    pytest.importorskip("botorch")
+    initial_mae = va.true_mae()
+    result = _bo_run(va, tmp_path / "tune", steps=8)
+    assert result.abort_reason is None, result.abort_detail
+    assert result.writes >= 3 and va.put_count() >= result.writes
+    assert va.true_mae() < 0.5 * initial_mae
+    logged = [r for r in read_run(tmp_path / "tune") if r["type"] == "step" and r.get("writes")]
+    assert len(logged) == result.writes  # every write is in the log
+    va.reset()
+    result = _bo_run(va, tmp_path / "fault", steps=8, fault="interlock")
+    assert result.abort_reason is AbortReason.interlock, result.abort_detail
+    assert result.rollback is not None and result.rollback["complete"], result.rollback
+    va.set_faults()
