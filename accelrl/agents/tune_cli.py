@@ -288,6 +288,7 @@ def _tune_machine_config(
     from accelrl.deploy.config import MachineConfigError, load_machine_config
     from accelrl.deploy.controller import Controller, StopReason
     from accelrl.deploy.safety import SafetyLayer
+    from accelrl.physics.beam import TRANSVERSE
 
     if not path.is_file():
         err_console.print(f"[bold red]error:[/] machine config {escape(str(path))} not found")
@@ -306,7 +307,7 @@ def _tune_machine_config(
                 f"machine {config.name!r} ({config.transport}) needs a target",
                 param_hint="'--target'",
             )
-        target_values = [sim_target[n] for n in ("mu_x", "sigma_x", "mu_y", "sigma_y")]
+        target_values = [sim_target[n] for n in TRANSVERSE]
     run_mode = (
         mode.value if mode is not None else ("auto" if config.transport == "sim" else "confirm")
     )
