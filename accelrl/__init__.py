@@ -8,12 +8,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from accelrl import _moved
 from accelrl.registration import register_all
 
 __version__ = "0.1.0"
 __all__ = ["envs", "physics", "__version__"]
 
 register_all()
+_moved.install()
 
 
 def __getattr__(name: str) -> Any:

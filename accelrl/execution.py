@@ -15,9 +15,11 @@ address; ``[cluster]`` extra) or any executor passed in. :func:`package_versions
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,72 @@ from typing import TypeVar
 ExecutorArg = str | cf.Executor | None
 
 _Missing = TypeVar("_Missing", str, None)
+
+
+#: Thread-count variables set to 1 in every worker, before numba/BLAS load.
+THREAD_VARS: tuple[str, ...] = (
+    "NUMBA_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "WAKET_NUM_THREADS",
+)
+
+
+def limit_threads(n: int = 1) -> None:
+    """Use ``n`` numba, OpenMP, BLAS and torch threads in this process (numba: in this thread).
+
+    Call before Wake-T, FBPIC or numpy's BLAS do their work, in the thread that runs them.
+    Before numba's thread pool has started, ``NUMBA_NUM_THREADS`` sizes it (if numba is
+    already imported, its configuration and the pool size it will start with are updated;
+    the pool is not started here, so a process pool may still fork safely). Once the pool
+    runs, that variable is left as it is -- numba refuses a changed pool size and checks it
+    at every compilation -- and ``numba.set_num_threads`` limits the threads the calling
+    thread uses.
+
+    :param n: Number of threads (>= 1).
+    :raises ValueError: For ``n < 1``.
+    """
+    if n < 1:
+        raise ValueError(f"thread count must be >= 1, got {n}")
+    numba_loaded = "numba" in sys.modules
+    launched = numba_loaded and _numba_pool_started()
+    for var in THREAD_VARS:
+        if not (launched and var == "NUMBA_NUM_THREADS"):
+            os.environ[var] = str(n)
+    if numba_loaded:
+        import numba
+
+        with contextlib.suppress(Exception):  # e.g. no threading layer: numba's own error later
+            if launched:
+                numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+            else:
+                from numba.np.ufunc import parallel
+
+                numba.config.reload_config()
+                # the pool size numba read when it was imported, used when the pool starts
+                parallel.NUM_THREADS = numba.config.NUMBA_NUM_THREADS
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    if "torch" in sys.modules:  # a torch imported later reads OMP_NUM_THREADS
+        sys.modules["torch"].set_num_threads(n)
+
+
+def _numba_pool_started() -> bool:
+    """Whether numba's thread pool runs in this process (``True`` when unknown: then its
+    size is never changed)."""
+    try:
+        from numba.np.ufunc import parallel
+    except ImportError:
+        return True
+    return bool(getattr(parallel, "_is_initialized", True))
+
+
+def one_thread() -> None:
+    """Executor initializer: :func:`limit_threads` ``(1)`` in every worker (picklable)."""
+    limit_threads(1)
 
 
 @contextmanager

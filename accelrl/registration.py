@@ -11,23 +11,25 @@ from pathlib import Path
 import gymnasium as gym
 import yaml
 
+from accelrl.names import ARES_EA_ID, LPA_HYBRID_ID, LPA_TUNING_ID
+
 _DATA = Path(__file__).resolve().parent / "data"
 
 #: Registered id -> (entry point, task spec file in ``accelrl/data``).
 ENVIRONMENTS: dict[str, tuple[str, str]] = {
-    "accelrl/AresEATransverseTuning-v0": ("accelrl.envs.ares_ea:AresEATransverseTuning", "ares_ea"),
+    ARES_EA_ID: ("accelrl.envs.ares_ea:AresEATransverseTuning", "ares_ea"),
 }
 
 
 #: Registered id -> (entry point, vector entry point, max_episode_steps) of environments
 #: configured in code (surrogate-based tasks, no task spec file).
 CODE_ENVIRONMENTS: dict[str, tuple[str, str, int]] = {
-    "accelrl/LPATuning-v0": (
+    LPA_TUNING_ID: (
         "accelrl.envs.lpa:LPATuningEnv",
         "accelrl.envs.lpa_vector:LPATuningVectorEnv",
         50,
     ),
-    "accelrl/LPAHybridBeamline-v0": (
+    LPA_HYBRID_ID: (
         "accelrl.envs.hybrid:HybridBeamlineEnv",
         "accelrl.envs.hybrid:HybridBeamlineVectorEnv",
         50,

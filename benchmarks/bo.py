@@ -1,7 +1,7 @@
 """BO on ARES-EA with a constant mean, the calibrated physics prior and a wrong prior.
 
 Runs, in one process pool (one torch thread per worker), 30 fixed trials of the published
-set (indices 30, 39, ..., 291; ``../shared/benchmarks/README.md``) for 75 steps each under
+set (indices 30, 39, ..., 291; the published evaluation set) for 75 steps each under
 the evaluation protocol (:mod:`accelrl.agents.evaluation`: direct settings, standard start,
 ``seed + trial.index``), with three priors of :class:`accelrl.agents.bo.BOOptimiser`:
 
@@ -51,7 +51,7 @@ def run_trial(variant: str, index: int, steps: int) -> dict[str, Any]:
     """One trial of one variant under the evaluation protocol (worker side)."""
     from accelrl.agents.bo import BOOptimiser
     from accelrl.agents.evaluation import evaluation_env, observation, trial_problem, trial_seed
-    from accelrl.agents.metrics import trial_metrics
+    from accelrl.agents.evaluation.metrics import trial_metrics
     from accelrl.envs import load_trials
 
     trial = load_trials()[index]

@@ -5,7 +5,7 @@ thread, ``ORT_SEQUENTIAL``):
 
 * **policy inference, batch 1** (p50/p99 over ``--calls`` calls after a warm-up) of the
   shipped policy (``agents/apg-ares-ea``, MLP [128, 128] tanh):
-  onnxruntime through :class:`accelrl.deploy.runtime.OnnxPolicy.act1` (I/O binding with a
+  onnxruntime through :class:`accelrl.deploy.runtime.OnnxPolicy.act_single` (I/O binding with a
   pre-bound numpy input), onnxruntime ``session.run`` with a numpy feed (same session
   options), torch eager (the :class:`~accelrl.agents.policy.MLPPolicy` on a pre-allocated
   tensor, ``no_grad``), and Stable-Baselines3 ``TD3.predict(deterministic=True)`` of an actor
@@ -81,7 +81,7 @@ def inference(calls: int) -> dict[str, tuple[float, float]]:
     with np.load(BUNDLE / "selftest.npz") as d:
         x = np.ascontiguousarray(d["observation"][0])
     out: dict[str, tuple[float, float]] = {}
-    out["onnxruntime act1 (I/O binding)"] = percentiles(policy.act1, x, calls)
+    out["onnxruntime act_single (I/O binding)"] = percentiles(policy.act_single, x, calls)
     feed_name = policy.manifest.graph.input
     x2 = x.reshape(1, -1).copy()
     session = policy.session
@@ -108,8 +108,8 @@ def sb3_predictor():
     observation (the accelrl SB3 training environment)."""
     from stable_baselines3 import TD3
 
-    from accelrl.agents.recipes import Recipe
-    from accelrl.agents.training import make_training_env
+    from accelrl.agents.training.recipes import Recipe
+    from accelrl.agents.training.sb3 import make_training_env
 
     recipe = Recipe.from_dict({"algorithm": "td3", "num_envs": 1, "seed": 0})
     env = make_training_env(recipe)
@@ -261,7 +261,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     rows = inference(args.calls)
-    onnx_p50, onnx_p99 = rows["onnxruntime act1 (I/O binding)"]
+    onnx_p50, onnx_p99 = rows["onnxruntime act_single (I/O binding)"]
     with tempfile.TemporaryDirectory() as tmp:
         sim = sim_overhead(args.steps, Path(tmp))
         try:

@@ -3,7 +3,7 @@
 ``accelrl.agents`` imports only the protocol; the rest loads on first access:
 ``evaluate``/``evaluate_many`` (:mod:`~accelrl.agents.evaluation`), ``make_optimiser``
 (:mod:`~accelrl.agents.registry`), ``MLPPolicy``/``PolicyOptimiser``
-(:mod:`~accelrl.agents.policy`), ``train_apg`` (:mod:`~accelrl.agents.apg`).
+(:mod:`~accelrl.agents.policy`), ``train_apg`` (:mod:`~accelrl.agents.training.apg`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from accelrl.agents.protocol import Observation, Optimiser, Problem
+from accelrl.protocol import BatchOptimiser, Observation, ObservationBatch, Optimiser, Problem
 
 _LAZY = {
     "evaluate": "accelrl.agents.evaluation",
@@ -19,11 +19,11 @@ _LAZY = {
     "make_optimiser": "accelrl.agents.registry",
     "MLPPolicy": "accelrl.agents.policy",
     "PolicyOptimiser": "accelrl.agents.policy",
-    "train_apg": "accelrl.agents.apg",
-    "APGConfig": "accelrl.agents.apg",
+    "train_apg": "accelrl.agents.training.apg",
+    "APGConfig": "accelrl.agents.training.apg",
 }
 
-__all__ = ["Observation", "Optimiser", "Problem", *_LAZY]
+__all__ = ["BatchOptimiser", "Observation", "ObservationBatch", "Optimiser", "Problem", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

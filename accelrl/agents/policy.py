@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from accelrl.agents.protocol import Observation, Problem
+from accelrl.names import ARES_EA_ID
+from accelrl.protocol import Observation, ObservationBatch, Problem
 
 #: Order of the flat observation (Gymnasium's Dict keys, sorted).
 OBS_KEYS: tuple[str, ...] = ("beam", "magnets", "target")
@@ -55,7 +56,7 @@ class PolicyMeta:
     obs_clip: float = 10.0
     activation: str = "relu"
     error_scale: float | None = None
-    env_id: str = "accelrl/AresEATransverseTuning-v0"
+    env_id: str = ARES_EA_ID
     action_mode: str = "delta"
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -164,7 +165,12 @@ def default_normalisation(
 
 
 class PolicyOptimiser:
-    """Runs a delta-action policy under the evaluation protocol.
+    """Runs a delta-action policy under the optimiser protocol.
+
+    The next settings are the current ones (the setpoints on a machine) plus the policy's
+    change, clipped to ``problem.max_delta`` and to the limits. A
+    :class:`~accelrl.protocol.BatchOptimiser`: the policy evaluates all trials of a batch in
+    one forward pass.
 
     :param policy: The policy.
     :param name: Name in reports (default ``"policy"``).
@@ -174,13 +180,17 @@ class PolicyOptimiser:
         self.policy = policy
         self.name = name
         self._problem: Problem | None = None
+        self._bounds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def reset(self, problem: Problem) -> None:
+    def _check(self, problem: Problem) -> None:
         if list(problem.actuator_names) != list(self.policy.meta.actuator_names):
             raise ValueError(
                 f"policy actuators {self.policy.meta.actuator_names} differ from the task's "
                 f"{list(problem.actuator_names)}"
             )
+
+    def reset(self, problem: Problem) -> None:
+        self._check(problem)
         self._problem = problem
 
     def ask(self, observation: Observation) -> np.ndarray:
@@ -188,7 +198,24 @@ class PolicyOptimiser:
             raise RuntimeError("call reset(problem) before ask()")
         obs = flat_observation(observation.beam, observation.magnets, observation.target)
         delta = np.clip(self.policy.act(obs), -self._problem.max_delta, self._problem.max_delta)
-        return np.clip(observation.magnets + delta, self._problem.low, self._problem.high)
+        base = observation.setpoints if observation.setpoints is not None else observation.magnets
+        return np.clip(base + delta, self._problem.low, self._problem.high)
+
+    def reset_batch(self, problems: Sequence[Problem]) -> None:
+        for problem in problems:
+            self._check(problem)
+        self._bounds = tuple(  # type: ignore[assignment]
+            np.stack([np.asarray(getattr(p, k), np.float64) for p in problems])
+            for k in ("max_delta", "low", "high")
+        )
+
+    def ask_batch(self, observations: ObservationBatch) -> np.ndarray:
+        if self._bounds is None:
+            raise RuntimeError("call reset_batch(problems) before ask_batch()")
+        max_delta, low, high = self._bounds
+        obs = flat_observation(observations.beam, observations.magnets, observations.target)
+        delta = np.clip(self.policy.act(obs), -max_delta, max_delta)
+        return np.clip(observations.magnets + delta, low, high)
 
 
 def load_policy_optimiser(path: str | Path) -> PolicyOptimiser:

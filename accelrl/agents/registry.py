@@ -20,11 +20,17 @@ import inspect
 import typing
 from typing import Any
 
-from accelrl.agents.baselines import DoNothing, ExtremumSeeking, NelderMead, RandomSearch
 from accelrl.agents.bo.optimiser import BOOptimiser
-from accelrl.agents.gradient import GradientTuner
-from accelrl.agents.model_based import ModelBasedTuner
-from accelrl.agents.protocol import Optimiser
+from accelrl.agents.tuners.baselines import (
+    DoNothing,
+    ExtremumSeeking,
+    NelderMead,
+    RandomSearch,
+    RandomSteps,
+)
+from accelrl.agents.tuners.gradient import GradientTuner
+from accelrl.agents.tuners.model_based import ModelBasedTuner
+from accelrl.protocol import Optimiser
 
 __all__ = ["OPTIMISERS", "OptimiserFactory", "available_optimisers", "make_optimiser", "parse_spec"]
 
@@ -32,6 +38,7 @@ __all__ = ["OPTIMISERS", "OptimiserFactory", "available_optimisers", "make_optim
 OPTIMISERS: dict[str, type] = {
     "do-nothing": DoNothing,
     "random": RandomSearch,
+    "random-steps": RandomSteps,
     "nelder-mead": NelderMead,
     "extremum-seeking": ExtremumSeeking,
     "gradient": GradientTuner,

@@ -1,14 +1,18 @@
-"""The runtime controller: observe -> policy -> safety -> write -> settle -> repeat.
+"""The machine control loop: observe -> optimiser -> safety -> write -> settle -> repeat.
 
-:class:`Controller` runs a verified policy bundle on a machine through the safety layer:
+:class:`Controller` runs any optimiser of the protocol (:mod:`accelrl.protocol`) on a
+machine through the safety layer: a verified policy bundle
+(:class:`~accelrl.deploy.runtime.OnnxPolicy`), BO with the physics prior, Nelder-Mead, ...
+Each step (:meth:`Controller.step`):
 
 1. read a fresh observation and the knob readbacks (:meth:`SafetyLayer.read_observation`,
    :meth:`~SafetyLayer.read_knobs`), check health;
 2. stop if the beam is within the thresholds of the target (``target_reached``);
-3. ask the policy (:class:`~accelrl.deploy.runtime.OnnxPolicy`, batch-1 path) for an
-   action on ``[beam, knobs, target]``;
-4. make it safe (:meth:`SafetyLayer.propose`: hard bounds, max step, rollback reach);
-5. depending on the mode, write it with verification (:meth:`SafetyLayer.write`), and
+3. ask the optimiser for the next settings (an :class:`~accelrl.protocol.Observation` of
+   the reading, the readbacks, the commanded setpoints and the target; at the first step it
+   is reset with a :class:`~accelrl.protocol.Problem` built from the safety layer's limits);
+4. make them safe (:meth:`SafetyLayer.propose`: hard bounds, max step, rollback reach);
+5. depending on the mode, write them with verification (:meth:`SafetyLayer.write`), and
    log the step.
 
 It stops at the target, at the step budget, when the operator stops it (Ctrl-C once, the
@@ -16,7 +20,7 @@ stop file appearing, the stop callback returning ``True``, or ``q`` in confirm m
 an abort; an abort (any :class:`~accelrl.deploy.safety.SafetyAbort`, or Ctrl-C twice)
 rolls the knobs back to their initial settings at the rate limit.
 
-Modes:
+Modes (:class:`Mode`):
 
 ``shadow``
     Reads and logs what it would do; never writes.
@@ -29,6 +33,9 @@ Modes:
 >>> controller = Controller(OnnxPolicy(bundle), machine, safety, "shadow",
 ...                         target=[0, 1e-4, 0, 1e-4], log_dir="runs/shadow")  # doctest: +SKIP
 >>> result = controller.run()  # doctest: +SKIP
+
+The machine reports no "beam on screen" flag: optimisers see the beam as on the screen, and
+a lost beam ends the run through the safety layer (beam loss, non-finite reading).
 
 This module needs numpy and onnxruntime only (no torch).
 """
@@ -44,43 +51,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
-from accelrl.deploy.bundle import BundleError
+from accelrl.bundle import BundleError
 from accelrl.deploy.machine import Machine
 from accelrl.deploy.runlog import RunLog
-from accelrl.deploy.runtime import ActionSpec, OnnxPolicy
+from accelrl.deploy.runtime import OnnxPolicy
 from accelrl.deploy.safety import AbortReason, Proposal, SafetyAbort, SafetyLayer
-
-
-@runtime_checkable
-class ActionSource(Protocol):
-    """What proposes the controller's actions: an :class:`~accelrl.deploy.runtime.OnnxPolicy`
-    or anything with the same three members (e.g. a BO session,
-    :class:`accelrl.agents.bo.proposer.SessionProposer`)."""
-
-    @property
-    def spec(self) -> ActionSpec:
-        """The interface (knobs, beam names, action mode, limits, thresholds, provenance)."""
-        ...
-
-    def observation(self, beam: np.ndarray, magnets: np.ndarray, target: np.ndarray) -> np.ndarray:
-        """The input of :meth:`act1` from the beam reading, the readbacks and the target."""
-        ...
-
-    def act1(self, observation: np.ndarray) -> np.ndarray:
-        """The action ``[K]`` (SI) for one input."""
-        ...
-
-
-class Mode(StrEnum):
-    """How the controller acts on its proposals."""
-
-    shadow = "shadow"
-    confirm = "confirm"
-    auto = "auto"
+from accelrl.names import TRANSVERSE, Mode
+from accelrl.protocol import Observation, Optimiser, Problem
 
 
 class StopReason(StrEnum):
@@ -157,7 +138,7 @@ class RunResult:
     """Outcome of :meth:`Controller.run`.
 
     :param reason: Why the run ended.
-    :param steps: Steps logged (policy evaluations, plus the final reading).
+    :param steps: Steps logged (optimiser answers, plus the final reading).
     :param writes: Verified writes made by the controller (rollback writes not included).
     :param abort_reason: The rule that aborted the run (``None`` if not aborted).
     :param abort_detail: Its specifics.
@@ -182,23 +163,70 @@ class RunResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one step of :meth:`Controller.step` did.
+
+    :param decision: ``"write"``, ``"shadow"``, ``"refused"`` (the operator said no),
+        ``"target_reached"`` or ``"stopped"`` (the operator quit).
+    :param wrote: A verified write was made.
+    :param error: The observed ``beam - target`` [m] by beam parameter.
+    """
+
+    decision: str
+    wrote: bool
+    error: dict[str, float]
+
+
 class _OperatorAbort(Exception):
     """Ctrl-C pressed twice."""
 
 
-class Controller:
-    """Runs a policy bundle on a machine (see the module documentation).
+def check_bundle(policy: OnnxPolicy, machine: Machine, safety: SafetyLayer) -> None:
+    """Raise unless the bundle fits the machine: knobs, observations, task and limits.
 
-    :param bundle: The verified policy (or a bundle directory, loaded and verified here), or
-        any other :class:`ActionSource` (e.g. a BO session).
+    :raises BundleError: For other knobs or a task other than the machine config's, or
+        observations the machine lacks.
+    :raises ValueError: If the safety layer's limits are wider than the bundle's (build it
+        with :meth:`SafetyLayer.for_bundle`).
+    """
+    m = policy.manifest
+    if tuple(machine.knob_names) != m.knob_names:
+        raise BundleError(
+            f"bundle knobs {m.knob_names} differ from the machine's {tuple(machine.knob_names)}"
+        )
+    missing = sorted(set(m.beam_names) - set(machine.observation_names))
+    if missing:
+        raise BundleError(f"machine observations {machine.observation_names} lack {missing}")
+    if safety.config.env_id != m.env_id:
+        raise BundleError(
+            f"bundle was trained on {m.env_id!r}; machine {safety.config.name!r} provides "
+            f"{safety.config.env_id!r}"
+        )
+    for k in m.knobs:
+        lim = safety.limits[k.name]
+        if lim.low < k.low or lim.high > k.high:
+            raise ValueError(
+                f"safety limits of {k.name} [{lim.low}, {lim.high}] are wider than the "
+                f"bundle's [{k.low}, {k.high}]; build the layer with SafetyLayer.for_bundle"
+            )
+
+
+class Controller:
+    """Runs an optimiser on a machine (see the module documentation).
+
+    :param optimiser: Any :class:`~accelrl.protocol.Optimiser` (reset at the first step),
+        e.g. a verified :class:`~accelrl.deploy.runtime.OnnxPolicy`, or a bundle directory
+        (loaded and verified here).
     :param machine: The machine.
-    :param safety: Its safety layer (e.g. :meth:`SafetyLayer.for_bundle`); its limits must
-        lie within the bundle's knob limits.
+    :param safety: Its safety layer (for a bundle, e.g. :meth:`SafetyLayer.for_bundle`: its
+        limits must lie within the bundle's knob limits).
     :param mode: ``"shadow"``, ``"confirm"`` or ``"auto"``.
     :param target: Target ``(mu_x, sigma_x, mu_y, sigma_y)`` [m] (sequence or mapping).
     :param thresholds: "Target reached" when every ``|beam - target|`` is below these [m];
-        default the bundle's.
-    :param max_steps: Step budget (policy evaluations).
+        default a bundle's; required for other optimisers.
+    :param max_steps: Step budget (optimiser answers).
+    :param seed: ``Problem.seed`` of the optimiser's own randomness.
     :param log_dir: Run directory for :class:`~accelrl.deploy.runlog.RunLog` (``None``: no
         log files).
     :param prompt: Confirm-mode prompt (default :func:`terminal_prompt`).
@@ -207,13 +235,13 @@ class Controller:
     :param rollback_on_stop: Also roll back when the operator stops or the budget ends.
     :param plot: Write ``run.png`` at the end.
     :param fsync: fsync every log record.
-    :raises BundleError: If the bundle does not fit the machine (knobs, observations, env).
+    :raises BundleError: If a bundle does not fit the machine (knobs, observations, task).
     :raises ValueError: For an invalid mode, target, thresholds or budget.
     """
 
     def __init__(
         self,
-        bundle: ActionSource | str | Path,
+        optimiser: Optimiser | str | Path,
         machine: Machine,
         safety: SafetyLayer,
         mode: Mode | str = Mode.shadow,
@@ -221,6 +249,7 @@ class Controller:
         target: Sequence[float] | Mapping[str, float],
         thresholds: Sequence[float] | None = None,
         max_steps: int = 50,
+        seed: int = 0,
         log_dir: str | Path | None = None,
         prompt: Prompt | None = None,
         stop_file: str | Path | None = None,
@@ -229,36 +258,32 @@ class Controller:
         plot: bool = True,
         fsync: bool = True,
     ) -> None:
-        self.policy: ActionSource = OnnxPolicy(bundle) if isinstance(bundle, str | Path) else bundle
-        m = self.policy.spec
+        if isinstance(optimiser, str | Path):
+            optimiser = OnnxPolicy(optimiser)
         if mode not in tuple(Mode):
             raise ValueError(f"mode must be one of {[m.value for m in Mode]}, got {mode!r}")
+        if safety.machine is not machine:
+            raise ValueError("the safety layer guards a different machine")
+        missing = [n for n in TRANSVERSE if n not in machine.observation_names]
+        if missing:
+            raise ValueError(
+                f"machine {safety.config.name!r} observes {list(machine.observation_names)}; "
+                f"the controller needs the beam reading {list(TRANSVERSE)} (missing {missing})"
+            )
+        bundle = optimiser if isinstance(optimiser, OnnxPolicy) else None
+        if bundle is not None:
+            check_bundle(bundle, machine, safety)
+            if thresholds is None:
+                thresholds = bundle.manifest.target_thresholds
+        if thresholds is None:
+            raise ValueError("thresholds [m] are required for an optimiser that is not a bundle")
+        self.optimiser = optimiser
+        self.bundle = bundle
         self.mode = Mode(mode)
         self.machine = machine
         self.safety = safety
-        if safety.machine is not machine:
-            raise ValueError("the safety layer guards a different machine")
-        if tuple(machine.knob_names) != m.knob_names:
-            raise BundleError(
-                f"bundle knobs {m.knob_names} differ from the machine's {tuple(machine.knob_names)}"
-            )
-        missing = sorted(set(m.beam_names) - set(machine.observation_names))
-        if missing:
-            raise BundleError(f"machine observations {machine.observation_names} lack {missing}")
-        if safety.config.env_id != m.env_id:
-            raise BundleError(
-                f"bundle was trained on {m.env_id!r}; machine {safety.config.name!r} provides "
-                f"{safety.config.env_id!r}"
-            )
-        for name, (low, high) in m.knob_limits.items():
-            lim = safety.limits[name]
-            if lim.low < low or lim.high > high:
-                raise ValueError(
-                    f"safety limits of {name} [{lim.low}, {lim.high}] are wider than the "
-                    f"{m.source}'s [{low}, {high}]; build the layer with SafetyLayer.for_bundle"
-                )
-        self.beam_names = m.beam_names
-        self.knob_names = m.knob_names
+        self.beam_names = TRANSVERSE
+        self.knob_names: tuple[str, ...] = tuple(machine.knob_names)
         if isinstance(target, Mapping):
             target = [target[n] for n in self.beam_names]
         self.target = np.asarray(target, np.float64).reshape(-1)
@@ -266,14 +291,13 @@ class Controller:
             raise ValueError(f"target must be 4 finite values [m] {self.beam_names}, got {target}")
         if np.any(self.target[[1, 3]] < 0):
             raise ValueError(f"target sizes must be >= 0 m, got {self.target.tolist()}")
-        self.thresholds = np.asarray(
-            thresholds if thresholds is not None else m.target_thresholds, np.float64
-        )
+        self.thresholds = np.asarray(thresholds, np.float64).reshape(-1)
         if self.thresholds.shape != (4,) or not np.all(self.thresholds > 0):
             raise ValueError(f"thresholds must be 4 values > 0 m, got {self.thresholds.tolist()}")
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         self.max_steps = int(max_steps)
+        self.seed = int(seed)
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.prompt: Prompt = prompt or terminal_prompt
         self.stop_file = Path(stop_file) if stop_file is not None else None
@@ -314,20 +338,30 @@ class Controller:
         finally:
             signal.signal(signal.SIGINT, previous)
 
-    # ------------------------------------------------------------------ run
+    # ------------------------------------------------------------------ records
+    def _named(self, names: Sequence[str], values: np.ndarray) -> dict[str, float]:
+        return dict(zip(names, np.asarray(values, np.float64).tolist(), strict=True))
+
+    def _source(self) -> dict[str, Any]:
+        """What proposes the settings, for the log: the optimiser, and a bundle's files."""
+        m = None if self.bundle is None else self.bundle.manifest
+        return {
+            "optimiser": self.optimiser.name,
+            "source": "bundle" if m is not None else f"optimiser:{self.optimiser.name}",
+            "bundle": None if self.bundle is None else str(self.bundle.path),
+            "bundle_sha256": {} if m is None else dict(m.files),
+            "action_mode": "direct" if m is None else m.action_mode,
+        }
+
     def _start_record(self, initial: dict[str, float] | None) -> dict[str, Any]:
-        m = self.policy.spec
         return {
             "type": "start",
             "time": time.time(),
             "mode": self.mode.value,
             "machine": self.safety.config.name,
             "transport": self.safety.config.transport,
-            "source": m.source,
-            "bundle": m.location,
-            "env_id": m.env_id,
-            "bundle_sha256": dict(m.files),
-            "action_mode": m.action_mode,
+            **self._source(),
+            "env_id": self.safety.config.env_id,
             "knob_names": list(self.knob_names),
             "observation_names": list(self.beam_names),
             "limits": {
@@ -340,195 +374,234 @@ class Controller:
                 }
                 for n, lim in self.safety.limits.items()
             },
-            "target": dict(zip(self.beam_names, self.target.tolist(), strict=True)),
+            "target": self._named(self.beam_names, self.target),
             "thresholds": self.thresholds.tolist(),
             "max_steps": self.max_steps,
             "initial": initial,
         }
 
+    # ------------------------------------------------------------------ one step
+    def _problem(self, start: np.ndarray) -> Problem:
+        """The optimiser's problem on this machine: the safety layer's limits and max step."""
+        lims = [self.safety.limits[n] for n in self.knob_names]
+        return Problem(
+            actuator_names=self.knob_names,
+            low=np.array([lim.low for lim in lims]),
+            high=np.array([lim.high for lim in lims]),
+            start=start.copy(),
+            target=self.target.copy(),
+            max_delta=np.array([lim.max_step for lim in lims]),
+            max_steps=self.max_steps,
+            seed=self.seed,
+        )
+
+    def _ask_operator(self, step: int, proposal: Proposal, rec: dict[str, Any]) -> str:
+        """Confirm mode: ``"write"``, ``"refused"`` or ``"stopped"``."""
+        answer = self.prompt(
+            ConfirmRequest(
+                step=step,
+                knob_names=self.knob_names,
+                units={n: lim.unit for n, lim in self.safety.limits.items()},
+                current=proposal.base,
+                proposal=proposal,
+                observation=rec["observation"],
+                target=rec["target"],
+            )
+        )
+        answer = {True: "yes", False: "no"}.get(answer, answer)  # type: ignore[call-overload]
+        if answer not in ("yes", "no", "quit"):
+            raise ValueError(f"prompt returned {answer!r}; expected yes, no or quit")
+        return {"yes": "write", "no": "refused", "quit": "stopped"}[answer]
+
+    def step(self, step: int, rec: dict[str, Any]) -> StepOutcome:
+        """Run step ``step``, filling the log record ``rec`` as it goes (so an abort leaves
+        what was done in it).
+
+        :raises SafetyAbort: When a safety rule fires (the caller rolls back).
+        """
+        safety = self.safety
+        wait0, t0 = safety.wait_s, time.perf_counter()
+        reading = safety.read_observation(self.beam_names)
+        knobs = safety.read_knobs(health=True)
+        beam = np.array(reading.array(self.beam_names))
+        magnets = np.array(knobs.array(self.knob_names))
+        error = self._named(self.beam_names, beam - self.target)
+        rec.update(
+            observation=self._named(self.beam_names, beam),
+            observation_time=reading.timestamp,
+            knobs=self._named(self.knob_names, magnets),
+            target=self._named(self.beam_names, self.target),
+            error=error,
+        )
+        timing: dict[str, float] = {"read_s": time.perf_counter() - t0}
+        rec["timing"] = timing
+        if np.all(np.abs(beam - self.target) < self.thresholds):
+            rec["decision"] = "target_reached"
+            return StepOutcome("target_reached", False, error)
+        t1 = time.perf_counter()
+        if step == 0:
+            self.optimiser.reset(self._problem(magnets))
+        commanded = np.array([safety.commanded[n] for n in self.knob_names])  # type: ignore[index]
+        answer = np.asarray(
+            self.optimiser.ask(
+                Observation(beam, magnets, self.target.copy(), True, step, setpoints=commanded)
+            ),
+            np.float64,
+        ).reshape(-1)
+        timing["policy_s"] = time.perf_counter() - t1
+        rec["requested"] = dict(zip(self.knob_names, answer.tolist(), strict=False))
+        t2 = time.perf_counter()
+        proposal = safety.propose(answer, "direct")
+        timing["safety_s"] = time.perf_counter() - t2
+        rec.update(
+            requested=proposal.requested,
+            safe_setpoints=proposal.setpoints,
+            clips=[vars(c) for c in proposal.clips],
+        )
+        decision = "write" if self.mode is Mode.auto else "shadow"
+        t3 = time.perf_counter()
+        if self.mode is Mode.confirm:
+            decision = self._ask_operator(step, proposal, rec)
+        timing["prompt_s"] = time.perf_counter() - t3
+        rec["decision"] = decision
+        wrote = False
+        if decision == "write":
+            t4 = time.perf_counter()
+            result = safety.write(proposal.setpoints)
+            rec["writes"] = {} if result is None else result.setpoints
+            if result is not None:
+                wrote = True
+                rec.update(
+                    setpoints_read=result.setpoints_read,
+                    readbacks=result.readbacks,
+                    settle_s=result.duration_s,
+                )
+            timing["write_s"] = time.perf_counter() - t4
+        timing["wait_s"] = safety.wait_s - wait0
+        timing["total_s"] = time.perf_counter() - t0
+        return StepOutcome(decision, wrote, error)
+
+    # ------------------------------------------------------------------ run
     def run(self) -> RunResult:
         """Run until the target, the budget, an operator stop or an abort (see the module
-        documentation). Never raises for machine or policy failures: they end in an abort,
-        a rollback and a complete log."""
+        documentation). Never raises for machine or optimiser failures: they end in an
+        abort, a rollback and a complete log."""
         log = RunLog(self.log_dir, fsync=self.fsync) if self.log_dir is not None else None
-        records: list[dict[str, Any]] = []
-
-        def emit(record: dict[str, Any]) -> None:
-            records.append(record)
-            if log is not None:
-                log.write(record)
-
-        safety, policy, mode = self.safety, self.policy, self.mode
-        action_mode = policy.spec.action_mode
-        reason: StopReason | None = None
+        emit = log.write if log is not None else (lambda record: None)
+        t_run = time.perf_counter()
         abort: SafetyAbort | None = None
         initial: dict[str, float] | None = None
-        writes = 0
-        step = 0
-        last_error: dict[str, float] | None = None
-        t_run = time.perf_counter()
         try:
-            initial = safety.start()
+            initial = self.safety.start()
         except SafetyAbort as err:
             abort = err
         emit(self._start_record(initial))
-        rec: dict[str, Any] = {}
+        reason, steps, writes, last_error = StopReason.abort, 0, 0, None
         if abort is None:
-            with self._sigint():
-                try:
-                    while True:
-                        if step >= self.max_steps:
-                            reason = StopReason.step_budget
-                            break
-                        if self._stop_requested():
-                            reason = StopReason.operator_stop
-                            break
-                        rec = {"type": "step", "step": step, "time": time.time()}
-                        wait0 = safety.wait_s
-                        t0 = time.perf_counter()
-                        obs = safety.read_observation(self.beam_names)
-                        knobs = safety.read_knobs(health=True)
-                        beam = np.array(obs.array(self.beam_names))
-                        magnets = np.array(knobs.array(self.knob_names))
-                        error = beam - self.target
-                        last_error = dict(zip(self.beam_names, error.tolist(), strict=True))
-                        rec.update(
-                            observation=dict(zip(self.beam_names, beam.tolist(), strict=True)),
-                            observation_time=obs.timestamp,
-                            knobs=dict(zip(self.knob_names, magnets.tolist(), strict=True)),
-                            target=dict(zip(self.beam_names, self.target.tolist(), strict=True)),
-                            error=last_error,
-                        )
-                        t1 = time.perf_counter()
-                        if np.all(np.abs(error) < self.thresholds):
-                            rec["decision"] = "target_reached"
-                            rec["timing"] = {"read_s": t1 - t0}
-                            emit(rec)
-                            rec = {}
-                            reason = StopReason.target_reached
-                            break
-                        x = policy.observation(beam, magnets, self.target)
-                        raw = policy.act1(x)
-                        t2 = time.perf_counter()
-                        rec["raw_action"] = dict(zip(self.knob_names, raw.tolist(), strict=True))
-                        proposal = safety.propose(raw, action_mode)
-                        t3 = time.perf_counter()
-                        rec.update(
-                            requested=proposal.requested,
-                            safe_setpoints=proposal.setpoints,
-                            clips=[vars(c) for c in proposal.clips],
-                        )
-                        decision = "write" if mode is Mode.auto else "shadow"
-                        if mode is Mode.confirm:
-                            answer = self.prompt(
-                                ConfirmRequest(
-                                    step=step,
-                                    knob_names=self.knob_names,
-                                    units={n: lim.unit for n, lim in safety.limits.items()},
-                                    current=proposal.base,
-                                    proposal=proposal,
-                                    observation=rec["observation"],
-                                    target=rec["target"],
-                                )
-                            )
-                            answer = {True: "yes", False: "no"}.get(answer, answer)  # type: ignore[call-overload]
-                            if answer not in ("yes", "no", "quit"):
-                                raise ValueError(
-                                    f"prompt returned {answer!r}; expected yes, no or quit"
-                                )
-                            decision = {"yes": "write", "no": "refused", "quit": "stopped"}[answer]
-                        t4 = time.perf_counter()
-                        if decision == "stopped":
-                            rec["decision"] = decision
-                            rec["timing"] = {"read_s": t1 - t0, "policy_s": t2 - t1}
-                            emit(rec)
-                            rec = {}
-                            reason = StopReason.operator_stop
-                            break
-                        rec["decision"] = decision
-                        if decision == "write":
-                            result = safety.write(proposal.setpoints)
-                            if result is not None:
-                                writes += 1
-                                rec.update(
-                                    writes=result.setpoints,
-                                    setpoints_read=result.setpoints_read,
-                                    readbacks=result.readbacks,
-                                    settle_s=result.duration_s,
-                                )
-                            else:
-                                rec["writes"] = {}
-                        t5 = time.perf_counter()
-                        rec["timing"] = {
-                            "read_s": t1 - t0,
-                            "policy_s": t2 - t1,
-                            "safety_s": t3 - t2,
-                            "prompt_s": t4 - t3,
-                            "write_s": t5 - t4,
-                            "wait_s": safety.wait_s - wait0,
-                            "total_s": t5 - t0,
-                        }
-                        emit(rec)
-                        rec = {}
-                        step += 1
-                except SafetyAbort as err:
-                    abort = err
-                except _OperatorAbort:
-                    abort = SafetyAbort(AbortReason.operator_abort, "Ctrl-C pressed twice")
-                except Exception as err:  # a bug must not leave the machine mid-run
-                    abort = SafetyAbort(AbortReason.internal_error, f"{type(err).__name__}: {err}")
-        rollback: dict[str, Any] | None = None
-        if abort is not None:
-            reason = StopReason.abort
-            if rec.get("type") != "step":  # aborted before the step's record began
-                rec = {"type": "step", "step": step, "time": time.time()}
-            if "decision" in rec:
-                rec["intended"] = rec["decision"]
-            rec["decision"] = "abort"
-            rec["abort"] = {"reason": abort.reason.value, "detail": abort.detail}
-            emit(rec)
+            reason, steps, writes, last_error, abort = self._loop(emit)
+        rollback = None
         if initial is not None and (
-            abort is not None or (self.rollback_on_stop and safety.writes > 0)
+            abort is not None or (self.rollback_on_stop and self.safety.writes > 0)
         ):
-            rb = safety.rollback()
-            for i, w in enumerate(rb.writes):
-                emit({"type": "rollback", "index": i, "time": time.time(), **w})
-            rollback = {
-                "complete": rb.complete,
-                "verified": rb.verified,
-                "writes": len(rb.writes),
-                "detail": rb.detail,
-                "final_setpoints": rb.final_setpoints,
-            }
+            rollback = self._rollback(emit)
+        return self._finish(log, reason, steps, writes, initial, last_error, abort, rollback, t_run)
+
+    def _loop(
+        self, emit: Callable[[dict[str, Any]], None]
+    ) -> tuple[StopReason, int, int, dict[str, float] | None, SafetyAbort | None]:
+        """The steps: ``(reason, steps, writes, last error, abort)``."""
+        steps = writes = 0
+        last_error: dict[str, float] | None = None
+        rec: dict[str, Any] = {}
+        with self._sigint():
+            try:
+                while True:
+                    if steps >= self.max_steps:
+                        return StopReason.step_budget, steps, writes, last_error, None
+                    if self._stop_requested():
+                        return StopReason.operator_stop, steps, writes, last_error, None
+                    rec = {"type": "step", "step": steps, "time": time.time()}
+                    outcome = self.step(steps, rec)
+                    emit(rec)
+                    last_error = outcome.error
+                    if outcome.decision == "target_reached":
+                        return StopReason.target_reached, steps, writes, last_error, None
+                    if outcome.decision == "stopped":
+                        return StopReason.operator_stop, steps, writes, last_error, None
+                    writes += int(outcome.wrote)
+                    steps += 1
+            except SafetyAbort as err:
+                abort = err
+            except _OperatorAbort:
+                abort = SafetyAbort(AbortReason.operator_abort, "Ctrl-C pressed twice")
+            except Exception as err:  # a bug must not leave the machine mid-run
+                abort = SafetyAbort(AbortReason.internal_error, f"{type(err).__name__}: {err}")
+        if "error" in rec:
+            last_error = rec["error"]
+        if "decision" in rec:
+            rec["intended"] = rec["decision"]
+        rec.update(type="step", step=steps, decision="abort")
+        rec.setdefault("time", time.time())
+        rec["abort"] = {"reason": abort.reason.value, "detail": abort.detail}
+        emit(rec)
+        return StopReason.abort, steps, writes, last_error, abort
+
+    def _rollback(self, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Roll back, logging every ramp write as it happens."""
+
+        def on_write(index: int, write: Mapping[str, Any]) -> None:
+            emit({"type": "rollback", "index": index, "time": time.time(), **write})
+
+        rb = self.safety.rollback(on_write=on_write)
+        return {
+            "complete": rb.complete,
+            "verified": rb.verified,
+            "writes": len(rb.writes),
+            "detail": rb.detail,
+            "final_setpoints": rb.final_setpoints,
+        }
+
+    def _finish(
+        self,
+        log: RunLog | None,
+        reason: StopReason,
+        steps: int,
+        writes: int,
+        initial: dict[str, float] | None,
+        last_error: dict[str, float] | None,
+        abort: SafetyAbort | None,
+        rollback: dict[str, Any] | None,
+        t_run: float,
+    ) -> RunResult:
+        """The summary (written to the log) and the :class:`RunResult`."""
         final_setpoints = None
         with contextlib.suppress(Exception):
             sp = self.machine.read_setpoints()
             final_setpoints = {n: float(sp.values[n]) for n in self.knob_names}
-        assert reason is not None
+        aborted = None if abort is None else {"reason": abort.reason.value, "detail": abort.detail}
+        source = self._source()
         summary = {
             "reason": reason.value,
             "mode": self.mode.value,
             "machine": self.safety.config.name,
-            "source": self.policy.spec.source,
-            "bundle": self.policy.spec.location,
-            "steps": step,
+            "source": source["source"],
+            "bundle": source["bundle"],
+            "steps": steps,
             "writes": writes,
-            "abort": None
-            if abort is None
-            else {"reason": abort.reason.value, "detail": abort.detail},
+            "abort": aborted,
             "rollback": rollback,
             "initial": initial,
             "final_setpoints": final_setpoints,
             "final_error": last_error,
             "final_mae": None if last_error is None else mae(last_error),
-            "target": dict(zip(self.beam_names, self.target.tolist(), strict=True)),
+            "target": self._named(self.beam_names, self.target),
             "wall_s": time.perf_counter() - t_run,
         }
         if log is not None:
             summary = log.finish(summary, plot=self.plot)
         return RunResult(
             reason=reason,
-            steps=step,
+            steps=steps,
             writes=writes,
             abort_reason=None if abort is None else abort.reason,
             abort_detail="" if abort is None else abort.detail,

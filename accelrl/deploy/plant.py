@@ -44,7 +44,7 @@ from accelrl.envs.core import TuningCore
 from accelrl.envs.spec import TaskSpec
 from accelrl.envs.trials import Trial, load_trials
 from accelrl.envs.tuning import build_core
-from accelrl.physics.beam import INCOMING, TRANSVERSE
+from accelrl.names import INCOMING, TRANSVERSE
 
 #: Names of the screen reading, in order: centroids and sizes [m].
 OBSERVATION_NAMES: tuple[str, ...] = tuple(TRANSVERSE)

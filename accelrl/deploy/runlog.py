@@ -16,12 +16,12 @@ A run directory holds::
 
 A ``step`` record: ``step`` (0-based), ``time`` (wall clock, s since the epoch),
 ``observation`` (name -> SI, with its ``observation_time``), ``knobs`` (readbacks, SI),
-``target``, ``error`` (beam - target, m), ``raw_action`` (policy output, SI),
-``requested`` / ``safe_setpoints`` (SI), ``clips`` (``knob, rule, requested, applied``),
-``decision`` (``write``, ``shadow``, ``refused``, ``target_reached``, ``stopped``,
-``abort``), ``writes`` (knob -> value put), ``setpoints_read`` and ``readbacks`` after the
-write, ``timing`` (seconds spent reading, in the policy, writing/settling), and on abort
-``abort`` (``reason``, ``detail``).
+``target``, ``error`` (beam - target, m), ``requested`` (the optimiser's answer: the
+settings it asked for, SI), ``safe_setpoints`` (what the safety layer made of them, SI),
+``clips`` (``knob, rule, requested, applied``), ``decision`` (``write``, ``shadow``,
+``refused``, ``target_reached``, ``stopped``, ``abort``), ``writes`` (knob -> value put),
+``setpoints_read`` and ``readbacks`` after the write, ``timing`` (seconds spent reading, in
+the optimiser, writing/settling), and on abort ``abort`` (``reason``, ``detail``).
 
 JSON has no NaN or infinity: such values are written as the strings ``"nan"``,
 ``"inf"`` and ``"-inf"``.

@@ -3,16 +3,20 @@
 Loading a bundle verifies it before anything can act on it: the manifest is validated, the
 sha256 of every file is checked, the manifest embedded in the graph must equal
 ``manifest.json``, and the self-test (the source policy's reference actions) is replayed
--- any mismatch raises :class:`~accelrl.deploy.bundle.BundleError`.
+-- any mismatch raises :class:`~accelrl.bundle.BundleError`.
 
 The session runs on one thread, sequentially, with all graph optimisations. The batch-1
-path (:meth:`OnnxPolicy.act1`) writes the observation into a pre-bound input buffer and
+path (:meth:`OnnxPolicy.act_single`) writes the observation into a pre-bound input buffer and
 reads the pre-bound output buffer (onnxruntime I/O binding), so a call allocates nothing but
 the returned copy.
 
+An :class:`OnnxPolicy` is an optimiser of the protocol (:mod:`accelrl.protocol`): the
+machine controller and the evaluation drive it as they drive BO or Nelder-Mead.
+
 >>> policy = OnnxPolicy("agents/apg-ares-ea/bundle")  # doctest: +SKIP
 >>> # [beam (4) m, magnets (5) SI, target (4) m] -> change of each setting (SI)
->>> policy.act1(observation)  # doctest: +SKIP
+>>> policy.act_single(observation)  # doctest: +SKIP
+>>> policy.reset(problem); policy.ask(observation)  # next settings (SI)  # doctest: +SKIP
 
 This module needs numpy and onnxruntime only (no torch, no onnx).
 """
@@ -20,20 +24,20 @@ This module needs numpy and onnxruntime only (no torch, no onnx).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from accelrl.deploy.bundle import (
+from accelrl.bundle import (
     METADATA_KEY,
     BundleError,
     Manifest,
     read_manifest,
     verify_files,
 )
+from accelrl.protocol import Observation, ObservationBatch, Problem
 
 
 def session_options(threads: int = 1) -> ort.SessionOptions:
@@ -48,34 +52,6 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     return opts
-
-
-@dataclass(frozen=True)
-class ActionSpec:
-    """What the controller needs to know of whatever proposes its actions (a policy bundle,
-    a BO session): the interface and where it came from.
-
-    :param env_id: Environment (task) whose knobs and observations it uses.
-    :param knob_names: Knobs in action order.
-    :param beam_names: Beam reading names (``mu_x, sigma_x, mu_y, sigma_y``).
-    :param action_mode: ``"delta"`` (changes) or ``"direct"`` (settings).
-    :param knob_limits: Knob -> ``(low, high)`` (SI) the source may ask for; the safety
-        layer's limits must lie within them.
-    :param target_thresholds: Default "target reached" thresholds on ``|beam - target|`` [m].
-    :param source: What proposes the actions, for the run log (e.g. ``"bundle"``, ``"bo"``).
-    :param location: Where it came from (bundle directory, session folder), or ``None``.
-    :param files: File name -> sha256 of its files (a bundle), for the run log.
-    """
-
-    env_id: str
-    knob_names: tuple[str, ...]
-    beam_names: tuple[str, ...]
-    action_mode: str
-    knob_limits: Mapping[str, tuple[float, float]]
-    target_thresholds: tuple[float, ...]
-    source: str
-    location: str | None = None
-    files: Mapping[str, str] = field(default_factory=dict)
 
 
 class OnnxPolicy:
@@ -129,6 +105,8 @@ class OnnxPolicy:
             self._run_bound = lambda: inner.run_with_iobinding(bound, options)
         else:  # pragma: no cover - other onnxruntime builds
             self._run_bound = lambda: self.session.run_with_iobinding(self._binding)
+        self.name = f"bundle:{self.path.name}"
+        self._limits: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.selftest_max_error: np.ndarray | None = None
         if verify:
             self.selftest()
@@ -223,7 +201,7 @@ class OnnxPolicy:
         (y,) = self.session.run(None, {self.manifest.graph.input: np.ascontiguousarray(x2)})
         return y[0] if single else y
 
-    def act1(self, observation: np.ndarray) -> np.ndarray:
+    def act_single(self, observation: np.ndarray) -> np.ndarray:
         """The batch-1 fast path: action ``[K]`` (SI, a new array) for one raw observation
         ``[8 + K]``.
 
@@ -238,33 +216,61 @@ class OnnxPolicy:
         self._run_bound()
         return self._y1[0].copy()
 
-    __call__ = act1
+    def model_input(self, beam: np.ndarray, magnets: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """The raw flat graph input ``[beam (4) m, magnets (K) SI, target (4) m]`` (float64;
+        batched inputs ``[N, .]`` give ``[N, 8 + K]``)."""
+        return np.concatenate([np.asarray(v, np.float64) for v in (beam, magnets, target)], axis=-1)
 
-    @property
-    def spec(self) -> ActionSpec:
-        """The bundle's interface for the controller (:class:`ActionSpec`)."""
-        m = self.manifest
-        return ActionSpec(
-            env_id=m.env_id,
-            knob_names=m.knob_names,
-            beam_names=m.beam_names,
-            action_mode=m.action_mode,
-            knob_limits={k.name: (k.low, k.high) for k in m.knobs},
-            target_thresholds=tuple(m.target_thresholds),
-            source="bundle",
-            location=str(self.path),
-            files=dict(m.files),
+    # ------------------------------------------------------------------ optimiser protocol
+    def reset(self, problem: Problem) -> None:
+        """Start a trial (:class:`~accelrl.protocol.Optimiser`).
+
+        :raises BundleError: If the problem's actuators are not the bundle's knobs.
+        """
+        self.reset_batch([problem])
+
+    def ask(self, observation: Observation) -> np.ndarray:
+        """The next settings ``[K]`` (SI) through the batch-1 fast path: for a ``"delta"``
+        bundle the setpoints (``observation.setpoints``, else ``magnets``) plus the action
+        clipped to ``problem.max_delta``; for ``"direct"`` the action; both clipped to the
+        problem's limits."""
+        if self._limits is None:
+            raise RuntimeError("call reset(problem) before ask()")
+        x = self.model_input(observation.beam, observation.magnets, observation.target)
+        base = observation.setpoints if observation.setpoints is not None else observation.magnets
+        return self._settings(self.act_single(x), np.asarray(base, np.float64))[0]
+
+    def reset_batch(self, problems: Sequence[Problem]) -> None:
+        """Start ``N`` trials (:class:`~accelrl.protocol.BatchOptimiser`).
+
+        :raises BundleError: If a problem's actuators are not the bundle's knobs.
+        """
+        for p in problems:
+            if tuple(p.actuator_names) != self.manifest.knob_names:
+                raise BundleError(
+                    f"bundle knobs {self.manifest.knob_names} differ from the problem's "
+                    f"actuators {tuple(p.actuator_names)}"
+                )
+        self._limits = tuple(  # type: ignore[assignment]
+            np.stack([np.asarray(getattr(p, k), np.float64) for p in problems])
+            for k in ("max_delta", "low", "high")
         )
 
-    def observation(self, beam: np.ndarray, magnets: np.ndarray, target: np.ndarray) -> np.ndarray:
-        """The raw flat observation ``[beam (4) m, magnets (K) SI, target (4) m]``."""
-        return np.concatenate(
-            [
-                np.asarray(beam, np.float64).reshape(-1),
-                np.asarray(magnets, np.float64).reshape(-1),
-                np.asarray(target, np.float64).reshape(-1),
-            ]
-        )
+    def ask_batch(self, observations: ObservationBatch) -> np.ndarray:
+        """The next settings ``[N, K]`` (SI) of ``N`` trials (see :meth:`ask`)."""
+        if self._limits is None:
+            raise RuntimeError("call reset_batch(problems) before ask_batch()")
+        x = self.model_input(observations.beam, observations.magnets, observations.target)
+        return self._settings(self.act(x), observations.magnets)
+
+    def _settings(self, action: np.ndarray, base: np.ndarray) -> np.ndarray:
+        """Settings ``[N, K]`` from actions and the settings they change (delta bundles)."""
+        assert self._limits is not None
+        max_delta, low, high = self._limits
+        action = np.atleast_2d(action)
+        if self.manifest.action_mode == "delta":
+            action = base + np.clip(action, -max_delta, max_delta)
+        return np.clip(action, low, high)
 
     def __repr__(self) -> str:
         m = self.manifest

@@ -51,7 +51,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from accelrl.deploy.bundle import Manifest
+from accelrl.bundle import Manifest
 from accelrl.deploy.config import MachineConfig
 from accelrl.deploy.machine import (
     Disconnected,
@@ -63,9 +63,7 @@ from accelrl.deploy.machine import (
     SettleTimeout,
     State,
 )
-
-#: Relative slack on the max-step check of :meth:`SafetyLayer.write` (float rounding).
-_STEP_SLACK = 1e-12
+from accelrl.limits import StepLimits
 
 
 class AbortReason(StrEnum):
@@ -258,9 +256,12 @@ class SafetyLayer:
         self.names: tuple[str, ...] = config.knob_names
         self._clock = clock
         self._sleep = sleep
-        self._low = np.array([self.limits[n].low for n in self.names])
-        self._high = np.array([self.limits[n].high for n in self.names])
-        self._step = np.array([self.limits[n].max_step for n in self.names])
+        self.steps = StepLimits(
+            [self.limits[n].low for n in self.names],
+            [self.limits[n].high for n in self.names],
+            [self.limits[n].max_step for n in self.names],
+        )
+        self._low, self._high, self._step = self.steps.low, self.steps.high, self.steps.max_step
         self._tol = np.array([self.limits[n].tolerance for n in self.names])
         #: Setpoints when :meth:`start` ran (the rollback target).
         self.initial: dict[str, float] | None = None
@@ -532,23 +533,15 @@ class SafetyLayer:
         base = self._vector(base_d)
         with np.errstate(over="ignore", invalid="ignore"):
             requested = base + a if mode == "delta" else a.copy()
-        clips: list[Clip] = []
-        value = requested.copy()
         initial = self._vector(self.initial or base_d)
-        for rule, lo, hi in (
-            ("max_step", base - self._step, base + self._step),
-            ("rollback_reach", initial - self.reach, initial + self.reach),
-        ):
-            new = np.minimum(np.maximum(value, lo), hi)
-            for i in np.flatnonzero(new != value):
-                clips.append(Clip(self.names[i], rule, float(value[i]), float(new[i])))  # type: ignore[arg-type]
-            value = new
-        new = np.minimum(np.maximum(value, self._low), self._high)
-        for i in np.flatnonzero(new != value):
-            rule = "low" if value[i] < self._low[i] else "high"
-            clips.append(Clip(self.names[i], rule, float(value[i]), float(new[i])))  # type: ignore[arg-type]
-        value = new
-        return Proposal(base_d.copy(), self._dict(requested), self._dict(value), tuple(clips))
+        limited = self.steps.apply(
+            requested, base, reach=(initial - self.reach, initial + self.reach)
+        )
+        clips = tuple(
+            Clip(self.names[i], "rollback_reach" if rule == "reach" else rule, before, after)  # type: ignore[arg-type]
+            for i, rule, before, after in limited.changes
+        )
+        return Proposal(base_d.copy(), self._dict(requested), self._dict(limited.value), clips)
 
     # ------------------------------------------------------------------ writes
     def _check_setpoints(self, setpoints: Mapping[str, float]) -> dict[str, float]:
@@ -557,21 +550,16 @@ class SafetyLayer:
         unknown = sorted(set(setpoints) - set(self.names))
         if unknown:
             raise SafetyAbort(AbortReason.unsafe_setpoint, f"unknown knobs {unknown}")
-        out = {}
-        for name, value in setpoints.items():
-            v, lim = float(value), self.limits[name]
-            ok = (
-                math.isfinite(v)
-                and lim.low <= v <= lim.high
-                and abs(v - base[name]) <= lim.max_step * (1 + _STEP_SLACK)
+        out = {n: float(v) for n, v in setpoints.items()}
+        x = np.array([out.get(n, base[n]) for n in self.names])
+        ok = self.steps.allows(x, self._vector(base))
+        for i in np.flatnonzero(~ok):
+            name, lim = self.names[i], self.limits[self.names[i]]
+            raise SafetyAbort(
+                AbortReason.unsafe_setpoint,
+                f"{name} = {x[i]!r} violates [{lim.low}, {lim.high}] or max_step "
+                f"{lim.max_step} from {base[name]!r}",
             )
-            if not ok:
-                raise SafetyAbort(
-                    AbortReason.unsafe_setpoint,
-                    f"{name} = {v!r} violates [{lim.low}, {lim.high}] or max_step "
-                    f"{lim.max_step} from {base[name]!r}",
-                )
-            out[name] = v
         return out
 
     def write(self, setpoints: Mapping[str, float]) -> WriteResult | None:
@@ -695,7 +683,11 @@ class SafetyLayer:
         return result, health
 
     # ------------------------------------------------------------------ rollback
-    def rollback(self, retries: int = 2) -> RollbackResult:
+    def rollback(
+        self,
+        retries: int = 2,
+        on_write: Callable[[int, Mapping[str, Any]], None] | None = None,
+    ) -> RollbackResult:
         """Ramp from the last written setpoints back to the initial ones (rule 8); nothing
         happens if this layer has not written (a shadow run never writes, not even here).
 
@@ -704,6 +696,9 @@ class SafetyLayer:
         times (after ``timing.poll_interval_s``); if it still fails the ramp stops there
         (the machine is left where it is, never jumped).
 
+        :param retries: Attempts of a failed ramp write after the first.
+        :param on_write: Called with ``(index, record)`` right after every ramp write
+            attempt (e.g. to log it before the next one goes out).
         :return: Whether the initial setpoints were restored, with every write.
         """
         if self.initial is None or self.commanded is None:
@@ -722,16 +717,13 @@ class SafetyLayer:
         except MachineError:
             pass
         self.commanded = self._dict(current)
-        distance = np.abs(target - current)
-        n = int(np.max(np.ceil(distance / self._step))) if distance.any() else 0
+        ramp = self.steps.ramp(target, current)
+        n = len(ramp)
         result = RollbackResult(False)
-        for j in range(1, n + 1):
-            point = target if j == n else current + (target - current) * (j / n)
+        for j, planned in enumerate(ramp, start=1):
             # Never more than max_step from what was last written, never outside the bounds.
             base = self._vector(self.commanded)
-            within = np.abs(point - base) <= self._step * (1 + _STEP_SLACK)  # float rounding
-            point = np.where(within, point, np.clip(point, base - self._step, base + self._step))
-            point = np.clip(point, self._low, self._high)
+            point = self.steps.move(planned, base)
             changed = {
                 name: float(v) for name, v, b in zip(self.names, point, base, strict=True) if v != b
             }
@@ -743,10 +735,14 @@ class SafetyLayer:
                     w, _ = self._put_and_verify(changed)
                     record.update(ok=True, readbacks=w.readbacks)
                     result.writes.append(record)
+                    if on_write is not None:
+                        on_write(len(result.writes) - 1, record)
                     break
                 except SafetyAbort as err:
                     record.update(ok=False, error=str(err))
                     result.writes.append(record)
+                    if on_write is not None:
+                        on_write(len(result.writes) - 1, record)
                     if err.reason is AbortReason.put_unverified:
                         # The setpoints were applied; only the readbacks lag: go on.
                         result.verified = False

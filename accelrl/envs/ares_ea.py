@@ -38,8 +38,9 @@ from typing import Any
 
 from accelrl.envs.spec import TaskSpec, shipped_spec_path
 from accelrl.envs.tuning import TransverseTuningEnv
+from accelrl.names import ARES_EA_ID
 
-ENV_ID = "accelrl/AresEATransverseTuning-v0"
+ENV_ID = ARES_EA_ID
 
 
 def ares_ea_spec() -> TaskSpec:

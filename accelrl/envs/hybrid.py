@@ -61,17 +61,18 @@ from gymnasium import spaces
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from accelrl.envs._common import (
+from accelrl.envs.lpa import DEFAULT_SURROGATE, DRIFT_INPUTS, JITTER_INPUTS
+from accelrl.envs.stage import (
     StageCore,
     StageEnv,
     StageVectorEnv,
     check_render_mode,
     merge_config,
 )
-from accelrl.envs.lpa import DEFAULT_SURROGATE, DRIFT_INPUTS, JITTER_INPUTS, _pick
 from accelrl.physics.compiled import CompiledBeamline
 from accelrl.surrogates.models.ensemble import Surrogate
 from accelrl.surrogates.models.io import load_surrogate
+from accelrl.surrogates.objective import pick_column
 
 ENV_ID = "accelrl/LPAHybridBeamline-v0"
 #: Electron rest energy [eV].
@@ -124,13 +125,6 @@ def transport_segment(dipole_angle: float = 0.1, dipole_length: float = 0.3) -> 
     return cheetah.Segment(elements, name="lpa_spectrometer")
 
 
-def _first(names: list[str], candidates: tuple[str, ...], what: str) -> int:
-    for c in candidates:
-        if c in names:
-            return names.index(c)
-    raise ValueError(f"the hybrid line needs a {what} output ({candidates}); surrogate has {names}")
-
-
 class HybridBeamline(nn.Module):
     """Surrogate stage + compiled transport line: a differentiable torch module.
 
@@ -145,7 +139,7 @@ class HybridBeamline(nn.Module):
         super().__init__()
         self.surrogate = surrogate
         names = surrogate.output_names
-        self.cols = {k: _first(names, v, k) for k, v in BEAM_OUTPUTS.items()}
+        self.cols = {k: pick_column(names, v, f"{k} output") for k, v in BEAM_OUTPUTS.items()}
         self.dipole_angle = dipole_angle
         self.dipole_length = dipole_length
         self.segment = transport_segment(dipole_angle, dipole_length)
@@ -289,8 +283,8 @@ class HybridCore(StageCore):
         self.low = np.concatenate([b[self.pcols, 0], [k[2] for k in TRANSPORT_KNOBS]])
         self.high = np.concatenate([b[self.pcols, 1], [k[3] for k in TRANSPORT_KNOBS]])
         self.in_low, self.in_high = b[:, 0], b[:, 1]
-        self.jitter_col = _pick(names, None, JITTER_INPUTS, "jitter_input")
-        self.drift_col = _pick(names, None, DRIFT_INPUTS, "drift_input")
+        self.jitter_col = pick_column(names, JITTER_INPUTS, "jitter_input", None, required=False)
+        self.drift_col = pick_column(names, DRIFT_INPUTS, "drift_input", None, required=False)
         # standard start: quads off, dipole matched to the middle of the training energies
         e_mid = float(
             sur.provenance.get("output_ranges", {}).get(

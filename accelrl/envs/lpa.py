@@ -46,7 +46,6 @@ See :class:`LPATuningEnv` and :class:`LPATaskConfig`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -54,10 +53,15 @@ import torch
 from gymnasium import spaces
 from pydantic import ConfigDict, Field
 
-from accelrl.envs._common import StageCore, StageEnv, check_render_mode, merge_config
+from accelrl.envs.stage import StageCore, StageEnv, check_render_mode, merge_config
 from accelrl.surrogates.models.ensemble import Surrogate
 from accelrl.surrogates.models.io import load_surrogate
-from accelrl.surrogates.objective import ObjectiveConfig, ObjectiveTerms, ObjectiveWeights
+from accelrl.surrogates.objective import (
+    ObjectiveConfig,
+    ObjectiveTerms,
+    ObjectiveWeights,
+    pick_column,
+)
 
 ENV_ID = "accelrl/LPATuning-v0"
 #: Default surrogate (dataset name, resolved in ``surrogates/models/``).
@@ -106,20 +110,6 @@ class LPATaskConfig(ObjectiveWeights):
     max_episode_steps: int = Field(default=50, ge=1)
 
 
-def _pick(names: Sequence[str], given: str | None, candidates: Sequence[str], what: str) -> int:
-    """Column of the jitter/drift input: ``given`` (``""``: none -> -1) or the first candidate."""
-    if given == "":
-        return -1
-    if given is not None:
-        if given not in names:
-            raise ValueError(f"{what}={given!r} is not a surrogate input {list(names)}")
-        return list(names).index(given)
-    for c in candidates:
-        if c in names:
-            return list(names).index(c)
-    return -1
-
-
 class LPACore(StageCore):
     """State and dynamics of ``num_envs`` LPA tuning environments (batched, numpy + torch).
 
@@ -160,8 +150,12 @@ class LPACore(StageCore):
         self.cols = np.array([names.index(n) for n in self.actuators])
         self.low, self.high = bounds[self.cols, 0], bounds[self.cols, 1]
         self.in_low, self.in_high = bounds[:, 0], bounds[:, 1]
-        self.jitter_col = _pick(names, c.jitter_input, JITTER_INPUTS, "jitter_input")
-        self.drift_col = _pick(names, c.drift_input, DRIFT_INPUTS, "drift_input")
+        self.jitter_col = pick_column(
+            names, JITTER_INPUTS, "jitter_input", c.jitter_input, required=False
+        )
+        self.drift_col = pick_column(
+            names, DRIFT_INPUTS, "drift_input", c.drift_input, required=False
+        )
         self.terms = ObjectiveTerms(
             self.surrogate,
             ObjectiveConfig(target_energy=1.0, **c.weights()),  # target set per environment

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from accelrl.envs._common import StageVectorEnv, merge_config
 from accelrl.envs.lpa import LPACore, LPATaskConfig, observation_space
+from accelrl.envs.stage import StageVectorEnv, merge_config
 from accelrl.surrogates.models.ensemble import Surrogate
 
 

@@ -49,7 +49,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from accelrl.envs._common import reset_core, single_action
+from accelrl.envs.batched import reset_core, single_action
 from accelrl.envs.core import ActionMode, StartMode, TuningCore
 from accelrl.envs.render import screen_image
 from accelrl.envs.spec import Actuator, Randomisation, ScreenSpec, TaskSpec, shipped_spec_path

@@ -18,7 +18,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from accelrl.envs._common import CoreVectorEnv, step_with_autoreset
+from accelrl.envs.batched import CoreVectorEnv, step_with_autoreset
 from accelrl.envs.core import ActionMode, StartMode
 from accelrl.envs.render import screen_image
 from accelrl.envs.spec import TaskSpec

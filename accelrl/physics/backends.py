@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from accelrl.names import Backend
 from accelrl.physics.beam import parameter_beam, particle_beam
 from accelrl.physics.compiled import BeamMoments, CompiledBeamline, Knob
 
-BACKENDS: tuple[str, ...] = ("fast", "cheetah", "cheetah-particles")
+#: Backend names (:class:`accelrl.names.Backend`).
+BACKENDS: tuple[str, ...] = tuple(b.value for b in Backend)
 
 
 class Beamline(Protocol):

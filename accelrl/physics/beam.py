@@ -12,23 +12,9 @@ from __future__ import annotations
 import cheetah
 import torch
 
-#: Column order of an incoming-beam row.
-INCOMING: tuple[str, ...] = (
-    "energy",
-    "mu_x",
-    "mu_px",
-    "mu_y",
-    "mu_py",
-    "sigma_x",
-    "sigma_px",
-    "sigma_y",
-    "sigma_py",
-    "sigma_tau",
-    "sigma_p",
-)
+from accelrl.names import INCOMING, TRANSVERSE
 
-#: Column order of the transverse beam read on a screen: ``(mu_x, sigma_x, mu_y, sigma_y)`` [m].
-TRANSVERSE: tuple[str, ...] = ("mu_x", "sigma_x", "mu_y", "sigma_y")
+__all__ = ["INCOMING", "PHASE_SPACE", "TRANSVERSE", "parameter_beam", "particle_beam"]
 
 #: Phase-space coordinates of the full moments (Cheetah order).
 PHASE_SPACE: tuple[str, ...] = ("x", "px", "y", "py", "tau", "p")

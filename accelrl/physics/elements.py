@@ -46,6 +46,7 @@ def prim(name: str, *args: Value, n_out: int = 1) -> Value | tuple[Value, ...]:
 
 
 def eye() -> Map:
+    """The 7x7 identity map (a zero-length element)."""
     return [[1.0 if i == j else 0.0 for j in range(7)] for i in range(7)]
 
 
@@ -68,6 +69,7 @@ def matmul(a: Map, b: Map) -> Map:
 
 
 def transpose(a: Map) -> Map:
+    """Transpose of a traced 7x7 map (the inverse of a rotation)."""
     return [[a[j][i] for j in range(7)] for i in range(7)]
 
 
@@ -119,6 +121,7 @@ class TraceContext:
 
 
 def _check_linear(element: cheetah.Element) -> None:
+    """Raise unless ``element`` is tracked to first order (its ``tracking_method``)."""
     method = getattr(element, "tracking_method", "linear")
     if method != "linear" and type(element).__name__.lower() != method:
         raise UnsupportedElementError(
@@ -129,6 +132,13 @@ def _check_linear(element: cheetah.Element) -> None:
 
 
 def drift(element: cheetah.Drift, ctx: TraceContext) -> Map:
+    """Field-free drift.
+
+    ``R12 = R34 = L`` and the longitudinal slip ``R56 = -L / (beta^2 gamma^2)`` [m].
+
+    :param element: Drift of length ``element.length`` [m] (a knob if compiled as one).
+    :param ctx: Beam energy and traced inputs.
+    """
     length = ctx.param(element, "length")
     m = eye()
     m[0][1] = length
@@ -138,6 +148,7 @@ def drift(element: cheetah.Drift, ctx: TraceContext) -> Map:
 
 
 def _rotation(angle: Value) -> Map:
+    """Rotation of the transverse coordinates by ``angle`` [rad] about the beam axis."""
     cs, sn = prim("cos", angle), prim("sin", angle)
     m = eye()
     m[0][0], m[0][2], m[1][1], m[1][3] = cs, sn, cs, sn
@@ -146,6 +157,17 @@ def _rotation(angle: Value) -> Map:
 
 
 def quadrupole(element: cheetah.Quadrupole, ctx: TraceContext) -> Map:
+    """Thick quadrupole, with tilt and transverse misalignment.
+
+    Focusing ``k1 > 0`` [1/m^2] focuses in x: ``R11 = cos(sqrt(k1) L)``, ``R12 =
+    sin(sqrt(k1) L) / sqrt(k1)`` [m], ``R21 = -k1 R12`` [1/m], and the hyperbolic functions
+    in y (:func:`~accelrl.physics.numerics.focus_pair`, exact through ``k1 = 0``); ``R56`` as
+    a drift [m]. The misalignment ``(dx, dy)`` [m] and the tilt [rad] enter as Cheetah's
+    combined rotation-misalignment matrices (misalign, then rotate).
+
+    :param element: ``length`` [m], ``k1`` [1/m^2], ``tilt`` [rad], ``misalignment`` [m].
+    :param ctx: Beam energy and traced inputs.
+    """
     length = ctx.param(element, "length")
     k1 = ctx.param(element, "k1")
     tilt = ctx.param(element, "tilt")
@@ -166,6 +188,19 @@ def quadrupole(element: cheetah.Quadrupole, ctx: TraceContext) -> Map:
 
 
 def dipole(element: cheetah.Dipole, ctx: TraceContext) -> Map:
+    """Sector (or, through the edge angles, rectangular) bending magnet with edge focusing.
+
+    Curvature ``h = angle / L`` [1/m]; horizontal focusing ``kx^2 = k1 + h^2`` [1/m^2];
+    dispersion ``R16 = h D / beta`` [m] and ``R26`` [1]; the edges ``e1``, ``e2`` [rad] with
+    fringe-field integrals over the full ``gap`` [m] give the thin edge kicks (Cheetah's
+    ``base_rmatrix`` and edge matrices).
+
+    :param element: ``length`` [m] (> 0), ``angle`` [rad], ``k1`` [1/m^2], ``dipole_e1``,
+        ``dipole_e2`` [rad], ``gap`` [m], ``fringe_integral``, ``fringe_integral_exit``
+        [1], ``tilt`` [rad].
+    :param ctx: Beam energy and traced inputs.
+    :raises UnsupportedElementError: For a dipole of zero length.
+    """
     length = ctx.param(element, "length")
     angle = ctx.param(element, "angle")
     if isinstance(length, float) and length == 0.0:
@@ -207,6 +242,14 @@ def dipole(element: cheetah.Dipole, ctx: TraceContext) -> Map:
 
 
 def corrector(element: cheetah.Element, ctx: TraceContext) -> Map:
+    """Steering magnet: a drift of its length [m] plus an angular kick [rad] in x
+    (``HorizontalCorrector.angle``), y (``VerticalCorrector.angle``) or both
+    (``CombinedCorrector.horizontal_angle``, ``vertical_angle``), in the map's constant
+    column.
+
+    :param element: One of the three corrector types.
+    :param ctx: Beam energy and traced inputs.
+    """
     m = drift(element, ctx)
     if isinstance(element, cheetah.HorizontalCorrector):
         m[1][6] = ctx.param(element, "angle")
@@ -219,6 +262,10 @@ def corrector(element: cheetah.Element, ctx: TraceContext) -> Map:
 
 
 def thin_diagnostic(element: cheetah.Element, ctx: TraceContext) -> Map:
+    """Marker, screen or BPM: the identity (a point where the beam may be observed).
+
+    :raises UnsupportedElementError: For an active, blocking screen (no beam passes it).
+    """
     if getattr(element, "is_active", False) and getattr(element, "is_blocking", False):
         raise UnsupportedElementError(
             f"{element.name} is an active, blocking screen: no beam passes it. Deactivate it "

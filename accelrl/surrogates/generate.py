@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from accelrl.execution import executor_scope
+from accelrl.execution import executor_scope, limit_threads, one_thread
 from accelrl.progress import progress_bar
 from accelrl.surrogates.dataset import (
     STATUSES,
@@ -50,7 +50,7 @@ from accelrl.surrogates.dataset import (
 )
 from accelrl.surrogates.design import sobol_design
 from accelrl.surrogates.simulators import make_simulator, simulator_version
-from accelrl.surrogates.simulators.base import FAILED, limit_threads
+from accelrl.surrogates.simulators.base import FAILED
 from accelrl.surrogates.spec import DatasetSpec
 
 #: Spec fields that must agree between an existing table and the spec resuming it.
@@ -79,11 +79,6 @@ class GenerateReport:
 
 # ---------------------------------------------------------------------------- worker side
 _SIMULATORS: dict[str, Any] = {}
-
-
-def init_worker() -> None:
-    """Process-pool initializer: one numba/OpenMP/BLAS thread per worker."""
-    limit_threads(1)
 
 
 def run_sample(
@@ -304,7 +299,7 @@ def generate(
         for r in todo.to_dict(orient="records")
     ]
     futures: dict[cf.Future, tuple[int, dict[str, float]]] = {}
-    scope = executor_scope(executor, workers, dask_address, init_worker, init_here=True)
+    scope = executor_scope(executor, workers, dask_address, one_thread, init_here=True)
     with scope as (pool, kind, n_workers):
         session.update(executor=kind, workers=n_workers)
         checkpoint()

@@ -42,11 +42,39 @@ SPREAD_OUTPUTS = ("energy_spread_core", "energy_spread_mad", "energy_spread_rms"
 CHARGE_OUTPUTS = ("charge_in_acceptance", "charge")
 
 
-def _first(names: Sequence[str], candidates: Sequence[str], what: str) -> str:
+def pick_column(
+    names: Sequence[str],
+    candidates: Sequence[str],
+    what: str,
+    given: str | None = None,
+    required: bool = True,
+) -> int:
+    """Index in ``names`` of the surrogate column ``given``, else of the first of
+    ``candidates`` that ``names`` has.
+
+    :param names: The surrogate's input or output names.
+    :param candidates: Names to look for, in order of preference.
+    :param what: What the column is, for the messages (e.g. ``"energy output"``).
+    :param given: A name chosen by the user (``""``: none, -1).
+    :param required: Raise when no candidate is found (else -1).
+    :raises ValueError: For a ``given`` name that is not in ``names``, or no candidate found
+        when ``required``.
+    """
+    names = list(names)
+    if given == "":
+        return -1
+    if given is not None:
+        if given not in names:
+            raise ValueError(f"{what}={given!r} is not one of the surrogate's {names}")
+        return names.index(given)
     for c in candidates:
         if c in names:
-            return c
-    raise ValueError(f"surrogate has no {what} output; tried {list(candidates)}, has {names}")
+            return names.index(c)
+    if required:
+        raise ValueError(
+            f"the surrogate has no {what} column; tried {list(candidates)}, has {names}"
+        )
+    return -1
 
 
 class ObjectiveWeights(BaseModel):
@@ -103,9 +131,9 @@ class ObjectiveTerms(nn.Module):
         names = surrogate.output_names
         self.surrogate = surrogate
         self.config = config
-        self.energy = config.energy_output or _first(names, ENERGY_OUTPUTS, "energy")
-        self.spread = config.spread_output or _first(names, SPREAD_OUTPUTS, "energy-spread")
-        self.charge = config.charge_output or _first(names, CHARGE_OUTPUTS, "charge")
+        self.energy = config.energy_output or names[pick_column(names, ENERGY_OUTPUTS, "energy")]
+        self.spread = config.spread_output or names[pick_column(names, SPREAD_OUTPUTS, "spread")]
+        self.charge = config.charge_output or names[pick_column(names, CHARGE_OUTPUTS, "charge")]
         for n in (self.energy, self.spread, self.charge):
             if n not in names:
                 raise ValueError(f"output {n!r} is not an output of the surrogate {names}")

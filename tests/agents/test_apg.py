@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from accelrl.agents.apg import (
+from accelrl.agents.policy import MLPPolicy, PolicyOptimiser, flat_observation
+from accelrl.agents.training.apg import (
     APGConfig,
     config_from_dict,
     screen_reading,
     train_apg,
     train_apg_recipe,
 )
-from accelrl.agents.policy import MLPPolicy, PolicyOptimiser, flat_observation
-from accelrl.agents.protocol import Observation, Problem
 from accelrl.envs.ares_ea import ares_ea_spec
 from accelrl.envs.core import TuningCore
 from accelrl.physics import ARES_EA_KNOBS, ares_ea_segment, compile
+from accelrl.protocol import Observation, Problem
 
 
 def test_short_training_improves_and_saves(tmp_path) -> None:

@@ -12,7 +12,6 @@ import functools
 import json
 import math
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +24,13 @@ from typer.testing import CliRunner
 from accelrl.agents.evaluation import (
     BEAM_KEYS,
     EvaluationResult,
-    SpecFactory,
     evaluate,
     evaluate_many,
     trial_seed,
 )
-from accelrl.agents.protocol import Observation, Problem
+from accelrl.agents.registry import OptimiserFactory
 from accelrl.envs import TransverseTuningEnv, ares_ea_spec, load_trials
+from accelrl.protocol import Observation, Problem
 
 ACTUATORS = ["Q1", "Q2", "CV", "Q3", "CH"]
 LOW = np.array([-72.0, -72.0, -6.1782e-3, -72.0, -6.1782e-3])
@@ -363,33 +362,17 @@ def test_dask_local_cluster_equals_serial(trials):
 
 
 # --------------------------------------------------------------------------- specs
-@pytest.fixture
-def fake_registry(monkeypatch):
-    """A stand-in for ``accelrl.agents.registry`` (owned elsewhere, maybe not written yet)."""
-    module = types.ModuleType("accelrl.agents.registry")
+def test_spec_strings_resolve_through_the_registry(trials):
+    from accelrl.agents.tuners.baselines import DoNothing as RegisteredDoNothing
 
-    def make_optimiser(spec: str):
-        if spec == "do-nothing":
-            return DoNothing()
-        if spec == "random":
-            return RandomSearch()
-        raise ValueError(f"unknown optimiser spec {spec!r}")
-
-    module.make_optimiser = make_optimiser
-    monkeypatch.setitem(sys.modules, "accelrl.agents.registry", module)
-    return module
-
-
-def test_spec_strings_resolve_lazily(fake_registry, trials):
     result = evaluate_many(
         ["random", "do-nothing"], trials[:2], max_steps=3, executor="serial", progress=False
     )
     assert result.optimisers == ["random", "do-nothing"]
     assert result.config["optimisers"][0] == {"label": "random", "spec": "random", "name": "random"}
-    with pytest.raises(ValueError, match="unknown optimiser spec 'bogus'"):
+    with pytest.raises(ValueError, match="unknown optimiser 'bogus'"):
         evaluate("bogus", trials[:1], executor="serial")
-    factory = SpecFactory("do-nothing")
-    assert isinstance(factory(), DoNothing)
+    assert isinstance(OptimiserFactory("do-nothing")(), RegisteredDoNothing)
 
 
 def test_labels_are_unique(trials):
@@ -440,7 +423,7 @@ def test_save_load_and_summary_json(tmp_path, trials):
 
 
 def test_report_files(tmp_path, trials):
-    from accelrl.agents.report import example_trials, write_report
+    from accelrl.agents.evaluation.report import example_trials, write_report
 
     result = evaluate_many(
         [RandomSearch, NaNAtStep3], trials[25:31], max_steps=8, executor="serial", progress=False
@@ -476,8 +459,8 @@ def test_do_nothing_on_the_300_published_trials():
 
 
 # --------------------------------------------------------------------------- command
-def test_evaluate_command(fake_registry, tmp_path):
-    from accelrl.agents.evaluate_cli import evaluate_command
+def test_evaluate_command(tmp_path):
+    from accelrl.cli.evaluate import evaluate_command
 
     app = typer.Typer()
     app.command("evaluate")(evaluate_command)
@@ -546,7 +529,7 @@ def test_cli_module_imports_no_torch():
     import subprocess
 
     code = (
-        "import sys, accelrl.agents.evaluate_cli as m; "
+        "import sys, accelrl.cli.evaluate as m; "
         "assert callable(m.evaluate_command); "
         "print(sorted(k for k in ('torch', 'cheetah') if k in sys.modules))"
     )

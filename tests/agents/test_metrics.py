@@ -1,8 +1,9 @@
-"""Per-trial metrics and summaries (:mod:`accelrl.agents.metrics`) on hand-made sequences.
+"""Per-trial metrics and summaries (:mod:`accelrl.agents.evaluation.metrics`) on hand-made
+sequences.
 
-Definitions (``benchmarks/README.md``): best MAE = min over all steps incl. step 0; final MAE
-= last; steps to target = first step with best-so-far < 20 um (NaN if never); steps to
-convergence = smallest s with best[s] - best[-1] < 20 um. All values in m.
+Definitions (Kaiser, Xu, Eichler et al., Sci. Rep. 14, 2024): best MAE = min over all steps
+incl. step 0; final MAE = last; steps to target = first step with best-so-far < 20 um (NaN
+if never); steps to convergence = smallest s with best[s] - best[-1] < 20 um. All values in m.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from accelrl.agents.metrics import (
+from accelrl.agents.evaluation.metrics import (
     CONVERGENCE_TOLERANCE,
     TARGET_MAE,
     best_so_far,

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import types
+from pathlib import Path
 
 import cheetah
 import numpy as np
@@ -20,18 +21,6 @@ import pytest
 import torch
 
 import accelrl.envs as E
-from accelrl.agents.baselines import (
-    DoNothing,
-    ExtremumSeeking,
-    NelderMead,
-    RandomSearch,
-    check_problem,
-    from_unit,
-    to_unit,
-)
-from accelrl.agents.gradient import GradientTuner, TaskModel
-from accelrl.agents.model_based import HiddenStateFit, ModelBasedTuner
-from accelrl.agents.protocol import Observation, Optimiser, Problem
 from accelrl.agents.registry import (
     OPTIMISERS,
     OptimiserFactory,
@@ -39,7 +28,18 @@ from accelrl.agents.registry import (
     make_optimiser,
     parse_spec,
 )
+from accelrl.agents.tuners.base import check_problem, from_unit, to_unit
+from accelrl.agents.tuners.baselines import (
+    DoNothing,
+    ExtremumSeeking,
+    NelderMead,
+    RandomSearch,
+)
+from accelrl.agents.tuners.gradient import GradientTuner
+from accelrl.agents.tuners.model_based import HiddenStateFit, ModelBasedTuner
 from accelrl.envs.ares_ea import AresEATransverseTuning
+from accelrl.envs.model import TaskModel
+from accelrl.protocol import Observation, Optimiser, Problem
 
 NAMES = sorted(OPTIMISERS)
 
@@ -327,21 +327,19 @@ def test_closed_loop_on_published_trials(env, trials):
 
     Measured when written: Nelder-Mead and the gradient tuner improve on the start in 5/5;
     the model-based tuner reaches a median best MAE of ~0.001 um, below 20 um after a
-    median of 4 steps, at ~25 ms per ask (the issue asks for < 20 um).
+    median of 4 steps (its time per ask is measured by ``benchmarks/ares_ea_table.py``, not
+    asserted here).
     """
     chosen = sigma_positive(trials, 5)
     assert len(chosen) == 5
     results: dict[str, np.ndarray] = {}
-    ask_times = []
     for name in ("nelder-mead", "gradient", "model-based"):
         rows = []
         for index in chosen:
-            maes, _, times = run_episode(
+            maes, _, _ = run_episode(
                 make_optimiser(name), env, {"trial": trials[index]}, steps=50, seed=index
             )
             rows.append(maes)
-            if name == "model-based":
-                ask_times.append(times)
         results[name] = np.array(rows)
     for name in ("nelder-mead", "gradient"):
         improved = results[name].min(axis=1) < results[name][:, 0]
@@ -350,7 +348,6 @@ def test_closed_loop_on_published_trials(env, trials):
     assert np.median(best) < 1e-6, best  # < 1 um
     steps_to_target = np.argmax(np.minimum.accumulate(results["model-based"], axis=1) < 20e-6, 1)
     assert np.all(best < 20e-6) and np.median(steps_to_target) <= 8, steps_to_target
-    assert np.mean(np.concatenate(ask_times)) < 0.2
 
 
 def test_random_search_improves_on_the_start(env, trials):
@@ -418,12 +415,49 @@ def test_model_based_on_a_custom_lattice():
         run_episode(ModelBasedTuner(), env, None, steps=1)
 
 
+# --------------------------------------------------------------------------- batches
+BATCHED = ["do-nothing", "random-steps", "policy:agents/apg-ares-ea"]
+
+
+@pytest.mark.parametrize("spec", BATCHED)
+def test_batch_answers_equal_single_answers(spec, env, trials):
+    """A BatchOptimiser answers trial i of a batch as it answers that trial alone."""
+    from accelrl.protocol import BatchOptimiser, ObservationBatch
+
+    ROOT = Path(__file__).resolve().parents[2]
+    spec = spec.replace("policy:", f"policy:{ROOT}/")
+    chosen = trials[20:24]
+    problems, observations = [], []
+    for k, t in enumerate(chosen):
+        _, info = env.reset(options={"trial": t})
+        problems.append(problem_of(env, info, 5, seed=100 + k))
+        observations.append(observation_of(info))
+    batch = make_optimiser(spec)
+    assert isinstance(batch, BatchOptimiser)
+    batch.reset_batch(problems)
+    for step in range(3):
+        obs = ObservationBatch.stack(
+            [Observation(o.beam, o.magnets, o.target, o.on_screen, step) for o in observations]
+        )
+        together = batch.ask_batch(obs)
+        assert together.shape == (len(chosen), 5)
+        for i, problem in enumerate(problems):
+            single = make_optimiser(spec)
+            single.reset(problem)
+            for s in range(step + 1):
+                alone = single.ask(obs.row(i) if s == step else ObservationBatch.stack(
+                    [Observation(o.beam, o.magnets, o.target, o.on_screen, s) for o in observations]
+                ).row(i))  # fmt: skip
+            np.testing.assert_allclose(together[i], alone, rtol=1e-12, atol=0)
+
+
 # --------------------------------------------------------------------------- registry
 def test_registry_names_and_overrides():
     assert set(available_optimisers()) == {
         "bo",
         "do-nothing",
         "random",
+        "random-steps",
         "nelder-mead",
         "extremum-seeking",
         "gradient",

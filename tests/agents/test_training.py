@@ -15,20 +15,16 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
+from accelrl.agents.export.sb3 import PPO_LATENT_BOUND, sb3_physical_action, to_mlp_policy
 from accelrl.agents.policy import MLPPolicy, PolicyOptimiser
-from accelrl.agents.protocol import Observation, Problem
-from accelrl.agents.recipes import Recipe, RecipeError
-from accelrl.agents.sb3_export import PPO_LATENT_BOUND, sb3_physical_action, to_mlp_policy
-from accelrl.agents.train_cli import train_command
-from accelrl.agents.training import (
-    FlattenObservation,
-    TrialEvaluator,
-    make_training_env,
-    summarise,
-    train,
-)
+from accelrl.agents.training.monitor import evaluate_policy
+from accelrl.agents.training.recipes import Recipe, RecipeError
+from accelrl.agents.training.sb3 import train
+from accelrl.agents.training.wrappers import FlattenObservation, make_training_env
+from accelrl.cli.train import train_command
 from accelrl.envs import ARES_EA_ID, load_trials, make_vec
 from accelrl.envs.sb3 import SB3VecEnv
+from accelrl.protocol import Observation, Problem
 
 ROOT = Path(__file__).resolve().parents[2]
 ALGORITHMS = ("td3", "sac", "ppo")
@@ -248,17 +244,20 @@ def test_ppo_environment_squashes_latent_actions() -> None:
     )
 
 
-def test_summarise_metrics() -> None:
-    um = 1e-6
-    # trial 0: reaches 20 um at step 2, converges at step 2; trial 1: never on target.
-    curves = np.array([[500, 400], [100, 300], [10, 350], [15, 200]]) * um
-    s = summarise(curves)
-    assert s["median_best_mae_um"] == pytest.approx((10 + 200) / 2)
-    assert s["median_final_mae_um"] == pytest.approx((15 + 200) / 2)
-    assert s["median_steps_to_target"] is None  # median of [2, inf]
-    assert s["median_steps_to_convergence"] == pytest.approx((2 + 3) / 2)
-    assert s["fraction_on_target"] == 0.5
-    assert summarise(curves[:, :1])["median_steps_to_target"] == 2
+def test_held_out_evaluation_is_the_protocol_summary() -> None:
+    """The periodic evaluation is the evaluation protocol's summary of the policy."""
+    from accelrl.agents.evaluation import evaluate
+
+    policy = MLPPolicy.load(Path(__file__).resolve().parents[2] / "agents" / "apg-ares-ea")
+    trials = [load_trials()[i] for i in (0, 40, 80, 120)]
+    summary = evaluate_policy(policy, trials, steps=12, seed=2)
+    reference = evaluate(
+        lambda: PolicyOptimiser(policy), trials, max_steps=12, seed=2, executor="serial",
+        progress=False, chunk_size=4, label="p",
+    ).summary_json()["p"]  # fmt: skip
+    assert summary["median_best_mae_um"] == reference["all"]["median_best_mae_um"]
+    assert summary["sigma_pos"] == reference["sigma_pos"]
+    assert summary["n_trials"] == 4 and summary["steps"] == 12
 
 
 # ---------------------------------------------------------------------- training runs
@@ -298,8 +297,8 @@ def test_training_writes_a_complete_run(runs: dict, algo: str) -> None:
     assert policy.meta.hidden == [16, 8] and policy.meta.actuator_names == NAMES
     assert policy.meta.activation == ("tanh" if algo == "ppo" else "relu")
     # The final evaluation is the stored policy's: re-running it gives the same numbers.
-    ev = TrialEvaluator(ARES_EA_ID, [load_trials()[i] for i in range(0, 300, 50)], 20)
-    assert ev(policy)["median_best_mae_um"] == pytest.approx(run.final_eval["median_best_mae_um"])
+    again = evaluate_policy(policy, [load_trials()[i] for i in range(0, 300, 50)], 20)
+    assert again["median_best_mae_um"] == pytest.approx(run.final_eval["median_best_mae_um"])
 
 
 def _sb3_forward64(model, z: np.ndarray) -> np.ndarray:
@@ -385,13 +384,19 @@ def test_export_refuses_what_it_cannot_represent() -> None:
 
 
 def test_policy_optimiser_runs_exported_policy_on_two_trials(runs: dict) -> None:
-    """The exported policy under the optimiser protocol, on two published trials, takes the
-    same steps as in the batched evaluation."""
+    """The exported policy under the optimiser protocol, stepped by hand in a single
+    environment, takes the same steps as in the batched evaluation."""
+    from accelrl.agents.evaluation import evaluate
+
     policy = MLPPolicy.load(runs["td3"].policy_dir)
     optimiser = PolicyOptimiser(policy, name="td3")
     trials = load_trials()[40:42]
     steps = 10
-    reference = TrialEvaluator(ARES_EA_ID, trials, steps).mae_curves(policy)
+    result = evaluate(
+        lambda: PolicyOptimiser(policy), trials, max_steps=steps, executor="serial",
+        progress=False, chunk_size=2, label="td3",
+    )  # fmt: skip
+    reference = result.mae_matrix("td3")[1].T
     env = gym.make(
         ARES_EA_ID, action_mode="direct", terminate_on_target=False, max_episode_steps=steps
     )
@@ -495,6 +500,6 @@ def test_cli_reports_invalid_recipes(tmp_path: Path) -> None:
 
 
 def test_cli_default_run_directory() -> None:
-    from accelrl.agents.train_cli import default_out
+    from accelrl.cli.train import default_out
 
     assert default_out(Path("agents/td3_icml.yaml"), 4) == Path("runs/td3_icml-4")

@@ -11,7 +11,8 @@ import yaml
 from deploy_testlib import BUNDLE, ROOT, SIM_CONFIG
 from typer.testing import CliRunner
 
-from accelrl.deploy.cli import app, deploy_app
+from accelrl.cli import app
+from accelrl.cli.deploy import deploy_app
 from accelrl.deploy.config import load_machine_config
 from accelrl.deploy.runlog import read_run
 from accelrl.deploy.runtime import OnnxPolicy

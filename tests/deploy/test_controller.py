@@ -13,7 +13,7 @@ import pytest
 import torch
 from deploy_testlib import BUNDLE, KNOBS, LIMITS, machine_config
 
-from accelrl.deploy.bundle import BundleError
+from accelrl.bundle import BundleError
 from accelrl.deploy.controller import ConfirmRequest, Controller, StopReason
 from accelrl.deploy.plant import Plant
 from accelrl.deploy.runlog import read_run
@@ -67,7 +67,7 @@ def test_auto_reaches_the_target_and_logs_every_step(policy, tmp_path: Path, mon
     steps = records[1:-1]
     assert [r["decision"] for r in steps] == ["write"] * result.steps + ["target_reached"]
     for r in steps[:-1]:
-        assert set(r["raw_action"]) == set(KNOBS) and set(r["observation"]) >= {"mu_x"}
+        assert set(r["requested"]) == set(KNOBS) and set(r["observation"]) >= {"mu_x"}
         assert r["writes"] and r["readbacks"] and "total_s" in r["timing"]
     # Each step's readbacks are the previous step's safe setpoints (verified writes).
     for a, b in zip(steps, steps[1:], strict=False):
@@ -216,25 +216,25 @@ def test_every_abort_rolls_back_to_the_initial_settings(policy, tmp_path, fault,
 
 def test_nan_from_the_policy_aborts_and_rolls_back(policy, tmp_path):
     controller, machine, plant = make(policy, trial=0, log=tmp_path / "n")
-    real = controller.policy.act1
+    real = controller.optimiser.ask
     calls = []
 
-    def act1(x):
+    def ask(observation):
         calls.append(1)
-        out = real(x)
+        out = real(observation)
         if len(calls) == 4:
             out[1] = np.nan
         return out
 
-    controller.policy.act1 = act1  # type: ignore[method-assign]
+    controller.optimiser.ask = ask  # type: ignore[method-assign]
     try:
         result = controller.run()
     finally:
-        del controller.policy.act1
+        del controller.optimiser.ask
     assert result.abort_reason is AbortReason.nonfinite_action and "Q2" in result.abort_detail
     assert result.writes == 3 and result.rollback["complete"] and plant.knobs() == START
     step = [r for r in read_run(tmp_path / "n") if r.get("decision") == "abort"][0]
-    assert step["raw_action"]["Q2"] == "nan"  # strict JSON
+    assert step["requested"]["Q2"] == "nan"  # strict JSON
 
 
 def test_persistent_disconnect_reports_an_incomplete_rollback(policy, tmp_path):

@@ -38,7 +38,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped bundle, or the same policy exported now if it is not there."""
     if (SHIPPED_BUNDLE / "manifest.json").exists():
         return SHIPPED_BUNDLE
-    from accelrl.deploy.export import export
+    from accelrl.agents.export.writer import export
 
     return export(ROOT / "agents" / "apg-ares-ea", tmp_path_factory.mktemp("bundle"))
 
@@ -232,7 +232,6 @@ def test_disconnect_aborts_without_hanging(va, policy, tmp_path):
 def _bo_run(ioc: Any, log_dir: Path, steps: int, fault: str | None = None) -> Any:
     """A BO session (physics prior) as the controller's action source over CA."""
     from accelrl.agents.bo import BOOptimiser
-    from accelrl.agents.machine_source import OptimiserSource
     from accelrl.deploy.epics import EpicsMachine
 
     config = fast_config(ioc)
@@ -240,10 +239,10 @@ def _bo_run(ioc: Any, log_dir: Path, steps: int, fault: str | None = None) -> An
     machine.connect(timeout=5.0)
     safety = SafetyLayer(machine, config)
     # a generous time budget: the suggestions do not depend on the machine's load
-    source = OptimiserSource(config, BOOptimiser(prior="physics", budget_s=5.0), max_steps=steps)
     controller = Controller(
-        source, machine, safety, "auto", target=target_of(30), max_steps=steps,
-        log_dir=log_dir, plot=False,
+        BOOptimiser(prior="physics", budget_s=5.0), machine, safety, "auto",
+        target=target_of(30), thresholds=(2e-5,) * 4, max_steps=steps, log_dir=log_dir,
+        plot=False,
     )  # fmt: skip
     if fault is not None:
         controller.stop_callback = fault_after_first_write(ioc, safety, fault)

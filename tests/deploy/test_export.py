@@ -12,12 +12,8 @@ import pytest
 import torch
 from deploy_testlib import BUNDLE, ROOT
 
-from accelrl.agents.policy import MLPPolicy
-from accelrl.agents.recipes import Recipe
-from accelrl.agents.sb3_export import sb3_physical_action
-from accelrl.agents.training import train
-from accelrl.deploy.bundle import METADATA_KEY, read_manifest, sha256_file
-from accelrl.deploy.export import (
+from accelrl.agents.export.sb3 import sb3_physical_action
+from accelrl.agents.export.writer import (
     ExportError,
     delta_bounds,
     export,
@@ -26,6 +22,10 @@ from accelrl.deploy.export import (
     observation_quantities,
     sample_observations,
 )
+from accelrl.agents.policy import MLPPolicy
+from accelrl.agents.training.recipes import Recipe
+from accelrl.agents.training.sb3 import train
+from accelrl.bundle import METADATA_KEY, read_manifest, sha256_file
 from accelrl.deploy.runtime import OnnxPolicy
 from accelrl.envs import TASKS
 
@@ -73,7 +73,7 @@ def test_mlp_policy_parity_on_10k_observations(shipped_export: Path) -> None:
     assert err.max() <= PARITY
     # The batch-1 fast path gives the batch path's numbers.
     for i in range(0, N_PARITY, 997):
-        np.testing.assert_array_equal(policy.act1(obs[i]), policy.act(obs[i : i + 1])[0])
+        np.testing.assert_array_equal(policy.act_single(obs[i]), policy.act(obs[i : i + 1])[0])
 
 
 def test_bundle_is_one_onnx_file_with_dynamic_batch_and_embedded_manifest(

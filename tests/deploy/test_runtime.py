@@ -16,7 +16,7 @@ import pytest
 from deploy_testlib import BUNDLE, ROOT
 from onnx import numpy_helper
 
-from accelrl.deploy.bundle import BundleError, read_manifest, sha256_file
+from accelrl.bundle import BundleError, read_manifest, sha256_file
 from accelrl.deploy.runtime import OnnxPolicy
 
 
@@ -109,7 +109,7 @@ def test_manifest_schema_errors_name_the_field(bundle: Path) -> None:
 def test_act_checks_the_observation_size() -> None:
     policy = OnnxPolicy(BUNDLE)
     with pytest.raises(ValueError, match="13 values"):
-        policy.act1(np.zeros(12))
+        policy.act_single(np.zeros(12))
     with pytest.raises(ValueError, match=r"\[N, 13\]"):
         policy.act(np.zeros((3, 12)))
 
@@ -131,8 +131,8 @@ TORCH_FREE = textwrap.dedent(
     from accelrl.deploy.controller import Controller
     from accelrl.deploy.runtime import OnnxPolicy
     from accelrl.deploy.safety import SafetyLayer
-    import accelrl.deploy.runlog, accelrl.deploy.bundle, accelrl.deploy.config
-    import accelrl.deploy.machine, accelrl.deploy.cli
+    import accelrl.deploy.runlog, accelrl.bundle, accelrl.deploy.config
+    import accelrl.deploy.machine, accelrl.cli.deploy
 
     try:
         import accelrl.deploy.sim  # needs the simulation, hence torch

@@ -12,7 +12,7 @@ from deploy_testlib import BUNDLE, KNOBS, LIMITS, LinearMachine, machine_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accelrl.deploy.bundle import read_manifest
+from accelrl.bundle import read_manifest
 from accelrl.deploy.machine import PutRejected, Reading
 from accelrl.deploy.safety import AbortReason, SafetyAbort, SafetyLayer, effective_limits
 

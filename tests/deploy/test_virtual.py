@@ -107,9 +107,9 @@ def test_ioc_own_pvs(ioc):
 def test_setpoint_pvs_publish_their_limits(ioc):
     from caproto.threading.client import Context
 
-    from accelrl.deploy.epics import _CaChannels
+    from accelrl.deploy.epics import CaChannels
 
-    channels = _CaChannels([ioc.address])
+    channels = CaChannels([ioc.address])
     try:
         name = ioc.machine_config.knob("CV").setpoint
         assert channels.connect([name], 3.0) == []
@@ -193,7 +193,7 @@ def test_serve_virtual_command_serves_the_config(tmp_path):
     prefix = unique_prefix()
     written = tmp_path / "machine.yaml"
     code = (
-        "import typer; from accelrl.deploy.virtual.cli import serve_virtual_command; "
+        "import typer; from accelrl.cli.serve_virtual import serve_virtual_command; "
         "typer.run(serve_virtual_command)"
     )
     args = [sys.executable, "-c", code, "--config", str(VIRTUAL_CONFIG), "--port", str(port)]
@@ -213,9 +213,9 @@ def test_serve_virtual_command_serves_the_config(tmp_path):
             assert machine.read_knobs().values["Q1"] == 10.0
         finally:
             machine.close()
-        from accelrl.deploy.epics import _CaChannels
+        from accelrl.deploy.epics import CaChannels
 
-        channels = _CaChannels([f"127.0.0.1:{port}"])
+        channels = CaChannels([f"127.0.0.1:{port}"])
         try:
             names = [f"{prefix}TRIAL", f"{prefix}FAULT"]
             assert channels.connect(names, 3.0) == []
@@ -236,7 +236,7 @@ def test_serve_virtual_command_reports_a_bad_config(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"machine: {MACHINE_CONFIG}\nport: 12\n")
     code = (
-        "import typer; from accelrl.deploy.virtual.cli import serve_virtual_command; "
+        "import typer; from accelrl.cli.serve_virtual import serve_virtual_command; "
         "typer.run(serve_virtual_command)"
     )
     result = subprocess.run(

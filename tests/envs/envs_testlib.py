@@ -21,7 +21,9 @@ import accelrl.envs as E
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_YAML = ROOT / "envs" / "ares_ea.yaml"
-SHARED_TRIALS = ROOT.parent / "shared" / "benchmarks" / "ares_ea_trials_300.yaml"
+#: sha256 of desy-ml/rl-vs-bo ``trials.yaml`` at commit fcd68a5 (the shipped copy's data,
+#: without its provenance comment lines).
+UPSTREAM_TRIALS_SHA256 = "894100e0a5d5e20b98016a2fd757a1475f77bb0b5aacbf7ad2c5557568bfe676"
 ENV_ID = E.ARES_EA_ID
 
 #: Screen half extent [m] of AREABSCR1 = resolution * pixel size / 2.

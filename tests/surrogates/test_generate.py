@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import accelrl.surrogates.generate as gen
-from accelrl.surrogates.cli import surrogates_app
+from accelrl.cli.surrogates import surrogates_app
 from accelrl.surrogates.dataset import DatasetError, load_dataset
 from accelrl.surrogates.design import physical_to_unit, sobol_design
 from accelrl.surrogates.simulators import RunResult

@@ -10,9 +10,10 @@ import yaml
 from test_models import fixture_dataset
 from typer.testing import CliRunner
 
+from accelrl.cli.surrogates import resimulate_command as resimulate
+from accelrl.cli.surrogates import train_command as train
 from accelrl.surrogates.dataset import frame_to_table, write_meta, write_table
 from accelrl.surrogates.models import load_surrogate
-from accelrl.surrogates.train_cli import resimulate, train
 
 torch.set_num_threads(1)
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import scipy.constants as ct
 
+from accelrl.execution import limit_threads
 from accelrl.surrogates.dataset import load_dataset
 from accelrl.surrogates.generate import generate
-from accelrl.surrogates.simulators import Simulator, limit_threads, make_simulator
+from accelrl.surrogates.simulators import Simulator, make_simulator
 from accelrl.surrogates.simulators.lpa import (
     MC2_EV,
     current_profile,
@@ -162,7 +163,7 @@ import threading
 import numba, numpy as np
 from numba.np.ufunc import parallel
 
-from accelrl.surrogates.simulators import limit_threads
+from accelrl.execution import limit_threads
 
 @numba.njit(parallel=True)
 def total(x):

@@ -5,7 +5,7 @@
 * :mod:`~accelrl.agents.bo.prior`: physics prior modules (the compiled ARES-EA beamline).
 * :mod:`~accelrl.agents.bo.model`: the prior-mean wrapper, calibration, mismatch fallback.
 * :mod:`~accelrl.agents.bo.acquisition`: LogEI / UCB and their optimisation.
-* :mod:`~accelrl.agents.bo.safety`: hard bounds, max step, trust region, safe returns.
+* :mod:`~accelrl.agents.bo.guard`: hard bounds, max step, trust region, safe returns.
 * :mod:`~accelrl.agents.bo.session`: the ask/tell session (persists and resumes).
 * :mod:`~accelrl.agents.bo.optimiser`: the evaluation-protocol optimiser ``"bo"``.
 * :mod:`~accelrl.agents.bo.xopt_interop`: the prior as an Xopt ``mean_modules`` entry.
@@ -35,8 +35,8 @@ _LAZY = {
     "ares_ea_problem": "accelrl.agents.bo.problem",
     "from_protocol": "accelrl.agents.bo.problem",
     "screen_result": "accelrl.agents.bo.problem",
-    "SafetyLayer": "accelrl.agents.bo.safety",
-    "TrustRegionConfig": "accelrl.agents.bo.safety",
+    "TuningGuard": "accelrl.agents.bo.guard",
+    "TrustRegionConfig": "accelrl.agents.bo.guard",
     "SessionPaused": "accelrl.agents.bo.session",
     "TuningSession": "accelrl.agents.bo.session",
 }

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from accelrl.agents.bo.safety import TrustRegionConfig
+from accelrl.agents.bo.guard import TrustRegionConfig
 from accelrl.config import format_validation_error
 
 __all__ = ["CORRELATION_THRESHOLD", "MIN_POINTS_FOR_CHECK", "SessionConfig", "session_config"]

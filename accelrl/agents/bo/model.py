@@ -337,7 +337,7 @@ class FitResult:
     fit_s: float = 0.0
 
 
-def _parameter_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def parameter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
@@ -378,7 +378,7 @@ def fit_gp(
     if isinstance(mean, CalibratedMean):
         ot = model.outcome_transform
         mean.prior_mean.set_standardisation(ot.means.reshape(()), ot.stdvs.reshape(()))
-    initial = _parameter_state(model)
+    initial = parameter_state(model)
     _load_parameters(model, state)
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
     model.train()
@@ -394,7 +394,7 @@ def fit_gp(
     return model
 
 
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a - a.mean(), b - b.mean()
     denominator = float(torch.sqrt((a * a).sum() * (b * b).sum()))
     if not denominator > 0 or not math.isfinite(denominator):
@@ -436,18 +436,18 @@ def fit_models(
     states = dict(states or {})
     if prior_mean is None:
         model = fit_gp(train_x, train_y, None, states.get("constant"), maxiter, timeout_s)
-        states["constant"] = _parameter_state(model)
+        states["constant"] = parameter_state(model)
         return FitResult(model, False, math.nan, False, math.nan, states, time.perf_counter() - t0)
     mean = CalibratedMean(prior_mean, 0 if observables is None else observables.shape[-1])
     if observables is not None:
         mean.set_observables(train_x, observables)
     model = fit_gp(train_x, train_y, mean, states.get("prior"), maxiter, timeout_s)
-    states["prior"] = _parameter_state(model)
+    states["prior"] = parameter_state(model)
     if predictive is None:  # in-sample: the prior term against the standardised data
         with torch.no_grad():
             term = mean.prior_term(train_x)
             y_std = model.outcome_transform(train_y.reshape(-1, 1))[0].reshape(-1)
-        tested = _pearson(term, y_std) if len(train_y) >= 3 else math.nan
+        tested = pearson(term, y_std) if len(train_y) >= 3 else math.nan
         points = len(train_y)
     else:
         tested, points = predictive
@@ -456,10 +456,5 @@ def fit_models(
     if not poor:
         return FitResult(model, True, tested, False, weight, states, time.perf_counter() - t0)
     constant = fit_gp(train_x, train_y, None, states.get("constant"), maxiter, timeout_s)
-    states["constant"] = _parameter_state(constant)
+    states["constant"] = parameter_state(constant)
     return FitResult(constant, False, tested, True, weight, states, time.perf_counter() - t0)
-
-
-def describe_state(states: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """JSON-friendly copy of fitted parameter states (lists of floats)."""
-    return {k: {n: v.reshape(-1).tolist() for n, v in s.items()} for k, s in states.items()}

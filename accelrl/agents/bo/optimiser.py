@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from accelrl.agents.baselines import check_problem
 from accelrl.agents.bo.config import SessionConfig
 from accelrl.agents.bo.problem import from_protocol, screen_result
-from accelrl.agents.protocol import Observation, Problem
+from accelrl.agents.tuners.baselines import check_problem
+from accelrl.protocol import Observation, Problem
 
 __all__ = ["PRIORS", "BOOptimiser"]
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from accelrl.physics.beam import INCOMING, TRANSVERSE
+from accelrl.names import INCOMING, TRANSVERSE
 
 __all__ = [
     "BeamlinePrior",
@@ -105,7 +105,7 @@ class BeamlinePrior(nn.Module):
         spec: object | None = None,
     ) -> None:
         super().__init__()
-        from accelrl.agents.gradient import TaskModel, default_model
+        from accelrl.envs.model import TaskModel, default_model
 
         model = default_model() if spec is None else TaskModel(spec)  # type: ignore[arg-type]
         target_arr = np.asarray(target, dtype=np.float64).reshape(-1)

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from accelrl.config import format_validation_error
-from accelrl.physics.beam import TRANSVERSE
+from accelrl.names import TRANSVERSE
 
 __all__ = [
     "Constraint",
@@ -252,7 +252,7 @@ class TuningProblem(_Model):
 
 
 def from_protocol(problem: Any, max_step_factor: float | None = 1.0) -> TuningProblem:
-    """The tuning problem of an :class:`accelrl.agents.protocol.Problem` (ARES-style task:
+    """The tuning problem of an :class:`accelrl.protocol.Problem` (ARES-style task:
     objective ``"mae"`` [m], minimised in log; beam on screen as a critical constraint).
 
     :param problem: The protocol problem (actuator names, limits, start, ``max_delta``).

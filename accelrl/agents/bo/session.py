@@ -9,8 +9,8 @@
 
 Each :meth:`TuningSession.suggest` fits a ``SingleTaskGP`` per modelled output (the
 objective, with the calibrated prior mean when one is given, and every ``modelled``
-constraint), optimises the acquisition inside the box the :class:`~accelrl.agents.bo.safety.
-SafetyLayer` allows and passes the result through the layer's final guard. Torch runs on
+constraint), optimises the acquisition inside the box the :class:`~accelrl.agents.bo.guard.
+TuningGuard` allows and passes the result through its final check. Torch runs on
 ``config.threads`` threads (default 1) during a suggestion.
 """
 
@@ -30,17 +30,17 @@ from torch import nn
 
 from accelrl.agents.bo.acquisition import make_acquisition, optimise
 from accelrl.agents.bo.config import SessionConfig, session_config
+from accelrl.agents.bo.guard import TuningGuard
 from accelrl.agents.bo.model import (
     FitResult,
     PriorMean,
-    _parameter_state,
-    _pearson,
     fit_gp,
     fit_models,
     is_calibrated,
+    parameter_state,
+    pearson,
 )
 from accelrl.agents.bo.problem import ProblemError, TuningProblem
-from accelrl.agents.bo.safety import SafetyLayer
 
 __all__ = ["SessionConfig", "SessionPaused", "TuningSession"]
 
@@ -83,7 +83,7 @@ class TuningSession:
         )
         self.config = session_config(config)
         p = self.problem
-        self.safety = SafetyLayer(p.low, p.high, p.max_step, p.initial_vector, self.config.trust)
+        self.safety = TuningGuard(p.low, p.high, p.max_step, p.initial_vector, self.config.trust)
         self.prior = prior
         self.fixed_inputs = dict(fixed_inputs or {})
         self._sign = -1.0 if p.objective.minimise else 1.0
@@ -219,7 +219,7 @@ class TuningSession:
         if len(pairs) < 3:
             return math.nan, len(pairs)
         a, b = torch.as_tensor(pairs, dtype=torch.float64).T
-        return _pearson(a, b), len(pairs)
+        return pearson(a, b), len(pairs)
 
     def _observables(self, rows: list[dict[str, Any]]) -> torch.Tensor | None:
         """Observed values ``[n, m]`` of the prior's observables at the training rows (NaN
@@ -307,7 +307,7 @@ class TuningSession:
                     self._states.get(key),
                     cfg.fit_maxiter,
                 )
-                self._states[key] = _parameter_state(gp)
+                self._states[key] = parameter_state(gp)
                 constraints.append((gp, c.lower, c.upper))
         best = self._best_row()  # safe and feasible: the incumbent of the acquisition
         best_f = self._modelled(best) if best is not None else float(train_y.min())

@@ -8,7 +8,7 @@ the ``<prefix>FAULT`` PV. See ``docs/virtual_accelerator.md``.
 * :mod:`accelrl.deploy.virtual.config`: the IOC config (validated) and PV prefixes.
 * :mod:`accelrl.deploy.virtual.ioc`: the IOC itself (imports the simulation, hence torch).
 * :mod:`accelrl.deploy.virtual.serve`: :func:`serve_in_subprocess` for tests and demos.
-* :mod:`accelrl.deploy.virtual.cli`: ``accelrl serve-virtual``.
+* :mod:`accelrl.cli.serve_virtual`: ``accelrl serve-virtual``.
 
 Importing this package does not import torch.
 """

@@ -117,10 +117,10 @@ class VirtualHandle:
 
     # ------------------------------------------------------------- Channel Access helpers
     def _channels(self) -> Any:
-        from accelrl.deploy.epics import _CaChannels
+        from accelrl.deploy.epics import CaChannels
 
         if self._client is None:
-            self._client = _CaChannels([self.address])
+            self._client = CaChannels([self.address])
         return self._client
 
     def _call(self, name: str, timeout: float, fn: Any) -> Any:

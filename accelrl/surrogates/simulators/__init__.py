@@ -24,7 +24,6 @@ from accelrl.surrogates.simulators.base import (
     OK,
     RunResult,
     Simulator,
-    limit_threads,
 )
 
 if TYPE_CHECKING:
@@ -36,7 +35,6 @@ __all__ = [
     "OK",
     "RunResult",
     "Simulator",
-    "limit_threads",
     "make_simulator",
     "simulator_version",
 ]

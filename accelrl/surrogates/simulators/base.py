@@ -17,15 +17,6 @@ from typing import Any, Protocol, runtime_checkable
 #: Run statuses (the ``status`` column of a dataset table).
 OK, NO_BEAM, FAILED = "ok", "no_beam", "failed"
 
-#: Thread-count variables set to 1 in every worker, before numba/BLAS load.
-THREAD_VARS: tuple[str, ...] = (
-    "NUMBA_NUM_THREADS",
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "WAKET_NUM_THREADS",
-)
-
 
 @dataclass
 class RunResult:
@@ -87,57 +78,6 @@ def check_fidelity(
         if int(f[key]) < 1:
             raise ValueError(f"fidelity.{key} must be >= 1, got {f[key]!r}")
     return f
-
-
-def limit_threads(n: int = 1) -> None:
-    """Use ``n`` numba, OpenMP and BLAS threads in this process (numba: in this thread).
-
-    Call before Wake-T, FBPIC or numpy's BLAS do their work, in the thread that runs them.
-    Before numba's thread pool has started, ``NUMBA_NUM_THREADS`` sizes it (if numba is
-    already imported, its configuration and the pool size it will start with are updated;
-    the pool is not started here, so a process pool may still fork safely). Once the pool
-    runs, that variable is left as it is -- numba refuses a changed pool size and checks it
-    at every compilation -- and ``numba.set_num_threads`` limits the threads the calling
-    thread uses.
-
-    :param n: Number of threads (>= 1).
-    :raises ValueError: For ``n < 1``.
-    """
-    if n < 1:
-        raise ValueError(f"thread count must be >= 1, got {n}")
-    import sys
-
-    numba_loaded = "numba" in sys.modules
-    launched = numba_loaded and _numba_pool_started()
-    for var in THREAD_VARS:
-        if not (launched and var == "NUMBA_NUM_THREADS"):
-            os.environ[var] = str(n)
-    if numba_loaded:
-        import numba
-
-        with contextlib.suppress(Exception):  # e.g. no threading layer: numba's own error later
-            if launched:
-                numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-            else:
-                from numba.np.ufunc import parallel
-
-                numba.config.reload_config()
-                # the pool size numba read when it was imported, used when the pool starts
-                parallel.NUM_THREADS = numba.config.NUMBA_NUM_THREADS
-    with contextlib.suppress(ImportError):
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(n)
-
-
-def _numba_pool_started() -> bool:
-    """Whether numba's thread pool runs in this process (``True`` when unknown: then its
-    size is never changed)."""
-    try:
-        from numba.np.ufunc import parallel
-    except ImportError:
-        return True
-    return bool(getattr(parallel, "_is_initialized", True))
 
 
 @contextlib.contextmanager

@@ -81,11 +81,6 @@ def resolve_parameters(
     return values
 
 
-def check_parameter_names(fixed: Mapping[str, object], input_names: list[str]) -> None:
-    """Check a spec's fixed and input names without values (see :func:`resolve_parameters`)."""
-    resolve_parameters(fixed, dict.fromkeys(input_names, 1.0))
-
-
 # ---------------------------------------------------------------------------- plasma, laser
 def plasma_wavenumber(density: float) -> float:
     """Plasma wavenumber k_p [1/m] of an electron density [m^-3]."""

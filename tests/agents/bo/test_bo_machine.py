@@ -1,17 +1,15 @@
-"""Optimisers on a machine through the deploy controller (:mod:`accelrl.agents.machine_source`)
-and ``accelrl tune --machine deploy/*.yaml``: the simulated ARES-EA machine, trial 30."""
+"""Optimisers of the protocol on a machine through the deploy controller and ``accelrl tune
+--machine deploy/*.yaml``: the simulated ARES-EA machine, trial 30."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from accelrl.agents.bo import BOOptimiser
-from accelrl.agents.machine_source import OptimiserSource
 from accelrl.agents.registry import make_optimiser
 from accelrl.cli import app
 from accelrl.deploy.config import MachineConfig, load_machine_config
@@ -24,16 +22,16 @@ from accelrl.deploy.sim import SimMachine
 ROOT = Path(__file__).resolve().parents[3]
 SIM_CONFIG = ROOT / "deploy" / "sim_ares_ea.yaml"
 EPICS_CONFIG = ROOT / "deploy" / "virtual_ares_ea_machine.yaml"
+THRESHOLDS = (2e-5,) * 4  # the ARES-EA task's "target reached" [m]
 
 
 def _run(optimiser, mode: str, steps: int, log_dir: Path) -> tuple[object, Plant, MachineConfig]:
     config = load_machine_config(SIM_CONFIG)
     plant = Plant.from_trial(30)
     machine = SimMachine(plant, config)
-    source = OptimiserSource(config, optimiser, max_steps=steps)
     controller = Controller(
-        source, machine, SafetyLayer(machine, config), mode, target=plant.target,
-        max_steps=steps, log_dir=log_dir, plot=False,
+        optimiser, machine, SafetyLayer(machine, config), mode, target=plant.target,
+        thresholds=THRESHOLDS, max_steps=steps, log_dir=log_dir, plot=False,
     )  # fmt: skip
     return controller.run(), plant, config
 
@@ -80,20 +78,27 @@ def test_shadow_mode_never_writes_and_other_optimisers_plug_in(tmp_path: Path) -
     _assert_writes_within_limits(tmp_path / "b", config)
 
 
-def test_source_checks_its_input() -> None:
+def test_controller_checks_the_optimiser_setup() -> None:
     config = load_machine_config(SIM_CONFIG)
-    source = OptimiserSource(config, BOOptimiser(prior="none"), max_steps=3)
-    spec = source.spec
-    assert spec.action_mode == "direct" and spec.knob_names == config.knob_names
-    assert spec.knob_limits["Q1"] == (-72.0, 72.0) and spec.target_thresholds == (2e-5,) * 4
-    with pytest.raises(ValueError, match="observation must have 13 values"):
-        source.act1(np.zeros(12))
+    machine = SimMachine(Plant.from_trial(30), config)
+    safety = SafetyLayer(machine, config)
+    target = (0.0, 1e-4, 0.0, 1e-4)
+    with pytest.raises(ValueError, match="thresholds .* are required"):
+        Controller(BOOptimiser(prior="none"), machine, safety, "auto", target=target)
     with pytest.raises(ValueError, match="max_steps must be >= 1"):
-        OptimiserSource(config, BOOptimiser(prior="none"), max_steps=0)
+        Controller(
+            BOOptimiser(), machine, safety, "auto", target=target, thresholds=THRESHOLDS,
+            max_steps=0,
+        )  # fmt: skip
     data = config.model_dump()
     data["observations"] = data["observations"][:2]
+    short = MachineConfig.model_validate(data)
+    machine = SimMachine(Plant.from_trial(30), short)
     with pytest.raises(ValueError, match=r"missing \['mu_y', 'sigma_y'\]"):
-        OptimiserSource(MachineConfig.model_validate(data), BOOptimiser(), max_steps=3)
+        Controller(
+            BOOptimiser(), machine, SafetyLayer(machine, short), "auto", target=target,
+            thresholds=THRESHOLDS,
+        )  # fmt: skip
 
 
 def test_tune_command_on_a_machine_config(tmp_path: Path) -> None:

@@ -139,7 +139,7 @@ def test_fit_survives_constant_and_duplicate_data() -> None:
 
 def test_beamline_prior_matches_environment_model() -> None:
     """The design prior's reading is the compiled beamline with the design beam."""
-    from accelrl.agents.gradient import default_model
+    from accelrl.envs.model import default_model
 
     model = default_model()
     prior = BeamlinePrior([0, 0, 0, 0], calibrate=False)

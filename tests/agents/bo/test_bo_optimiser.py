@@ -52,7 +52,7 @@ def test_physics_prior_bo_tunes_a_published_trial() -> None:
 def test_protocol_optimiser_survives_nan_and_off_screen_readings() -> None:
     """NaN readings and a lost beam never produce settings beyond the limits or max_delta."""
     from accelrl.agents.bo import BOOptimiser
-    from accelrl.agents.protocol import Observation, Problem
+    from accelrl.protocol import Observation, Problem
 
     low, high = (
         np.array([-72.0, -72.0, -6e-3, -72.0, -6e-3]),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from accelrl.agents.bo.problem import ProblemError, TuningProblem, ares_ea_problem, from_protocol
-from accelrl.agents.protocol import Problem
+from accelrl.protocol import Problem
 
 
 def _base(**over: object) -> dict:

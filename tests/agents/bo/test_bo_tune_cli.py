@@ -7,7 +7,7 @@ import json
 import typer
 from typer.testing import CliRunner
 
-from accelrl.agents.tune_cli import tune_command
+from accelrl.cli.tune import tune_command
 
 
 def _app() -> typer.Typer:

@@ -1,0 +1,410 @@
+"""Evaluate optimisers on a trial set: :func:`evaluate` and :func:`evaluate_many`.
+
+The protocol of each trial is that of :mod:`accelrl.agents.evaluation.loop` (the published
+ARES-EA evaluation; Kaiser, Xu, Eichler et al., Sci. Rep. 14, 2024).
+
+Trials are split into fixed chunks (``chunk_size``, set from the number of trials only) and
+the chunks run in parallel through a :class:`concurrent.futures.Executor`: a local process
+pool (default, one torch/BLAS thread per worker), in-process (``"serial"``), Dask
+(``"dask"``: a local cluster, or the scheduler at ``dask_address``) or any executor you
+pass. One optimiser instance serves the trials of one chunk: reset for each trial, or for
+all of them at once when it is a :class:`~accelrl.protocol.BatchOptimiser` (the chunk then
+steps as one vector environment). An optimiser must take all of a trial's randomness from
+``Problem.seed``; then every executor gives identical records (timings aside).
+
+On a SLURM cluster, start a ``dask_jobqueue.SLURMCluster`` (``[cluster]`` extra), scale it,
+and pass ``dask_address=cluster.scheduler_address`` (or ``executor=client.get_executor()``);
+the workers need accelrl installed and the optimiser factories importable.
+
+>>> from accelrl.agents.evaluation import evaluate
+>>> result = evaluate("nelder-mead", trials=None, executor="process")  # doctest: +SKIP
+>>> result.summary_json()["nelder-mead"]["sigma_pos"]["median_best_mae_um"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as dt
+import hashlib
+import math
+import pickle
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from accelrl.agents.evaluation.loop import TRIAL_SEED_RULE, StepHook, evaluation_env, run_trials
+from accelrl.agents.evaluation.result import (
+    FORMAT_VERSION,
+    EvaluationResult,
+    records_table,
+    summarise_trials,
+    trials_table,
+)
+from accelrl.execution import (
+    ExecutorArg,
+    executor_scope,
+    git_state,
+    one_thread,
+    package_versions,
+)
+from accelrl.names import ARES_EA_ID
+from accelrl.progress import progress_bar
+from accelrl.protocol import BatchOptimiser, Optimiser
+
+if TYPE_CHECKING:
+    from accelrl.envs import Trial
+
+#: Default task.
+DEFAULT_ENV_ID = ARES_EA_ID
+#: Episode length of the published evaluation [steps].
+DEFAULT_MAX_STEPS = 150
+#: Distributions whose versions every run records.
+_VERSIONED = ("accelrl", "torch", "numpy", "cheetah-accelerator", "gymnasium", "pyarrow", "scipy")
+
+#: A picklable zero-argument callable returning a fresh optimiser.
+MakeOptimiser = Callable[[], Optimiser]
+
+
+# --------------------------------------------------------------------------- optimiser specs
+@dataclass(frozen=True)
+class _Entry:
+    label: str  # key in the results (spec string, or the optimiser's name)
+    factory: MakeOptimiser
+    spec: str  # the spec string, or the factory's repr
+    name: str  # optimiser.name
+    batched: bool  # the optimiser is a BatchOptimiser
+
+
+def _check_optimiser(obj: Any, origin: str) -> str:
+    for attr in ("reset", "ask"):
+        if not callable(getattr(obj, attr, None)):
+            raise TypeError(f"{origin} returned {obj!r}, which has no {attr}() method")
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"{origin} returned {obj!r}, whose `name` is not a non-empty string")
+    return name
+
+
+def _factory_text(factory: Any) -> str:
+    """``module.QualName`` of a class or function, else its repr."""
+    module, qualname = getattr(factory, "__module__", None), getattr(factory, "__qualname__", None)
+    return f"{module}.{qualname}" if module and qualname else repr(factory)
+
+
+def _entries(optimisers: Sequence[str | MakeOptimiser] | Mapping[str, Any]) -> list[_Entry]:
+    """Labels and factories; every factory is called once here to fail early and get names."""
+    if isinstance(optimisers, str) or callable(optimisers):
+        optimisers = [optimisers]
+    items = (
+        list(optimisers.items())
+        if isinstance(optimisers, Mapping)
+        else [(None, o) for o in optimisers]
+    )
+    if not items:
+        raise ValueError("no optimiser to evaluate")
+    out: list[_Entry] = []
+    for label, spec in items:
+        if isinstance(spec, str):
+            from accelrl.agents.registry import OptimiserFactory
+
+            factory: MakeOptimiser = OptimiserFactory(spec)
+            text = spec
+        elif callable(spec):
+            factory, text = spec, _factory_text(spec)
+        else:
+            raise TypeError(
+                f"an optimiser must be a spec string or a zero-argument factory, got {spec!r}"
+            )
+        probe = factory()
+        name = _check_optimiser(probe, f"optimiser {text!r}")
+        batched = isinstance(probe, BatchOptimiser)
+        close = getattr(probe, "close", None)
+        if callable(close):
+            close()
+        label = label or (spec if isinstance(spec, str) else name)
+        out.append(_Entry(label, factory, text, name, batched))
+    labels = [e.label for e in out]
+    for i, e in enumerate(out):  # same names: "x", "x#2", ...
+        if labels.count(e.label) > 1:
+            k = labels[:i].count(e.label) + 1
+            if k > 1:
+                out[i] = _Entry(f"{e.label}#{k}", e.factory, e.spec, e.name, e.batched)
+    return out
+
+
+# --------------------------------------------------------------------------- worker side
+def _run_chunk(
+    factory: MakeOptimiser,
+    batched: bool,
+    trials: Sequence[Trial],
+    max_steps: int,
+    backend: str,
+    seed: int,
+    env_id: str,
+    on_step: StepHook | None = None,
+) -> list[dict[str, Any]]:
+    """Worker task: one optimiser instance for the trials of the chunk."""
+    env = evaluation_env(env_id, backend, len(trials) if batched else 1, max_steps)
+    optimiser = factory()
+    try:
+        return run_trials(env, optimiser, trials, max_steps, seed, on_step)
+    finally:
+        close = getattr(optimiser, "close", None)
+        if callable(close):
+            close()
+
+
+# --------------------------------------------------------------------------- provenance
+def _git() -> dict[str, Any]:
+    """Commit of the accelrl checkout (and whether tracked files differ), if it is one."""
+    state = git_state()
+    if state is None:
+        return {"commit": None, "dirty": None}
+    commit, dirty = state
+    return {"commit": commit or None, "dirty": dirty}
+
+
+def _resolve_trials(
+    trials: Sequence[Trial] | str | Path | None, limit: int | None = None
+) -> tuple[list[Trial], dict]:
+    from accelrl.envs.trials import DEFAULT_TRIALS, load_trials
+
+    if trials is None or isinstance(trials, (str, Path)):
+        path = Path(trials) if trials is not None else DEFAULT_TRIALS
+        out = load_trials(path)
+        source = {
+            "source": str(path),
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "default": trials is None,
+        }
+    else:
+        out, source = list(trials), {"source": "in-memory", "sha256": None, "default": False}
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        out = out[:limit]
+    if not out:
+        raise ValueError("no trials to evaluate")
+    idx = [int(t.index) for t in out]
+    if len(set(idx)) != len(idx):
+        raise ValueError("trial indices must be unique within one evaluation")
+    source.update(n=len(out), limit=limit, indices=idx)
+    return out, source
+
+
+# --------------------------------------------------------------------------- entry points
+def _chunks(trials: list[Trial], chunk_size: int | None) -> list[list[Trial]]:
+    if chunk_size is None:
+        chunk_size = max(1, math.ceil(len(trials) / 64))
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return [trials[i : i + chunk_size] for i in range(0, len(trials), chunk_size)]
+
+
+def evaluate_many(
+    optimisers: Sequence[str | MakeOptimiser] | Mapping[str, str | MakeOptimiser],
+    trials: Sequence[Trial] | str | Path | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    backend: str = "fast",
+    seed: int = 0,
+    executor: ExecutorArg = None,
+    workers: int | None = None,
+    dask_address: str | None = None,
+    progress: bool = True,
+    *,
+    env_id: str = DEFAULT_ENV_ID,
+    chunk_size: int | None = None,
+    limit: int | None = None,
+    on_step: StepHook | None = None,
+) -> EvaluationResult:
+    """Evaluate several optimisers on the same trials, as one comparative result.
+
+    :param optimisers: Spec strings (``"nelder-mead"``, ``"policy:PATH"``, ... resolved by
+        :func:`accelrl.agents.registry.make_optimiser` in each worker) and/or picklable
+        zero-argument factories returning an :class:`~accelrl.protocol.Optimiser`;
+        or a mapping ``label -> spec or factory``. Labels default to the spec string, or the
+        optimiser's ``name`` for factories (repeats get ``#2``, ``#3``). Each factory is
+        called once up front, in this process, to fail early and read the name.
+    :param trials: Trials, a trial-set YAML path, or ``None`` for the 300 published ARES-EA
+        trials. Trial indices must be unique.
+    :param max_steps: Steps per trial (default 150, as published).
+    :param backend: ``"fast"`` (compiled map), ``"cheetah"`` or ``"cheetah-particles"``.
+    :param seed: Base seed (>= 0); trial ``t`` uses
+        :func:`~accelrl.agents.evaluation.loop.trial_seed`.
+    :param executor: ``None``/``"process"`` (local process pool, default), ``"serial"``
+        (in-process), ``"dask"`` (``dask.distributed``: a ``LocalCluster`` with ``workers``
+        single-threaded workers, or the scheduler at ``dask_address``; needs the
+        ``[cluster]`` extra) or any :class:`concurrent.futures.Executor` (not shut down;
+        it must be able to import accelrl and pickle the factories).
+    :param workers: Workers of the pool or local Dask cluster (default: CPU count).
+    :param dask_address: Scheduler address, e.g. ``"tcp://10.0.0.1:8786"``; implies
+        ``executor="dask"``.
+    :param progress: Show a progress bar (rich, on stderr) over trials.
+    :param env_id: Registered task (default ARES-EA).
+    :param chunk_size: Trials per task (default ``ceil(N / 64)``); one optimiser instance
+        serves a chunk. Fixed by the trial list, so results do not depend on the executor.
+    :param limit: Evaluate only the first ``limit`` trials (the source stays recorded).
+    :param on_step: Called with ``(trial index, step, info)`` after every recorded step of
+        every trial (``executor="serial"`` only), e.g. for a live display.
+    :raises ValueError: For invalid arguments; errors of the simulation or of an optimiser
+        factory propagate; errors of ``reset``/``ask`` fail only their trial.
+    """
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    from accelrl.envs import TASKS
+    from accelrl.physics import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if env_id not in TASKS:
+        raise ValueError(f"unknown environment {env_id!r}; registered: {sorted(TASKS)}")
+    if on_step is not None and executor != "serial":
+        raise ValueError("on_step needs executor='serial' (it runs in this process)")
+    spec = TASKS[env_id]()
+    trial_list, trial_source = _resolve_trials(trials, limit)
+    entries = _entries(optimisers)
+    chunks = _chunks(trial_list, chunk_size)
+    started = dt.datetime.now(dt.UTC)
+    t0 = time.perf_counter()
+    with executor_scope(executor, workers, dask_address, one_thread) as (pool, kind, n_workers):
+        if kind == "process":
+            for e in entries:
+                try:
+                    pickle.dumps(e.factory)
+                except Exception as err:
+                    raise TypeError(
+                        f"optimiser {e.spec} cannot be pickled for a process pool ({err}); use "
+                        "a spec string, a module-level class/function or functools.partial, "
+                        "or executor='serial'"
+                    ) from err
+        args = (max_steps, backend, seed, env_id)
+        jobs = [
+            (i, j, (e.factory, e.batched, c))
+            for i, e in enumerate(entries)
+            for j, c in enumerate(chunks)
+        ]
+        done: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        # Submit before the progress bar starts its thread (a fork-started pool forks here).
+        futures = (
+            {}
+            if pool is None
+            else {pool.submit(_run_chunk, *job, *args): (i, j) for i, j, job in jobs}
+        )
+        with progress_bar(middle=["trials"], transient=True, enabled=progress) as bar:
+            tasks = [bar.add_task(f"{e.label} ({kind})", total=len(trial_list)) for e in entries]
+            try:
+                if pool is None:
+                    for i, j, job in jobs:
+                        done[i, j] = _run_chunk(*job, *args, on_step=on_step)
+                        bar.advance(tasks[i], len(chunks[j]))
+                else:
+                    for fut in cf.as_completed(futures):
+                        i, j = futures[fut]
+                        done[i, j] = fut.result()
+                        bar.advance(tasks[i], len(chunks[j]))
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+    wall = time.perf_counter() - t0
+    runs = [(e, [r for j in range(len(chunks)) for r in done[i, j]]) for i, e in enumerate(entries)]
+    actuators = [
+        {
+            "name": a.name,
+            "element": a.element,
+            "attribute": a.attribute,
+            "unit": a.unit,
+            "low": a.low,
+            "high": a.high,
+        }
+        for a in spec.actuators
+    ]
+    low = np.array([a.low for a in spec.actuators])
+    high = np.array([a.high for a in spec.actuators])
+    config = {
+        "format_version": FORMAT_VERSION,
+        "env_id": env_id,
+        "backend": backend,
+        "max_steps": max_steps,
+        "seed": seed,
+        "trial_seed": TRIAL_SEED_RULE,
+        "optimisers": [{"label": e.label, "spec": e.spec, "name": e.name} for e in entries],
+        "trials": trial_source,
+        "actuators": actuators,
+        "max_delta": (spec.delta_fraction * np.maximum(np.abs(low), np.abs(high))).tolist(),
+        "start": list(spec.start),
+        "screen": {"element": spec.screen.element, "half_extent_m": list(spec.screen.half_extent)},
+        "executor": kind,
+        "workers": n_workers,
+        "chunk_size": len(chunks[0]),
+        "started_utc": started.isoformat(timespec="seconds"),
+        "wall_s": wall,
+        "versions": package_versions(_VERSIONED, missing=None),
+        "git": _git(),
+        "platform": platform.platform(),
+    }
+    records = records_table([(e.label, r) for e, r in runs], actuators)
+    table = trials_table([(e.label, e.name, r) for e, r in runs])
+    labels = [e.label for e in entries]
+    return EvaluationResult(records, table, summarise_trials(table, labels), config)
+
+
+def evaluate(
+    optimiser_factory: str | MakeOptimiser,
+    trials: Sequence[Trial] | str | Path | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    backend: str = "fast",
+    seed: int = 0,
+    executor: ExecutorArg = None,
+    workers: int | None = None,
+    dask_address: str | None = None,
+    progress: bool = True,
+    *,
+    env_id: str = DEFAULT_ENV_ID,
+    chunk_size: int | None = None,
+    limit: int | None = None,
+    label: str | None = None,
+    on_step: StepHook | None = None,
+) -> EvaluationResult:
+    """Evaluate one optimiser on every trial (see the module docs for the protocol).
+
+    :param optimiser_factory: A spec string (``"nelder-mead"``, ``"policy:PATH"``, ...) or a
+        picklable zero-argument callable returning an
+        :class:`~accelrl.protocol.Optimiser`.
+    :param label: Key of the optimiser in the result (default: the spec string, or the
+        optimiser's ``name``).
+
+    The other arguments are those of :func:`evaluate_many`.
+
+    >>> class Hold:
+    ...     name = "hold"
+    ...     def reset(self, problem): self.start = problem.start
+    ...     def ask(self, observation): return self.start
+    >>> from accelrl.envs import load_trials
+    >>> r = evaluate(Hold, load_trials()[:2], max_steps=3, executor="serial", progress=False)
+    >>> r.records.num_rows
+    8
+    """
+    optimisers = {label: optimiser_factory} if label is not None else [optimiser_factory]
+    return evaluate_many(
+        optimisers,
+        trials,
+        max_steps,
+        backend,
+        seed,
+        executor,
+        workers,
+        dask_address,
+        progress,
+        env_id=env_id,
+        chunk_size=chunk_size,
+        limit=limit,
+        on_step=on_step,
+    )

@@ -1,0 +1,204 @@
+"""``accelrl evaluate``: run optimisers on a trial set, write records, summary, report, plots.
+
+Register it in the ``accelrl`` app with ``app.command("evaluate")(evaluate_command)``.
+Importing this module loads only typer and rich; accelrl's simulation (torch, cheetah) is
+imported when the command runs.
+
+Writes into ``--out``: ``records.parquet`` (every step, SI units, run config in the file
+metadata), ``config.json``, ``trial_metrics.csv``, ``summary.json`` (per optimiser, for all
+trials and the ``sigma_pos`` subset: ``median_best_mae_um``, ``median_final_mae_um``,
+``median_steps_to_target``, ``median_steps_to_convergence``, their IQRs, ...),
+``report.md`` and the PNG figures it shows.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from accelrl.cli.common import (
+    BackendOpt,
+    LimitOpt,
+    SeedOpt,
+    StepsOpt,
+    TrialsOpt,
+    console,
+    fail,
+    warn,
+)
+from accelrl.names import Backend
+
+
+class ExecutorKind(StrEnum):
+    """Where the trials run."""
+
+    process = "process"
+    serial = "serial"
+    dask = "dask"
+
+
+#: Columns of :func:`accelrl.agents.evaluation.report.summary_rows` shown on a narrow terminal (the
+#: medians; the IQRs are in report.md), with shorter headers.
+_NARROW = {
+    0: "optimiser",
+    1: "trials",
+    2: "n",
+    3: "best MAE",
+    5: "final MAE",
+    7: "steps to target",
+    9: "reached",
+    10: "steps to conv.",
+    12: "failed",
+}
+
+
+def summary_table(result, wide: bool = True) -> Table:  # noqa: ANN001 - lazy import
+    """The summary of an :class:`~accelrl.agents.evaluation.EvaluationResult` as a rich
+    table: medians and IQRs (``wide``), or medians only."""
+    from accelrl.agents.evaluation.report import summary_rows
+
+    header, rows = summary_rows(result)
+    if not wide:
+        rows = [[r[0], r[1].replace("sigma > 0", "sigma>0"), *r[2:]] for r in rows]
+    keep = list(range(len(header))) if wide else list(_NARROW)
+    c = result.config
+    table = Table(
+        title=f"{c['env_id']}: {c['trials']['n']} trials x {c['max_steps']} steps, backend "
+        f"{c['backend']}, seed {c['seed']}",
+        caption=(
+            "MAE in um, medians"
+            + ("; IQR: 25th-75th percentile" if wide else "")
+            + "; sigma"
+            + (" > " if wide else ">")
+            + "0: both target sizes > 0; never: the median trial did not "
+            "reach 20 um" + ("" if wide else "; IQRs in report.md")
+        ),
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for i in keep:
+        name = header[i] if wide else _NARROW[i]
+        cells = [name.split()] + [[r[i]] for r in rows]  # never cut a word or a value
+        fit = max(len(w) for words in cells for w in words)
+        table.add_column(
+            escape(name),
+            justify="right" if i >= 2 else "left",
+            no_wrap=i < 2,
+            min_width=fit,
+            width=None if wide else fit,
+        )
+    for row in rows:
+        table.add_row(*(escape(row[i]) for i in keep), end_section=row[1] != "all")
+    return table
+
+
+def print_summary(result) -> None:  # noqa: ANN001 - lazy import
+    """Print :func:`summary_table`: with the IQRs where the terminal is wide enough."""
+    table = summary_table(result, wide=True)
+    if console.measure(table).maximum > console.width:
+        table = summary_table(result, wide=False)
+    console.print(table)
+
+
+def evaluate_command(
+    optimiser: Annotated[
+        list[str],
+        typer.Option(
+            "--optimiser",
+            "-o",
+            help="Optimiser spec, e.g. do-nothing, random, nelder-mead, extremum-seeking, "
+            "gradient, model-based, policy:PATH. Repeat for a comparative report.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            file_okay=False,
+            help="Output directory (records, summary.json, report.md, plots).",
+            show_default=False,
+        ),
+    ],
+    trials: TrialsOpt = None,
+    steps: StepsOpt = 150,
+    backend: BackendOpt = Backend.fast,
+    seed: SeedOpt = 0,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, help="Parallel workers (default: CPU count).", show_default=False
+        ),
+    ] = None,
+    executor: Annotated[
+        ExecutorKind | None,
+        typer.Option(
+            "--executor",
+            help="process (local pool, default), serial, or dask (local cluster, or the "
+            "scheduler at --dask-address; needs accelrl\\[cluster]).",
+            show_default=False,
+        ),
+    ] = None,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(
+            "--dask-address", help="Dask scheduler, e.g. tcp://host:8786.", show_default=False
+        ),
+    ] = None,
+    limit: LimitOpt = None,
+    example: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--example",
+            help="Trial index to plot as an example episode (repeatable; default: three "
+            "trials at the 10/50/90th percentile of the first optimiser's final MAE).",
+            show_default=False,
+        ),
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
+    ] = True,
+) -> None:
+    """Evaluate optimisers on a trial set; write records, summary.json, report.md and plots."""
+    from accelrl.agents.evaluation import evaluate_many
+    from accelrl.agents.evaluation.report import write_report
+
+    try:
+        result = evaluate_many(
+            list(optimiser),
+            trials,
+            max_steps=steps,
+            backend=backend.value,
+            seed=seed,
+            executor=executor.value if executor is not None else None,
+            workers=workers,
+            dask_address=dask_address,
+            progress=progress,
+            limit=limit,
+        )
+    except (ValueError, TypeError, ImportError, FileNotFoundError) as err:
+        raise fail(str(err)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    result.save(out)
+    known = set(result.trial_table(result.optimisers[0])["trial"].tolist())
+    if example and (unknown := [k for k in example if k not in known]):
+        warn(f"--example {unknown} not evaluated; ignored")
+        example = [k for k in example if k in known] or None
+    report = write_report(result, out, examples=example)
+
+    print_summary(result)
+    c = result.config
+    failed = sum(int(v) for v in result.trials["failed"].to_pylist())
+    if failed:
+        warn(f"{failed} trial(s) failed; see {report}")
+    console.print(
+        f"evaluated in {c['wall_s']:.1f} s ({c['executor']}, {c['workers']} workers); "
+        f"wrote {escape(str(out))}/: records.parquet, trial_metrics.csv, summary.json, "
+        f"report.md and plots"
+    )

@@ -1,0 +1,369 @@
+"""``accelrl tune``: a Bayesian-optimisation tuning session with a live display and plots.
+
+Register it in the ``accelrl`` app with ``app.command("tune")(tune_command)``. Importing
+this module loads only typer and rich; torch, BoTorch and the simulation are imported when
+the command runs.
+
+Examples::
+
+    accelrl tune --machine sim:ares-ea --trial 30 --prior physics --steps 75 --out runs/tune30
+    accelrl tune --machine sim:ares-ea --trial 30 --prior none --acquisition ucb --out runs/ucb
+    accelrl tune --machine deploy/sim_ares_ea.yaml --trial 30 --out runs/tune-machine
+    accelrl tune --machine deploy/virtual_ares_ea_machine.yaml --target 0,1e-4,0,1e-4 \
+        --ca-address 127.0.0.1:5064 --mode confirm --out runs/tune-ca
+
+With a machine config (``deploy/*.yaml``: the simulation or an EPICS machine) the session runs
+in the deploy controller: every write through the safety layer, modes shadow / confirm / auto,
+the run log in ``--out``/run, rollback on an abort (exit status 3).
+
+Writes into ``--out``: the session (``problem.json``, ``session.json``, ``data.csv``,
+``model.pt``; resumable with :meth:`accelrl.agents.bo.TuningSession.load`), ``summary.json``,
+``objective.png`` (objective per step) and ``slices.png`` (GP and prior around the best
+setting). At the end the machine is returned to the best observed setting.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from accelrl.cli.common import (
+    EXIT_ABORTED,
+    EXIT_INVALID,
+    console,
+    err_console,
+    fail,
+    parse_floats,
+    print_run_result,
+)
+from accelrl.names import ARES_EA_ID, TRANSVERSE, Mode
+from accelrl.units import um
+
+if TYPE_CHECKING:
+    from accelrl.agents.bo import BOOptimiser
+
+#: Built-in machines ``--machine`` accepts (besides a machine config file).
+MACHINES: tuple[str, ...] = ("sim:ares-ea",)
+
+
+class PriorChoice(StrEnum):
+    """Prior mean of the objective GP."""
+
+    physics = "physics"
+    nominal = "nominal"
+    wrong = "wrong"
+    none = "none"
+
+
+class AcquisitionChoice(StrEnum):
+    """Acquisition function."""
+
+    logei = "logei"
+    ucb = "ucb"
+
+
+def tune_command(
+    out: Annotated[
+        Path,
+        typer.Option("--out", file_okay=False, help="Output directory.", show_default=False),
+    ],
+    machine: Annotated[
+        str,
+        typer.Option(
+            "--machine",
+            help=f"Machine to tune: {', '.join(MACHINES)}, or a machine config (deploy/*.yaml: "
+            "simulation or EPICS, through the deploy safety layer).",
+        ),
+    ] = "sim:ares-ea",
+    trial: Annotated[
+        int,
+        typer.Option("--trial", min=0, help="Trial of the published set (hidden state, target)."),
+    ] = 0,
+    prior: Annotated[
+        PriorChoice, typer.Option("--prior", help="Prior mean of the objective GP.")
+    ] = PriorChoice.physics,
+    acquisition: Annotated[
+        AcquisitionChoice, typer.Option("--acquisition", help="Acquisition function.")
+    ] = AcquisitionChoice.logei,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Tuning steps.")] = 75,
+    budget: Annotated[
+        float,
+        typer.Option("--budget", min=0.001, help="Acquisition budget per step, in seconds."),
+    ] = 0.08,
+    max_step: Annotated[
+        float,
+        typer.Option(
+            "--max-step",
+            min=0.0,
+            help="Largest change per step as a fraction of max(|low|, |high|) (0: none).",
+        ),
+    ] = 0.1,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Session seed.")] = 0,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show the live display.")
+    ] = True,
+    mode: Annotated[
+        Mode | None,
+        typer.Option(
+            "--mode",
+            help="Machine config only: shadow (never write), confirm (ask per step) or auto; "
+            "default auto for a simulated machine, confirm otherwise.",
+        ),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            help="Machine config only: target mu_x,sigma_x,mu_y,sigma_y [m] (default for a "
+            "simulated machine: the trial's).",
+        ),
+    ] = None,
+    ca_address: Annotated[
+        list[str] | None,
+        typer.Option("--ca-address", help="Machine config, ca/pva: search only HOST[:PORT]."),
+    ] = None,
+) -> None:
+    """Tune a machine with Bayesian optimisation (BoTorch) and a physics-informed prior."""
+    if machine not in MACHINES and Path(machine).suffix in (".yaml", ".yml"):
+        _tune_machine_config(
+            out, Path(machine), trial, prior, acquisition, steps, budget, seed, mode, target,
+            ca_address,
+        )  # fmt: skip
+        return
+    if mode is not None or target is not None or ca_address:
+        raise fail(
+            "--mode, --target and --ca-address apply to a machine config (deploy/*.yaml), "
+            f"not to {machine}",
+            EXIT_INVALID,
+        )
+    if machine not in MACHINES:
+        raise fail(
+            f"--machine {machine} is not one of {list(MACHINES)} nor a machine config (.yaml)"
+        )
+    _tune_simulation(out, trial, prior, acquisition, steps, budget, max_step, seed, progress)
+
+
+def _optimiser(
+    prior: PriorChoice, acquisition: AcquisitionChoice, budget: float, max_step: float = 1.0
+) -> BOOptimiser:
+    from accelrl.agents.bo import BOOptimiser
+
+    return BOOptimiser(
+        prior=prior.value, acquisition=acquisition.value, budget_s=budget, max_step=max_step
+    )
+
+
+def _write_session(optimiser: BOOptimiser, out: Path) -> list[str]:
+    """Save the session and its plots into ``out``; the names written."""
+    from accelrl.agents.bo.plots import plot_objective, plot_slices
+
+    session = optimiser.session
+    if session is None or not session.rows:
+        return []
+    session.save(out)
+    plot_objective(session, out / "objective.png")
+    plot_slices(session, out / "slices.png")
+    return ["problem.json", "session.json", "data.csv", "model.pt", "objective.png", "slices.png"]
+
+
+def _tune_simulation(
+    out: Path,
+    trial: int,
+    prior: PriorChoice,
+    acquisition: AcquisitionChoice,
+    steps: int,
+    budget: float,
+    max_step: float,
+    seed: int,
+    progress: bool,
+) -> None:
+    """A BO session on one published trial of the simulated ARES-EA, run by the evaluation
+    protocol (the same loop as ``accelrl evaluate``), with a live table."""
+    from rich.live import Live
+    from rich.table import Table
+
+    from accelrl.agents.evaluation import evaluate
+    from accelrl.envs import TASKS, load_trials
+
+    trials = load_trials()
+    if trial >= len(trials):
+        raise fail(f"--trial {trial} is not in 0..{len(trials) - 1}")
+    spec = TASKS[ARES_EA_ID]()
+    # --max-step is a fraction of max(|low|, |high|); the optimiser counts in max_delta.
+    optimiser = _optimiser(prior, acquisition, budget, max_step / spec.delta_fraction)
+    rows: list[tuple[int, float]] = []
+
+    def view() -> Table:
+        table = Table(title=f"accelrl tune {ARES_EA_ID} trial {trial}, prior {prior.value}")
+        for col in (
+            "step",
+            "MAE [um]",
+            "best [um]",
+            "mode",
+            "prior r",
+            "prior used",
+            "suggest [s]",
+        ):
+            table.add_column(col, justify="right")
+        d = optimiser.session.diagnostics() if optimiser.session is not None else {}
+        for step, mae in rows[-8:]:
+            best = min(m for _, m in rows[: rows.index((step, mae)) + 1])
+            r = d.get("prior_correlation")
+            last = (step, mae) == rows[-1]
+            table.add_row(
+                f"{step}/{steps}",
+                um(mae),
+                um(best),
+                str(d.get("mode") or "-") if last else "",
+                ("-" if r is None else f"{r:.2f}") if last else "",
+                ("yes" if d.get("uses_prior") and d.get("has_prior") else "no") if last else "",
+                ("-" if d.get("suggest_s") is None else f"{d['suggest_s']:.3f}") if last else "",
+            )
+        return table
+
+    def on_step(index: int, step: int, info: Any) -> None:
+        rows.append((step, float(info["mae"])))
+        if progress:
+            live.update(view())
+
+    live = Live(view(), console=err_console, refresh_per_second=8)
+    if progress:
+        live.start()
+    try:
+        result = evaluate(
+            lambda: optimiser,
+            [trials[trial]],
+            max_steps=steps,
+            seed=seed,
+            executor="serial",
+            progress=False,
+            label="bo",
+            on_step=on_step,
+        )
+    finally:
+        if progress:
+            live.stop()
+    t = result.trial_table("bo")
+    ep = result.episode("bo", trials[trial].index)
+    if optimiser.session is not None:  # the reading after the last step, for the record
+        from accelrl.agents.bo import screen_result
+
+        session = optimiser.session
+        last = {n: float(ep[f"setting_{n}"][-1]) for n in result.actuator_names}
+        reading = [ep[f"reading_{p}"][-1] for p in TRANSVERSE]
+        target = [ep[f"target_{p}"][-1] for p in TRANSVERSE]
+        session.ingest(last, screen_result(reading, target, bool(ep["on_screen"][-1])))
+    out.mkdir(parents=True, exist_ok=True)
+    written = _write_session(optimiser, out)
+    diag = optimiser.session.diagnostics()
+    summary = {
+        "machine": "sim:ares-ea",
+        "trial": trial,
+        "prior": prior.value,
+        "acquisition": acquisition.value,
+        "steps": steps,
+        "seed": seed,
+        "initial_mae_m": float(t["initial_mae"][0]),
+        "best_mae_m": float(t["best_mae"][0]),
+        "final_mae_m": float(t["final_mae"][0]),
+        "final_setting": {n: float(ep[f"setting_{n}"][-1]) for n in result.actuator_names},
+        "error": t["error"][0] or None,
+        "diagnostics": diag,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    console.print(
+        f"trial {trial}: MAE {um(summary['initial_mae_m'])} um -> best "
+        f"{um(summary['best_mae_m'])} um; final (back at the best setting) "
+        f"{um(summary['final_mae_m'])} um"
+    )
+    console.print(f"wrote {escape(str(out))}/: {', '.join([*written, 'summary.json'])}")
+
+
+def _tune_machine_config(
+    out: Path,
+    path: Path,
+    trial: int,
+    prior: PriorChoice,
+    acquisition: AcquisitionChoice,
+    steps: int,
+    budget: float,
+    seed: int,
+    mode: Mode | None,
+    target: str | None,
+    ca_address: list[str] | None,
+) -> None:
+    """A BO session on the machine of a machine config, run by the deploy controller: every
+    write through the safety layer, logged; an abort rolls the knobs back."""
+    from accelrl.deploy.config import MachineConfigError, load_machine_config
+    from accelrl.deploy.controller import Controller, StopReason
+    from accelrl.deploy.machines import build_machine
+    from accelrl.deploy.safety import SafetyLayer
+    from accelrl.envs import TASKS
+
+    if not path.is_file():
+        raise fail(f"machine config {path} not found", EXIT_INVALID)
+    try:
+        config = load_machine_config(path)
+    except MachineConfigError as err:
+        raise fail(str(err), EXIT_INVALID) from None
+    if config.env_id not in TASKS:
+        raise fail(f"machine {config.name!r}: unknown task {config.env_id!r}", EXIT_INVALID)
+    target_values = parse_floats(target, 4, "'--target'") if target is not None else None
+    log_dir = out / "run"
+    if (log_dir / "run.jsonl").exists():
+        raise typer.BadParameter(f"{out} already holds a run", param_hint="'--out'")
+    try:
+        mach, sim_target = build_machine(config, trial, None, 0.0, 0.0, seed, ca_address)
+    except ValueError as err:
+        raise fail(str(err), EXIT_INVALID) from None
+    try:
+        if target_values is None:
+            if sim_target is None:
+                raise typer.BadParameter(
+                    f"machine {config.name!r} ({config.transport}) needs a target",
+                    param_hint="'--target'",
+                )
+            target_values = [sim_target[n] for n in TRANSVERSE]
+        run_mode = (
+            mode if mode is not None else (Mode.auto if config.transport == "sim" else Mode.confirm)
+        )
+        optimiser = _optimiser(prior, acquisition, budget)
+        try:
+            controller = Controller(
+                optimiser, mach, SafetyLayer(mach, config), run_mode, target=target_values,
+                thresholds=TASKS[config.env_id]().termination.thresholds, max_steps=steps,
+                seed=seed, log_dir=log_dir,
+            )  # fmt: skip
+        except ValueError as err:
+            raise fail(str(err), EXIT_INVALID) from None
+        console.print(
+            f"BO ({prior.value} prior) on {config.name} ({config.transport}), {run_mode.value} "
+            f"mode, up to {steps} steps; log: {log_dir}",
+            highlight=False,
+        )
+        result = controller.run()
+    finally:
+        mach.close()
+    written = ["run/", *_write_session(optimiser, out)]
+    session = optimiser.session
+    summary = {
+        "machine": config.name,
+        "machine_config": str(path),
+        "transport": config.transport,
+        "mode": run_mode.value,
+        "prior": prior.value,
+        "acquisition": acquisition.value,
+        "steps": steps,
+        "run": result.summary,
+        "diagnostics": None if session is None else session.diagnostics(),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print_run_result(result, log_dir, title="accelrl tune")
+    console.print(f"wrote {escape(str(out))}/: {', '.join([*written, 'summary.json'])}")
+    if result.reason is StopReason.abort:
+        raise typer.Exit(EXIT_ABORTED)
