@@ -37,7 +37,8 @@ Modes (:class:`Mode`):
 The machine reports no "beam on screen" flag: optimisers see the beam as on the screen, and
 a lost beam ends the run through the safety layer (beam loss, non-finite reading).
 
-This module needs numpy and onnxruntime only (no torch).
+This module needs numpy and onnxruntime only (no torch). It is one class and its results
+(~560 lines): the step, the loop, the rollback and the summary share the state of one run.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ import numpy as np
 
 from accelrl.bundle import BundleError
 from accelrl.deploy.machine import Machine
+from accelrl.deploy.operator import ConfirmRequest, Prompt, terminal_prompt
 from accelrl.deploy.runlog import RunLog
 from accelrl.deploy.runtime import OnnxPolicy
 from accelrl.deploy.safety import AbortReason, Proposal, SafetyAbort, SafetyLayer
@@ -71,66 +73,6 @@ class StopReason(StrEnum):
     step_budget = "step_budget"
     operator_stop = "operator_stop"
     abort = "abort"
-
-
-@dataclass(frozen=True)
-class ConfirmRequest:
-    """What the operator is asked to approve in confirm mode.
-
-    :param step: Step number (0-based).
-    :param knob_names: Knobs in action order.
-    :param units: Knob -> SI unit.
-    :param current: Current setpoints (SI).
-    :param proposal: The safe proposal (setpoints, clips).
-    :param observation: The beam reading [m].
-    :param target: The target [m].
-    """
-
-    step: int
-    knob_names: tuple[str, ...]
-    units: Mapping[str, str]
-    current: Mapping[str, float]
-    proposal: Proposal
-    observation: Mapping[str, float]
-    target: Mapping[str, float]
-
-    def describe(self) -> str:
-        """A plain-text table of the proposed change."""
-        lines = [f"step {self.step}: proposed write"]
-        lines.append(f"  {'knob':<6} {'current':>14} {'proposed':>14} {'change':>14}  unit")
-        clipped = {c.knob for c in self.proposal.clips}
-        for n in self.knob_names:
-            cur, new = self.current[n], self.proposal.setpoints[n]
-            mark = "  (clipped)" if n in clipped else ""
-            lines.append(
-                f"  {n:<6} {cur:>14.6g} {new:>14.6g} {new - cur:>+14.6g}  "
-                f"{self.units.get(n, '')}{mark}"
-            )
-        err = ", ".join(
-            f"{k} {1e6 * (self.observation[k] - self.target[k]):+.1f} um" for k in self.target
-        )
-        lines.append(f"  beam - target: {err}")
-        return "\n".join(lines)
-
-
-#: A confirm-mode prompt: returns ``"yes"``/``"no"``/``"quit"`` (or ``True``/``False``).
-Prompt = Callable[[ConfirmRequest], "str | bool"]
-
-
-def terminal_prompt(request: ConfirmRequest) -> str:
-    """Ask on the terminal: ``y`` write, ``n`` skip this step, ``q`` stop the run."""
-    print(request.describe(), flush=True)
-    while True:
-        try:
-            answer = input("write? [y]es / [n]o, skip / [q]uit: ").strip().lower()
-        except EOFError:
-            return "quit"
-        if answer in ("y", "yes"):
-            return "yes"
-        if answer in ("n", "no"):
-            return "no"
-        if answer in ("q", "quit"):
-            return "quit"
 
 
 @dataclass
