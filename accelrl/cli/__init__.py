@@ -21,8 +21,7 @@ never imports torch. Nothing in the library imports this package.
 
 from __future__ import annotations
 
-import typer
-
+from accelrl.cli.common import command_group
 from accelrl.cli.demo import demo_command
 from accelrl.cli.deploy import deploy_app
 from accelrl.cli.envs import envs_app
@@ -37,12 +36,9 @@ from accelrl.names import Backend
 
 __all__ = ["Backend", "app", "render_trial", "rollout"]
 
-app = typer.Typer(
+app = command_group(
+    "Autonomous particle-accelerator beam tuning: environments, agents, BO, deployment.",
     name="accelrl",
-    help="Autonomous particle-accelerator beam tuning: environments, agents, BO, deployment.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
 )
 
 

@@ -30,6 +30,25 @@ EXIT_ABORTED = 3
 EVAL_STEPS = 150
 
 
+def command_group(help: str, **kwargs: Any) -> typer.Typer:
+    """A typer app (the ``accelrl`` command or one of its groups) with the settings every
+    group shares: help on a bare call, no shell completion, no locals in tracebacks, and
+    help text read as Markdown (so units in brackets such as ``[m]`` are shown, not taken
+    for rich markup).
+
+    :param help: The group's help text.
+    :param kwargs: Further ``typer.Typer`` settings (e.g. ``name``).
+    """
+    return typer.Typer(
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_show_locals=False,
+        rich_markup_mode="markdown",
+        **kwargs,
+    )
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``error: message`` on stderr; return the ``Exit`` to raise (no traceback)."""
     err_console.print(f"[bold red]error:[/] {escape(message)}")

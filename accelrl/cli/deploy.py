@@ -24,6 +24,7 @@ import typer
 from accelrl.cli.common import (
     EXIT_ABORTED,
     EXIT_INVALID,
+    command_group,
     console,
     fail,
     parse_floats,
@@ -32,10 +33,7 @@ from accelrl.cli.common import (
 from accelrl.names import Mode
 
 #: ``accelrl deploy ...`` commands.
-deploy_app = typer.Typer(
-    help="Run exported policy bundles on machines (simulation or EPICS).",
-    no_args_is_help=True,
-)
+deploy_app = command_group("Run exported policy bundles on machines (simulation or EPICS).")
 
 
 @deploy_app.callback()

@@ -9,15 +9,14 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import typer
 from rich.markup import escape
 from rich.table import Table
 
-from accelrl.cli.common import EVAL_STEPS, EnvIdArg, console
+from accelrl.cli.common import EVAL_STEPS, EnvIdArg, command_group, console
 from accelrl.units import INCOMING_DISPLAY, MM, UM, display_unit
 
 #: ``accelrl envs ...`` commands.
-envs_app = typer.Typer(help="Registered tuning environments.", no_args_is_help=True)
+envs_app = command_group("Registered tuning environments.")
 
 
 def _num(value: float, scale: float = 1.0) -> str:

@@ -26,15 +26,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from accelrl.cli.common import command_group
+
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-surrogates_app = typer.Typer(
-    help="Plasma-accelerator simulation datasets (Wake-T, FBPIC) and surrogate models.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
+surrogates_app = command_group(
+    "Plasma-accelerator simulation datasets (Wake-T, FBPIC) and surrogate models."
 )
 
 
