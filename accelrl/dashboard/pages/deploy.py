@@ -1,0 +1,498 @@
+"""The page of a deploy controller run (``accelrl deploy run``, or the ``run/`` of a BO session
+on a machine config): mode, status, every safety event, beam error vs step, each knob against
+its limits and max step, and the screen with the target ellipse."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+from bokeh.layouts import column, gridplot, row
+from bokeh.models import (
+    BoxAnnotation,
+    ColumnDataSource,
+    DataTable,
+    Div,
+    HoverTool,
+    HTMLTemplateFormatter,
+    LayoutDOM,
+    Range1d,
+    Span,
+    TableColumn,
+)
+
+from accelrl.dashboard.data.deploy import DeployFollower, Event
+from accelrl.dashboard.discovery import RunInfo
+from accelrl.dashboard.links import file_url
+from accelrl.dashboard.pages.common import (
+    COLOURS,
+    FONT,
+    MODE_COLOURS,
+    RunPage,
+    ago,
+    badge,
+    banner,
+    columns,
+    display_unit,
+    esc,
+    field,
+    finish_legend,
+    fmt,
+    make_figure,
+    message_box,
+    nav,
+    state_badge,
+    stream,
+)
+
+#: What each mode does, for the header.
+MODE_TEXT = {
+    "shadow": "reads and logs what it would do; never writes",
+    "confirm": "asks the operator before each write",
+    "auto": "writes every safe proposal",
+}
+_SEVERITY_COLOURS = {"info": "#57606a", "warning": "#9a6700", "error": "#cf222e"}
+
+
+def safety_summary(f: DeployFollower) -> tuple[str, str]:
+    """The banner's HTML and level: the abort and the rollback's progress first, then
+    clips, else all clear."""
+    if f.abort is not None:
+        a = f.abort
+        text = (
+            f"<div style='font-size:125%'><b>ABORT</b> at step {field('abort-step', a['step'])}"
+            f": <b>{field('abort-reason', a['reason'])}</b> &mdash; {esc(a['detail'])}</div>"
+        )
+        n = len(f.rollbacks)
+        failed = sum(1 for r in f.rollbacks if not r["ok"])
+        rollback = (f.end or {}).get("rollback")
+        if isinstance(rollback, dict):
+            complete = bool(rollback.get("complete"))
+            state = "complete" if complete else "INCOMPLETE"
+            text += (
+                f"<div>Rollback {field('rollback-state', state)}: {n} ramp writes"
+                f"{f', {failed} failed' if failed else ''}"
+                f"{'' if rollback.get('verified', True) else ', not all verified'}"
+                f"{': ' + esc(rollback['detail']) if rollback.get('detail') else ''}</div>"
+            )
+        elif f.end is not None:
+            text += f"<div>Rollback {field('rollback-state', 'none')}: nothing was written</div>"
+        else:
+            text += (
+                f"<div>Rollback {field('rollback-state', 'in progress')}: ramping the knobs "
+                f"back to their initial settings at the max step ({n} writes logged so far)"
+                "</div>"
+            )
+        return text, "error"
+    if f.clips:
+        last = next((e for e in reversed(f.events) if e.kind == "clip"), None)
+        text = f"<b>{field('clips', f.clips)} clips</b> by the safety layer"
+        if last is not None:
+            text += f"; latest at step {last.step}: {esc(last.text)}"
+        return text, "warning"
+    refused = sum(1 for e in f.events if e.kind == "refused")
+    if refused:
+        return f"<b>{refused}</b> writes refused by the operator; no safety events", "warning"
+    return "No safety events: no clips, no abort", "ok"
+
+
+class DeployPage(RunPage):
+    """A deploy run, live (see the module documentation).
+
+    :param info: The run.
+    :param follower: Its follower.
+    """
+
+    def __init__(self, info: RunInfo, follower: DeployFollower) -> None:
+        super().__init__([follower])
+        self.info = info
+        self.f = follower
+        self.title = f"deploy {info.label}"
+
+    def signature(self) -> Any:
+        return (tuple(self.f.knob_names), tuple(self.f.beam_names), self.f.start is not None)
+
+    # ------------------------------------------------------------------ build
+    def build(self) -> LayoutDOM:
+        f = self.f
+        self.cursor = 0
+        self.n_events = -1
+        self.n_rollbacks = -1
+        self.shown_screen: Any = None
+        self.header = Div(sizing_mode="stretch_width")
+        self.banner = Div(sizing_mode="stretch_width")
+        self.messages = Div(sizing_mode="stretch_width")
+        self.knobs = f.knob_names
+        self.beams = f.beam_names
+        limits = f.limits
+        self.scales = {
+            k: display_unit(str(limits.get(k, {}).get("unit", "")))[0] for k in self.knobs
+        }
+        keys = self._keys()
+        self.steps = ColumnDataSource({k: np.array([], dtype=float) for k in keys})
+        self.rollback_source = ColumnDataSource(
+            {"x": [], "ok": [], **{f"set_{k}": [] for k in self.knobs}}
+        )
+        self.event_source = ColumnDataSource(
+            {"step": [], "time": [], "kind": [], "text": [], "colour": []}
+        )
+        # Beam error and MAE.
+        err = make_figure("beam − target", "step", "error [µm]", height=280)
+        thresholds = [t for t in f.thresholds_um if math.isfinite(t)]
+        if thresholds:
+            t = max(thresholds)
+            err.add_layout(BoxAnnotation(bottom=-t, top=t, fill_color="#8c959f", fill_alpha=0.15))
+        err.add_layout(Span(location=0, dimension="width", line_color="#8c959f", line_width=1))
+        for i, name in enumerate(self.beams):
+            err.line(
+                "step",
+                f"err_{name}",
+                source=self.steps,
+                color=COLOURS[i % 10],
+                legend_label=name,
+                line_width=2,
+            )
+            err.scatter(
+                "step",
+                f"err_{name}",
+                source=self.steps,
+                color=COLOURS[i % 10],
+                size=4,
+                legend_label=name,
+            )
+        err.add_tools(
+            HoverTool(
+                tooltips=[("step", "@step")] + [(n, f"@err_{n}{{0.0}} µm") for n in self.beams]
+            )
+        )
+        finish_legend(err)
+        mae = make_figure(
+            "MAE to target (band: target reached)",
+            "step",
+            "MAE [µm]",
+            log_y=True,
+            height=280,
+            x_range=err.x_range,
+        )
+        if thresholds:
+            mae.add_layout(BoxAnnotation(top=min(thresholds), fill_color="#1a7f37", fill_alpha=0.1))
+        mae.line("step", "mae_um", source=self.steps, color="black", line_width=2)
+        mae.scatter("step", "mae_um", source=self.steps, color="black", size=4)
+        self.err_fig = err
+        # Knobs against their limits, the proposal, clips and the rollback ramp.
+        knob_figs = []
+        for i, k in enumerate(self.knobs):
+            lim = limits.get(k, {})
+            scale, unit = display_unit(str(lim.get("unit", "")))
+            p = make_figure(k, "step", f"{k} [{unit or '-'}]", height=210, x_range=err.x_range)
+            low, high = float(lim.get("low", math.nan)), float(lim.get("high", math.nan))
+            if math.isfinite(low) and math.isfinite(high) and high > low:
+                pad = 0.05 * (high - low) * scale
+                p.y_range = Range1d(low * scale - pad, high * scale + pad)
+                for v in (low, high):
+                    p.add_layout(
+                        Span(
+                            location=v * scale,
+                            dimension="width",
+                            line_color="#cf222e",
+                            line_dash="dashed",
+                            line_width=1.5,
+                        )
+                    )
+            p.line(
+                "step",
+                f"knob_{k}",
+                source=self.steps,
+                color=COLOURS[i % 10],
+                line_width=2,
+                legend_label="readback",
+            )
+            p.line(
+                "step",
+                f"safe_{k}",
+                source=self.steps,
+                color="#8c959f",
+                line_dash="dashed",
+                legend_label="safe proposal",
+            )
+            p.scatter(
+                "step",
+                f"req_{k}",
+                source=self.steps,
+                marker="x",
+                color="#57606a",
+                size=6,
+                legend_label="requested",
+            )
+            p.scatter(
+                "step",
+                f"clip_{k}",
+                source=self.steps,
+                marker="circle",
+                color="#cf222e",
+                size=9,
+                fill_alpha=0.3,
+                legend_label="clipped",
+            )
+            p.scatter(
+                "x",
+                f"set_{k}",
+                source=self.rollback_source,
+                marker="triangle",
+                color="#cf222e",
+                size=8,
+                legend_label="rollback write",
+            )
+            p.add_tools(
+                HoverTool(
+                    tooltips=[
+                        ("step", "@step"),
+                        ("readback", f"@knob_{k}"),
+                        ("proposal", f"@safe_{k}"),
+                        ("requested", f"@req_{k}"),
+                    ]
+                )
+            )
+            finish_legend(p)
+            p.legend.visible = i == 0
+            knob_figs.append(p)
+        frac = make_figure(
+            "proposed change / max step (1 = the limit)",
+            "step",
+            "|Δ| / max step",
+            height=210,
+            x_range=err.x_range,
+        )
+        frac.add_layout(
+            Span(
+                location=1.0,
+                dimension="width",
+                line_color="#cf222e",
+                line_dash="dashed",
+                line_width=1.5,
+            )
+        )
+        for i, k in enumerate(self.knobs):
+            frac.line(
+                "step",
+                f"frac_{k}",
+                source=self.steps,
+                color=COLOURS[i % 10],
+                legend_label=k,
+                line_width=2,
+            )
+        finish_legend(frac)
+        knob_figs.append(frac)
+        # The screen.
+        self.screen_source = ColumnDataSource({"url": [], "x": [], "y": [], "w": [], "h": []})
+        self.ellipses = ColumnDataSource(
+            {"x": [], "y": [], "w": [], "h": [], "colour": [], "dash": [], "label": []}
+        )
+        screen = make_figure(
+            "screen (latest step)", "x [mm]", "y [mm]", height=330, width=380, match_aspect=True
+        )
+        screen.background_fill_color = "#0d1117"
+        screen.image_url(
+            url="url", x="x", y="y", w="w", h="h", anchor="top_left", source=self.screen_source
+        )
+        screen.ellipse(
+            x="x",
+            y="y",
+            width="w",
+            height="h",
+            source=self.ellipses,
+            fill_alpha=0,
+            line_color="colour",
+            line_width=2,
+            legend_field="label",
+        )
+        screen.legend.location = "top_left"
+        screen.legend.label_text_font_size = "8pt"
+        screen.legend.background_fill_alpha = 0.5
+        self.screen_fig = screen
+        self.screen_note = Div(width=380)
+        table = DataTable(
+            source=self.event_source,
+            columns=[
+                TableColumn(field="step", title="step", width=50),
+                TableColumn(field="time", title="time", width=80),
+                TableColumn(field="kind", title="event", width=80),
+                TableColumn(
+                    field="text",
+                    title="what happened",
+                    width=700,
+                    formatter=HTMLTemplateFormatter(
+                        template="<span style='color:<%= colour %>'><%- value %></span>"
+                    ),
+                ),
+            ],
+            height=220,
+            sizing_mode="stretch_width",
+            index_position=None,
+        )
+        events_title = Div(text=f"<b style='{FONT}'>Safety and run events (newest first)</b>")
+        grid = gridplot(knob_figs, ncols=3, sizing_mode="stretch_width")
+        self.layout = column(
+            nav(f"deploy run {self.info.label}", str(self.info.path)),
+            self.header,
+            self.banner,
+            self.messages,
+            row(
+                column(err, mae, sizing_mode="stretch_width"),
+                column(screen, self.screen_note),
+                sizing_mode="stretch_width",
+            ),
+            grid,
+            events_title,
+            table,
+            sizing_mode="stretch_width",
+        )
+        return self.layout
+
+    def _keys(self) -> list[str]:
+        keys = ["step", "mae_um", *(f"err_{n}" for n in self.beams)]
+        for k in self.knobs:
+            keys += [f"knob_{k}", f"safe_{k}", f"req_{k}", f"frac_{k}", f"clip_{k}"]
+        return keys
+
+    # ------------------------------------------------------------------ refresh
+    def refresh(self) -> None:
+        f = self.f
+        rows = f.rows[self.cursor :]
+        if rows:
+            data = columns(rows, self._keys())
+            for k in self.knobs:
+                scale = self.scales[k]
+                if scale != 1.0:
+                    for key in (f"knob_{k}", f"safe_{k}", f"req_{k}", f"clip_{k}"):
+                        data[key] = data[key] * scale
+            stream(self.steps, data)
+            self.cursor = len(f.rows)
+        if len(f.rollbacks) != self.n_rollbacks:
+            self.n_rollbacks = len(f.rollbacks)
+            rb = columns(f.rollbacks, [f"set_{k}" for k in self.knobs])
+            for k in self.knobs:
+                rb[f"set_{k}"] = rb[f"set_{k}"] * self.scales[k]
+            self.rollback_source.data = {
+                "x": np.array(f.rollback_positions(), dtype=float),
+                "ok": [r["ok"] for r in f.rollbacks],
+                **rb,
+            }
+        if len(f.events) != self.n_events:
+            self.n_events = len(f.events)
+            self._events(f.events)
+        self._screen()
+        self.header.text = self._header()
+        text, level = safety_summary(f)
+        html = banner(text, level)
+        if self.banner.text != html:
+            self.banner.text = html
+        problems = message_box(f.problems)
+        if self.messages.text != problems:
+            self.messages.text = problems
+
+    def _header(self) -> str:
+        f = self.f
+        start = f.start or {}
+        mode = f.mode
+        last = f.rows[-1]["step"] if f.rows else "-"
+        mae = f.rows[-1]["mae_um"] if f.rows else math.nan
+        budget = start.get("max_steps", "?")
+        end = f.end or {}
+        parts = [
+            state_badge(f.status),
+            badge(f"MODE {mode.upper()}", MODE_COLOURS.get(mode, "#57606a")),
+            f"<span style='color:#57606a'>{esc(MODE_TEXT.get(mode, ''))}</span>",
+        ]
+        facts = [
+            ("machine", f"{start.get('machine', '?')} ({start.get('transport', '?')})"),
+            ("source", f"{start.get('source', '?')} {start.get('bundle', '')}"),
+        ]
+        values = (
+            f"steps {field('steps', len(f.rows))} (last step {field('last-step', last)}, "
+            f"budget {esc(budget)}) &middot; writes {field('writes', f.writes)} &middot; "
+            f"clips {field('clip-count', f.clips)} &middot; MAE {field('mae', fmt(mae, 3))} µm "
+            f"&middot; last record {esc(ago(f.last_record_time))}"
+        )
+        if end:
+            values += f" &middot; ended: <b>{field('end-reason', end.get('reason', '?'))}</b>"
+        fact_html = " &middot; ".join(f"{esc(k)} <b>{esc(v)}</b>" for k, v in facts)
+        return (
+            f"<div style='{FONT}'><div style='font-size:115%'>{' '.join(parts)}</div>"
+            f"<div>{fact_html}</div><div>{values}</div></div>"
+        )
+
+    def _events(self, events: list[Event]) -> None:
+        shown = list(reversed(events))[:500]
+        self.event_source.data = {
+            "step": [str(e.step) if e.step >= 0 else "" for e in shown],
+            "time": [
+                time.strftime("%H:%M:%S", time.localtime(e.time)) if math.isfinite(e.time) else ""
+                for e in shown
+            ],
+            "kind": [e.kind for e in shown],
+            "text": [e.text for e in shown],
+            "colour": [_SEVERITY_COLOURS.get(e.severity, "#57606a") for e in shown],
+        }
+
+    def _screen(self) -> None:
+        f = self.f
+        step = f.last_step or {}
+        key = (id(step), f.screen.get("file") if f.screen else None)
+        if key == self.shown_screen:
+            return
+        self.shown_screen = key
+        obs = step.get("observation") if isinstance(step.get("observation"), dict) else {}
+        target = step.get("target") if isinstance(step.get("target"), dict) else {}
+        if not target:
+            target = (f.start or {}).get("target") or {}
+        ell: dict[str, list[Any]] = {k: [] for k in ("x", "y", "w", "h", "colour", "dash", "label")}
+        for values, colour, label in (
+            (target, "#ff5050", "target"),
+            (obs, "#ffffff", "beam (measured)"),
+        ):
+            try:
+                mx, sx, my, sy = (float(values[n]) for n in ("mu_x", "sigma_x", "mu_y", "sigma_y"))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if not all(math.isfinite(v) for v in (mx, sx, my, sy)):
+                continue
+            ell["x"].append(mx * 1e3)
+            ell["y"].append(my * 1e3)
+            ell["w"].append(max(2 * sx * 1e3, 1e-3))
+            ell["h"].append(max(2 * sy * 1e3, 1e-3))
+            ell["colour"].append(colour)
+            ell["dash"].append("solid")
+            ell["label"].append(label)
+        self.ellipses.data = ell
+        screen = f.screen
+        extent = screen.get("extent_m") if screen else None
+        if (
+            screen
+            and isinstance(extent, list)
+            and len(extent) == 4
+            and all(isinstance(v, (int, float)) for v in extent)
+        ):
+            x0, x1, y0, y1 = (float(v) * 1e3 for v in extent)
+            url = file_url(self.info.id, str(screen["file"]))
+            self.screen_source.data = {
+                "url": [url],
+                "x": [x0],
+                "y": [y1],
+                "w": [x1 - x0],
+                "h": [y1 - y0],
+            }
+            self.screen_fig.x_range.update(start=x0, end=x1)
+            self.screen_fig.y_range.update(start=y0, end=y1)
+            self.screen_note.text = (
+                f"<span style='{FONT}color:#57606a'>camera frame of step {esc(screen['step'])}"
+                "; ellipses: 1 σ of the measured beam and of the target</span>"
+            )
+        else:
+            self.screen_source.data = {"url": [], "x": [], "y": [], "w": [], "h": []}
+            self.screen_note.text = (
+                f"<span style='{FONT}color:#57606a'>no camera frame in this run: the measured "
+                "beam and the target as 1 σ ellipses</span>"
+            )
