@@ -140,18 +140,20 @@ class PageHost:
         try:
             page = self.make()
             page.poll()
-            layout = page.build()
+            built = page.build()
+            roots = list(built) if isinstance(built, list) else [built]
             page.refresh()
             self.page = page
             self.signature, self.generation = page.signature(), page.generation()
             title = page.title
         except Exception as err:  # a broken run must not break the session
             self.page = None
-            layout = Div(text=self._error_html(err), sizing_mode="stretch_width")
+            roots = [Div(text=self._error_html(err), sizing_mode="stretch_width")]
             title = "accelrl dashboard: error"
-        self.error.text = ""
+        self.error = Div(sizing_mode="stretch_width")
         self.doc.clear()
-        self.doc.add_root(column(layout, self.error, sizing_mode="stretch_width"))
+        for root in [*roots, self.error]:
+            self.doc.add_root(root)
         self.doc.title = title
 
     @staticmethod

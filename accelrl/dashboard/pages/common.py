@@ -197,7 +197,7 @@ class Page:
     interval_s = 0.0
 
     def __init__(self) -> None:
-        self.layout: LayoutDOM | None = None
+        self.layout: LayoutDOM | list[LayoutDOM] | None = None
 
     def poll(self) -> None:
         """Read new data (followers); default nothing."""
@@ -210,8 +210,10 @@ class Page:
         """What the layout's structure depends on (default: nothing)."""
         return None
 
-    def build(self) -> LayoutDOM:
-        """Create the layout (and its data sources) from what is known now."""
+    def build(self) -> LayoutDOM | list[LayoutDOM]:
+        """Create the layout (and its data sources) from what is known now: one layout, or
+        several document roots (a browser lays out each root on its own: text that changes
+        often goes in a root without plots, so that it never makes the plots redraw)."""
         raise NotImplementedError
 
     def refresh(self) -> None:
@@ -225,6 +227,11 @@ def stream(source: ColumnDataSource, data: Mapping[str, np.ndarray]) -> None:
         source.stream(dict(data))
 
 
+#: Least time between two redraws of a page's plots [s]; its numbers and banners follow
+#: every refresh (a browser redraws a plot in tens of milliseconds, more without a GPU).
+PLOT_INTERVAL_S = 1.0
+
+
 class RunPage(Page):
     """A page that shows runs through their followers.
 
@@ -234,6 +241,15 @@ class RunPage(Page):
     def __init__(self, followers: Sequence[Any]) -> None:
         super().__init__()
         self.followers = list(followers)
+        self._last_plot = -math.inf
+
+    def plots_due(self, now: bool = False) -> bool:
+        """Whether to redraw the plots (at most every :data:`PLOT_INTERVAL_S`, or ``now``)."""
+        t = time.monotonic()
+        if now or t - self._last_plot >= PLOT_INTERVAL_S:
+            self._last_plot = t
+            return True
+        return False
 
     def poll(self) -> None:
         for f in self.followers:

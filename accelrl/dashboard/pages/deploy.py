@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import numpy as np
-from bokeh.layouts import column, gridplot, row
+from bokeh.layouts import column, row
 from bokeh.models import (
     BoxAnnotation,
     ColumnDataSource,
@@ -31,7 +31,6 @@ from accelrl.dashboard.pages.common import (
     FONT,
     MODE_COLOURS,
     RunPage,
-    ago,
     badge,
     banner,
     columns,
@@ -112,207 +111,32 @@ class DeployPage(RunPage):
         self.title = f"deploy {info.label}"
 
     def signature(self) -> Any:
-        return (tuple(self.f.knob_names), tuple(self.f.beam_names), self.f.start is not None)
+        f = self.f
+        return (tuple(f.knob_names), tuple(f.beam_names), f.start is not None)
 
     # ------------------------------------------------------------------ build
-    def build(self) -> LayoutDOM:
+    def build(self) -> list[LayoutDOM]:
         f = self.f
         self.cursor = 0
         self.n_events = -1
-        self.n_rollbacks = -1
         self.shown_screen: Any = None
         self.header = Div(sizing_mode="stretch_width")
         self.banner = Div(sizing_mode="stretch_width")
         self.messages = Div(sizing_mode="stretch_width")
+        self.knob_table = Div(sizing_mode="stretch_width")
         self.knobs = f.knob_names
         self.beams = f.beam_names
-        limits = f.limits
-        self.scales = {
-            k: display_unit(str(limits.get(k, {}).get("unit", "")))[0] for k in self.knobs
-        }
-        keys = self._keys()
-        self.steps = ColumnDataSource({k: np.array([], dtype=float) for k in keys})
-        self.rollback_source = ColumnDataSource(
-            {"x": [], "ok": [], **{f"set_{k}": [] for k in self.knobs}}
-        )
+        self.bounds = self._bounds()
+        plotted = self._keys() + [f"pos_{k}" for k in self.knobs]
+        self.steps = ColumnDataSource({k: np.array([], dtype=float) for k in plotted})
+        self.marks = ColumnDataSource({"x": [], "pos": [], "colour": [], "marker": []})
+        self.n_marks = (-1, -1)
         self.event_source = ColumnDataSource(
             {"step": [], "time": [], "kind": [], "text": [], "colour": []}
         )
-        # Beam error and MAE.
-        err = make_figure("beam − target", "step", "error [µm]", height=280)
-        thresholds = [t for t in f.thresholds_um if math.isfinite(t)]
-        if thresholds:
-            t = max(thresholds)
-            err.add_layout(BoxAnnotation(bottom=-t, top=t, fill_color="#8c959f", fill_alpha=0.15))
-        err.add_layout(Span(location=0, dimension="width", line_color="#8c959f", line_width=1))
-        for i, name in enumerate(self.beams):
-            err.line(
-                "step",
-                f"err_{name}",
-                source=self.steps,
-                color=COLOURS[i % 10],
-                legend_label=name,
-                line_width=2,
-            )
-            err.scatter(
-                "step",
-                f"err_{name}",
-                source=self.steps,
-                color=COLOURS[i % 10],
-                size=4,
-                legend_label=name,
-            )
-        err.add_tools(
-            HoverTool(
-                tooltips=[("step", "@step")] + [(n, f"@err_{n}{{0.0}} µm") for n in self.beams]
-            )
-        )
-        finish_legend(err)
-        mae = make_figure(
-            "MAE to target (band: target reached)",
-            "step",
-            "MAE [µm]",
-            log_y=True,
-            height=280,
-            x_range=err.x_range,
-        )
-        if thresholds:
-            mae.add_layout(BoxAnnotation(top=min(thresholds), fill_color="#1a7f37", fill_alpha=0.1))
-        mae.line("step", "mae_um", source=self.steps, color="black", line_width=2)
-        mae.scatter("step", "mae_um", source=self.steps, color="black", size=4)
-        self.err_fig = err
-        # Knobs against their limits, the proposal, clips and the rollback ramp.
-        knob_figs = []
-        for i, k in enumerate(self.knobs):
-            lim = limits.get(k, {})
-            scale, unit = display_unit(str(lim.get("unit", "")))
-            p = make_figure(k, "step", f"{k} [{unit or '-'}]", height=210, x_range=err.x_range)
-            low, high = float(lim.get("low", math.nan)), float(lim.get("high", math.nan))
-            if math.isfinite(low) and math.isfinite(high) and high > low:
-                pad = 0.05 * (high - low) * scale
-                p.y_range = Range1d(low * scale - pad, high * scale + pad)
-                for v in (low, high):
-                    p.add_layout(
-                        Span(
-                            location=v * scale,
-                            dimension="width",
-                            line_color="#cf222e",
-                            line_dash="dashed",
-                            line_width=1.5,
-                        )
-                    )
-            p.line(
-                "step",
-                f"knob_{k}",
-                source=self.steps,
-                color=COLOURS[i % 10],
-                line_width=2,
-                legend_label="readback",
-            )
-            p.line(
-                "step",
-                f"safe_{k}",
-                source=self.steps,
-                color="#8c959f",
-                line_dash="dashed",
-                legend_label="safe proposal",
-            )
-            p.scatter(
-                "step",
-                f"req_{k}",
-                source=self.steps,
-                marker="x",
-                color="#57606a",
-                size=6,
-                legend_label="requested",
-            )
-            p.scatter(
-                "step",
-                f"clip_{k}",
-                source=self.steps,
-                marker="circle",
-                color="#cf222e",
-                size=9,
-                fill_alpha=0.3,
-                legend_label="clipped",
-            )
-            p.scatter(
-                "x",
-                f"set_{k}",
-                source=self.rollback_source,
-                marker="triangle",
-                color="#cf222e",
-                size=8,
-                legend_label="rollback write",
-            )
-            p.add_tools(
-                HoverTool(
-                    tooltips=[
-                        ("step", "@step"),
-                        ("readback", f"@knob_{k}"),
-                        ("proposal", f"@safe_{k}"),
-                        ("requested", f"@req_{k}"),
-                    ]
-                )
-            )
-            finish_legend(p)
-            p.legend.visible = i == 0
-            knob_figs.append(p)
-        frac = make_figure(
-            "proposed change / max step (1 = the limit)",
-            "step",
-            "|Δ| / max step",
-            height=210,
-            x_range=err.x_range,
-        )
-        frac.add_layout(
-            Span(
-                location=1.0,
-                dimension="width",
-                line_color="#cf222e",
-                line_dash="dashed",
-                line_width=1.5,
-            )
-        )
-        for i, k in enumerate(self.knobs):
-            frac.line(
-                "step",
-                f"frac_{k}",
-                source=self.steps,
-                color=COLOURS[i % 10],
-                legend_label=k,
-                line_width=2,
-            )
-        finish_legend(frac)
-        knob_figs.append(frac)
-        # The screen.
-        self.screen_source = ColumnDataSource({"url": [], "x": [], "y": [], "w": [], "h": []})
-        self.ellipses = ColumnDataSource(
-            {"x": [], "y": [], "w": [], "h": [], "colour": [], "dash": [], "label": []}
-        )
-        screen = make_figure(
-            "screen (latest step)", "x [mm]", "y [mm]", height=330, width=380, match_aspect=True
-        )
-        screen.background_fill_color = "#0d1117"
-        screen.image_url(
-            url="url", x="x", y="y", w="w", h="h", anchor="top_left", source=self.screen_source
-        )
-        screen.ellipse(
-            x="x",
-            y="y",
-            width="w",
-            height="h",
-            source=self.ellipses,
-            fill_alpha=0,
-            line_color="colour",
-            line_width=2,
-            legend_field="label",
-        )
-        screen.legend.location = "top_left"
-        screen.legend.label_text_font_size = "8pt"
-        screen.legend.background_fill_alpha = 0.5
-        self.screen_fig = screen
-        self.screen_note = Div(width=380)
+        err, mae = self._error_figures()
+        knobs, frac = self._knob_figures(err)
+        screen = self._screen_figure()
         table = DataTable(
             source=self.event_source,
             columns=[
@@ -333,23 +157,38 @@ class DeployPage(RunPage):
             index_position=None,
         )
         events_title = Div(text=f"<b style='{FONT}'>Safety and run events (newest first)</b>")
-        grid = gridplot(knob_figs, ncols=3, sizing_mode="stretch_width")
-        self.layout = column(
-            nav(f"deploy run {self.info.label}", str(self.info.path)),
-            self.header,
-            self.banner,
-            self.messages,
-            row(
-                column(err, mae, sizing_mode="stretch_width"),
-                column(screen, self.screen_note),
+        # Separate roots: a browser lays out each root on its own, so the numbers and the
+        # banner (updated every refresh) never make it redraw the plots.
+        self.layout = [
+            column(
+                nav(f"deploy run {self.info.label}", str(self.info.path)),
+                self.header,
+                self.banner,
+                self.messages,
                 sizing_mode="stretch_width",
             ),
-            grid,
-            events_title,
-            table,
-            sizing_mode="stretch_width",
-        )
+            column(
+                row(
+                    column(err, mae, sizing_mode="stretch_width"),
+                    column(screen, self.screen_note),
+                    sizing_mode="stretch_width",
+                ),
+                row(knobs, frac, sizing_mode="stretch_width"),
+                sizing_mode="stretch_width",
+            ),
+            column(self.knob_table, events_title, table, sizing_mode="stretch_width"),
+        ]
         return self.layout
+
+    def _bounds(self) -> dict[str, tuple[float, float, float, str, float]]:
+        """Knob -> ``(low, high, max_step, unit shown, display scale)``."""
+        out = {}
+        for k in self.knobs:
+            lim = self.f.limits.get(k, {})
+            scale, unit = display_unit(str(lim.get("unit", "")))
+            low, high = float(lim.get("low", math.nan)), float(lim.get("high", math.nan))
+            out[k] = (low, high, float(lim.get("max_step", math.nan)), unit, scale)
+        return out
 
     def _keys(self) -> list[str]:
         keys = ["step", "mae_um", *(f"err_{n}" for n in self.beams)]
@@ -357,41 +196,175 @@ class DeployPage(RunPage):
             keys += [f"knob_{k}", f"safe_{k}", f"req_{k}", f"frac_{k}", f"clip_{k}"]
         return keys
 
+    def _error_figures(self) -> tuple[Any, Any]:
+        thresholds = [t for t in self.f.thresholds_um if math.isfinite(t)]
+        err = make_figure("beam − target (band: target reached)", "step", "error [µm]",
+                          height=280)  # fmt: skip
+        if thresholds:
+            t = max(thresholds)
+            err.add_layout(BoxAnnotation(bottom=-t, top=t, fill_color="#1a7f37", fill_alpha=0.12))
+        err.add_layout(Span(location=0, dimension="width", line_color="#8c959f", line_width=1))
+        for i, name in enumerate(self.beams):
+            colour = COLOURS[i % 10]
+            err.line("step", f"err_{name}", source=self.steps, color=colour, legend_label=name,
+                     line_width=2)  # fmt: skip
+        err.add_tools(HoverTool(tooltips=[("step", "@step")] + [
+            (n, f"@err_{n}{{0.0}} µm") for n in self.beams]))  # fmt: skip
+        finish_legend(err)
+        mae = make_figure("MAE to target", "step", "MAE [µm]", log_y=True, height=240,
+                          x_range=err.x_range)  # fmt: skip
+        if thresholds:
+            mae.add_layout(BoxAnnotation(top=min(thresholds), fill_color="#1a7f37",
+                                         fill_alpha=0.12))  # fmt: skip
+        mae.line("step", "mae_um", source=self.steps, color="black", line_width=2)
+        return err, mae
+
+    def _knob_figures(self, err: Any) -> tuple[Any, Any]:
+        knobs = make_figure("knob settings between their limits (0 = low, 1 = high limit; "
+                            "circles: clipped, triangles: rollback)", "step",
+                            "(setting − low) / (high − low)", height=300,
+                            x_range=err.x_range)  # fmt: skip
+        knobs.y_range = Range1d(-0.08, 1.08)
+        for v in (0.0, 1.0):
+            knobs.add_layout(Span(location=v, dimension="width", line_color="#cf222e",
+                                  line_dash="dashed", line_width=1.5))  # fmt: skip
+        tips = [("step", "@step")]
+        for i, k in enumerate(self.knobs):
+            colour = COLOURS[i % 10]
+            knobs.line("step", f"pos_{k}", source=self.steps, color=colour, line_width=2,
+                       legend_label=k)  # fmt: skip
+            unit = self.bounds[k][3]
+            tips.append((k, f"@{{knob_{k}}}{{0.000}} → @{{safe_{k}}}{{0.000}} {unit}"))
+        # Clips and rollback writes: one renderer for all knobs (a browser draws each renderer).
+        knobs.scatter("x", "pos", source=self.marks, marker="marker", size=10,
+                      fill_color="colour", fill_alpha=0.35, line_color="#cf222e")  # fmt: skip
+        knobs.add_tools(HoverTool(tooltips=tips, renderers=knobs.renderers[: len(self.knobs)]))
+        finish_legend(knobs)
+        frac = make_figure("proposed change / max step (1 = the limit)", "step",
+                           "|Δ| / max step", height=300, x_range=err.x_range)  # fmt: skip
+        frac.add_layout(Span(location=1.0, dimension="width", line_color="#cf222e",
+                             line_dash="dashed", line_width=1.5))  # fmt: skip
+        for i, k in enumerate(self.knobs):
+            frac.line("step", f"frac_{k}", source=self.steps, color=COLOURS[i % 10],
+                      legend_label=k, line_width=2)  # fmt: skip
+        finish_legend(frac)
+        return knobs, frac
+
+    def _screen_figure(self) -> Any:
+        self.screen_source = ColumnDataSource({"url": [], "x": [], "y": [], "w": [], "h": []})
+        self.ellipses = ColumnDataSource(
+            {"x": [], "y": [], "w": [], "h": [], "colour": [], "label": []}
+        )
+        screen = make_figure("screen (latest step)", "x [mm]", "y [mm]", height=330, width=380,
+                             match_aspect=True)  # fmt: skip
+        screen.background_fill_color = "#0d1117"
+        screen.image_url(url="url", x="x", y="y", w="w", h="h", anchor="top_left",
+                         source=self.screen_source)  # fmt: skip
+        screen.ellipse(x="x", y="y", width="w", height="h", source=self.ellipses, fill_alpha=0,
+                       line_color="colour", line_width=2, legend_field="label")  # fmt: skip
+        screen.scatter(x="x", y="y", source=self.ellipses, marker="cross", size=10,
+                       color="colour")  # fmt: skip
+        screen.legend.location = "top_left"
+        screen.legend.label_text_font_size = "8pt"
+        screen.legend.background_fill_alpha = 0.5
+        self.screen_fig = screen
+        self.screen_note = Div(width=380)
+        return screen
+
     # ------------------------------------------------------------------ refresh
     def refresh(self) -> None:
+        f = self.f
+        if self.plots_due(now=f.end is not None or f.abort is not None):
+            self._plots()
+            html = self._knob_table()
+            if self.knob_table.text != html:
+                self.knob_table.text = html
+        if len(f.events) != self.n_events:
+            self.n_events = len(f.events)
+            self._events(f.events)
+        for div, html in (
+            (self.header, self._header()),
+            (self.banner, banner(*safety_summary(f))),
+            (self.messages, message_box(f.problems)),
+        ):
+            if div.text != html:
+                div.text = html
+
+    def _plots(self) -> None:
         f = self.f
         rows = f.rows[self.cursor :]
         if rows:
             data = columns(rows, self._keys())
             for k in self.knobs:
-                scale = self.scales[k]
-                if scale != 1.0:
-                    for key in (f"knob_{k}", f"safe_{k}", f"req_{k}", f"clip_{k}"):
-                        data[key] = data[key] * scale
+                low, high, _, _, scale = self.bounds[k]
+                span = high - low if high > low else math.nan
+                data[f"pos_{k}"] = (data[f"knob_{k}"] - low) / span
+                for key in (f"knob_{k}", f"safe_{k}", f"req_{k}", f"clip_{k}"):
+                    data[key] = data[key] * scale
             stream(self.steps, data)
             self.cursor = len(f.rows)
-        if len(f.rollbacks) != self.n_rollbacks:
-            self.n_rollbacks = len(f.rollbacks)
-            rb = columns(f.rollbacks, [f"set_{k}" for k in self.knobs])
-            for k in self.knobs:
-                rb[f"set_{k}"] = rb[f"set_{k}"] * self.scales[k]
-            self.rollback_source.data = {
-                "x": np.array(f.rollback_positions(), dtype=float),
-                "ok": [r["ok"] for r in f.rollbacks],
-                **rb,
-            }
-        if len(f.events) != self.n_events:
-            self.n_events = len(f.events)
-            self._events(f.events)
+        if (f.clips, len(f.rollbacks)) != self.n_marks:
+            self.n_marks = (f.clips, len(f.rollbacks))
+            self.marks.data = self._marks()
         self._screen()
-        self.header.text = self._header()
-        text, level = safety_summary(f)
-        html = banner(text, level)
-        if self.banner.text != html:
-            self.banner.text = html
-        problems = message_box(f.problems)
-        if self.messages.text != problems:
-            self.messages.text = problems
+
+    def _marks(self) -> dict[str, list[Any]]:
+        """Clipped proposals (circles) and rollback writes (triangles), as positions
+        between the limits."""
+        f = self.f
+        out: dict[str, list[Any]] = {"x": [], "pos": [], "colour": [], "marker": []}
+        for i, k in enumerate(self.knobs):
+            low, high, _, _, _ = self.bounds[k]
+            if not high > low:
+                continue
+            for r in f.rows:
+                v = r.get(f"clip_{k}", math.nan)
+                if math.isfinite(v):
+                    out["x"].append(r["step"])
+                    out["pos"].append((v - low) / (high - low))
+                    out["colour"].append("#cf222e")
+                    out["marker"].append("circle")
+            for x, r in zip(f.rollback_positions(), f.rollbacks, strict=True):
+                v = r.get(f"set_{k}", math.nan)
+                if math.isfinite(v):
+                    out["x"].append(x)
+                    out["pos"].append((v - low) / (high - low))
+                    out["colour"].append(COLOURS[i % 10])
+                    out["marker"].append("triangle")
+        return out
+
+    def _knob_table(self) -> str:
+        """Each knob now: readback, proposal, limits, max step, the last proposal's size."""
+        f = self.f
+        if not f.rows or not self.knobs:
+            return ""
+        last = f.rows[-1]
+        proposal = next((r for r in reversed(f.rows) if math.isfinite(r.get(
+            f"safe_{self.knobs[0]}", math.nan))), last)  # fmt: skip
+        cells = ["<tr><th align='left'>knob</th><th>readback</th><th>safe proposal</th>"
+                 "<th>low limit</th><th>high limit</th><th>max step</th>"
+                 "<th>proposed |Δ| / max step</th><th>unit</th></tr>"]  # fmt: skip
+        for k in self.knobs:
+            low, high, max_step, unit, scale = self.bounds[k]
+            frac = proposal.get(f"frac_{k}", math.nan)
+            hot = "color:#cf222e;font-weight:600" if math.isfinite(frac) and frac > 0.999 else ""
+            cells.append(
+                f"<tr><td><b>{esc(k)}</b></td>"
+                + "".join(
+                    f"<td align='right'>{fmt(v * scale, 5)}</td>"
+                    for v in (
+                        last.get(f"knob_{k}", math.nan),
+                        proposal.get(f"safe_{k}", math.nan),
+                        low,
+                        high,
+                        max_step,
+                    )
+                )  # fmt: skip
+                + f"<td align='right' style='{hot}'>{fmt(frac, 3)}</td>"
+                f"<td>{esc(unit)}</td></tr>"
+            )
+        return (f"<table data-field='knob-table' style='{FONT}border-collapse:collapse'>"
+                f"{''.join(cells)}</table>")  # fmt: skip
 
     def _header(self) -> str:
         f = self.f
@@ -401,6 +374,11 @@ class DeployPage(RunPage):
         mae = f.rows[-1]["mae_um"] if f.rows else math.nan
         budget = start.get("max_steps", "?")
         end = f.end or {}
+        when = (
+            time.strftime("%H:%M:%S", time.localtime(f.last_record_time))
+            if math.isfinite(f.last_record_time)
+            else "-"
+        )
         parts = [
             state_badge(f.status),
             badge(f"MODE {mode.upper()}", MODE_COLOURS.get(mode, "#57606a")),
@@ -414,7 +392,7 @@ class DeployPage(RunPage):
             f"steps {field('steps', len(f.rows))} (last step {field('last-step', last)}, "
             f"budget {esc(budget)}) &middot; writes {field('writes', f.writes)} &middot; "
             f"clips {field('clip-count', f.clips)} &middot; MAE {field('mae', fmt(mae, 3))} µm "
-            f"&middot; last record {esc(ago(f.last_record_time))}"
+            f"&middot; last record at {esc(when)}"
         )
         if end:
             values += f" &middot; ended: <b>{field('end-reason', end.get('reason', '?'))}</b>"
@@ -448,7 +426,7 @@ class DeployPage(RunPage):
         target = step.get("target") if isinstance(step.get("target"), dict) else {}
         if not target:
             target = (f.start or {}).get("target") or {}
-        ell: dict[str, list[Any]] = {k: [] for k in ("x", "y", "w", "h", "colour", "dash", "label")}
+        ell: dict[str, list[Any]] = {k: [] for k in ("x", "y", "w", "h", "colour", "label")}
         for values, colour, label in (
             (target, "#ff5050", "target"),
             (obs, "#ffffff", "beam (measured)"),
@@ -464,7 +442,6 @@ class DeployPage(RunPage):
             ell["w"].append(max(2 * sx * 1e3, 1e-3))
             ell["h"].append(max(2 * sy * 1e3, 1e-3))
             ell["colour"].append(colour)
-            ell["dash"].append("solid")
             ell["label"].append(label)
         self.ellipses.data = ell
         screen = f.screen

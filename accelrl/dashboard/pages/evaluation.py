@@ -267,25 +267,27 @@ class EvaluationPage(RunPage):
         self.drill = column(sizing_mode="stretch_width")
         self._controls()
         self._drill(self.trial)
-        self.layout = column(
-            *top,
-            row(
-                Div(text=f"<b style='{FONT}'>trials:</b>"),
-                subset,
-                Div(text=f"<b style='{FONT}'>curve:</b>"),
-                curve,
+        self.layout = [
+            column(*top, sizing_mode="stretch_width"),
+            column(
+                row(
+                    Div(text=f"<b style='{FONT}'>trials:</b>"),
+                    subset,
+                    Div(text=f"<b style='{FONT}'>curve:</b>"),
+                    curve,
+                ),
+                table,
+                self.mae_fig,
+                row(*dist, sizing_mode="stretch_width"),
+                Div(
+                    text=f"<b style='{FONT};font-size:120%'>Per-trial drill-down</b> "
+                    f"<span style='{FONT}color:#57606a'>(pick a trial, or click one above)</span>"
+                ),
+                self.trial_select,
+                self.drill,
+                sizing_mode="stretch_width",
             ),
-            table,
-            self.mae_fig,
-            row(*dist, sizing_mode="stretch_width"),
-            Div(
-                text=f"<b style='{FONT};font-size:120%'>Per-trial drill-down</b> "
-                f"<span style='{FONT}color:#57606a'>(pick a trial, or click one above)</span>"
-            ),
-            self.trial_select,
-            self.drill,
-            sizing_mode="stretch_width",
-        )
+        ]
         return self.layout
 
     def _tapped(self, source: ColumnDataSource) -> Any:

@@ -59,7 +59,7 @@ class TrainingPage(RunPage):
             bool(f.episodes),
         )
 
-    def build(self) -> LayoutDOM:
+    def build(self) -> list[LayoutDOM]:
         f = self.f
         self.cursors = {"iterations": 0, "evaluations": 0, "sb3": 0, "episodes": 0}
         self.header = Div(sizing_mode="stretch_width")
@@ -207,16 +207,29 @@ class TrainingPage(RunPage):
                     "logs/progress.csv).</span>"
                 ),
             )
-        self.layout = column(
-            nav(f"training run {self.info.label}", str(self.info.path)),
-            self.header,
-            self.messages,
-            *plots,
-            sizing_mode="stretch_width",
-        )
+        self.layout = [
+            column(
+                nav(f"training run {self.info.label}", str(self.info.path)),
+                self.header,
+                self.messages,
+                sizing_mode="stretch_width",
+            ),
+            column(*plots, sizing_mode="stretch_width"),
+        ]
         return self.layout
 
     def refresh(self) -> None:
+        f = self.f
+        if self.plots_due(now=f.status != "running"):
+            self._plots()
+        html = self._header()
+        if html != self.header.text:
+            self.header.text = html
+        problems = message_box(f.problems)
+        if problems != self.messages.text:
+            self.messages.text = problems
+
+    def _plots(self) -> None:
         f = self.f
         c = self.cursors
         stream(self.iter_source, columns(f.iterations[c["iterations"] :], _ITERATION_KEYS))
@@ -230,10 +243,6 @@ class TrainingPage(RunPage):
         c["sb3"] = len(f.sb3_rows)
         stream(self.episode_source, columns(f.episodes[c["episodes"] :], ("timesteps", "return")))
         c["episodes"] = len(f.episodes)
-        self.header.text = self._header()
-        problems = message_box(f.problems)
-        if problems != self.messages.text:
-            self.messages.text = problems
 
     def _header(self) -> str:
         f = self.f

@@ -12,14 +12,12 @@ import numpy as np
 from bokeh.layouts import column, row
 from bokeh.models import (
     ColumnDataSource,
-    DataTable,
     Div,
     HoverTool,
     LayoutDOM,
     Range1d,
     Slope,
     Span,
-    TableColumn,
 )
 
 from accelrl.dashboard.data.store import RunStore
@@ -111,7 +109,7 @@ class TuningPage(RunPage):
             keys += [f"set_{v['name']}", f"norm_{v['name']}"]
         return keys
 
-    def build(self) -> LayoutDOM:
+    def build(self) -> list[LayoutDOM]:
         f = self.f
         self.cursor = 0
         self.names = [str(v["name"]) for v in f.variables]
@@ -237,17 +235,8 @@ class TuningPage(RunPage):
             legend_label="prior weight",
         )
         finish_legend(corr)
-        self.diag_source = ColumnDataSource({"key": [], "value": []})
-        table = DataTable(
-            source=self.diag_source,
-            columns=[
-                TableColumn(field="key", title="diagnostic", width=180),
-                TableColumn(field="value", title="value", width=600),
-            ],
-            height=300,
-            sizing_mode="stretch_width",
-            index_position=None,
-        )
+        table = Div(sizing_mode="stretch_width")
+        self.diag_table = table
         plots = [
             row(obj, knobs, sizing_mode="stretch_width"),
             row(
@@ -263,22 +252,27 @@ class TuningPage(RunPage):
                 sizing_mode="stretch_width",
             ),
         ]
-        self.layout = column(
-            nav(f"tuning session {self.info.label}", str(self.info.path)),
-            self.header,
-            self.banner,
-            self.messages,
-            *plots,
-            Div(text=f"<b style='{FONT}'>Session diagnostics</b>"),
-            table,
-            sizing_mode="stretch_width",
-        )
+        self.layout = [
+            column(
+                nav(f"tuning session {self.info.label}", str(self.info.path)),
+                self.header,
+                self.banner,
+                self.messages,
+                sizing_mode="stretch_width",
+            ),
+            column(*plots, sizing_mode="stretch_width"),
+            column(
+                Div(text=f"<b style='{FONT}'>Session diagnostics</b>"),
+                table,
+                sizing_mode="stretch_width",
+            ),  # fmt: skip
+        ]
         self.shown_diag: Any = None
         return self.layout
 
     def refresh(self) -> None:
         f = self.f
-        rows = f.rows[self.cursor :]
+        rows = f.rows[self.cursor :] if self.plots_due(now=f.status != "running") else []
         if rows:
             stream(self.source, columns(rows, self._keys()))
             bad = [r for r in rows if not r["safe"]]
@@ -316,7 +310,14 @@ class TuningPage(RunPage):
                     continue
                 keys.append(k)
                 values.append(fmt(v, 5) if isinstance(v, float) else str(v))
-            self.diag_source.data = {"key": keys, "value": values}
+            rows_html = "".join(
+                f"<tr><td style='padding:1px 16px 1px 0'>{esc(k)}</td><td>{esc(v)}</td></tr>"
+                for k, v in zip(keys, values, strict=True)
+            )
+            self.diag_table.text = (
+                f"<table data-field='diagnostics' style='{FONT}border-collapse:collapse'>"
+                f"{rows_html}</table>"
+            )
 
     def _header(self) -> str:
         f = self.f
