@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -18,77 +17,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from accelrl.dashboard.browser import browser_missing, deep_texts, field_text, start_browser
+
+__all__ = [
+    "Dashboard",
+    "browser_missing",
+    "controller_run",
+    "deep_texts",
+    "field_text",
+    "screenshot",
+    "start_browser",
+    "tree_state",
+    "wait_field",
+    "wait_for",
+]
+
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "agents" / "apg-ares-ea" / "bundle"
 SIM_CONFIG = ROOT / "deploy" / "sim_ares_ea.yaml"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
-#: Chromium flags that work headless, as root, without network or GPU.
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-)
 #: Screenshots are also copied here when set (e.g. ``docs/img``): the docs come from the tests.
 DOCS_ENV = "ACCELRL_DOCS_SCREENSHOTS"
-
-#: Collects every element matching a selector, through all shadow roots (Bokeh renders its
-#: widgets inside shadow DOM).
-DEEP_QUERY_JS = """
-const sel = arguments[0];
-const out = [];
-function walk(root) {
-  root.querySelectorAll(sel).forEach(e => out.push(e));
-  root.querySelectorAll('*').forEach(e => { if (e.shadowRoot) walk(e.shadowRoot); });
-}
-walk(document);
-return out.map(e => e.textContent);
-"""
-
-
-def browser_missing() -> str | None:
-    """Why the browser tests cannot run here, or ``None``."""
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not path.exists():
-            return f"{path} is missing (apt-get install chromium chromium-driver; .ci/run does)"
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "selenium is missing (pip install accelrl[dashboard])"
-    return None
-
-
-def start_browser(width: int = 1400, height: int = 1600) -> Any:
-    """Headless Chromium under Selenium, with a fresh profile."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='accelrl-chromium-')}")
-    options.add_argument(f"--window-size={width},{height}")
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    driver.set_page_load_timeout(30)
-    return driver
-
-
-def deep_texts(driver: Any, selector: str) -> list[str]:
-    """Text of every element matching ``selector``, shadow DOM included."""
-    return list(driver.execute_script(DEEP_QUERY_JS, selector))
-
-
-def field_text(driver: Any, name: str) -> str | None:
-    """Text of the first ``data-field=name`` element, or ``None``."""
-    texts = deep_texts(driver, f"[data-field='{name}']")
-    return texts[0] if texts else None
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:

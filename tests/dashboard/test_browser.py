@@ -72,29 +72,31 @@ def test_deploy_run_live_then_interlock_abort_and_rollback(browser, dashboard, r
     from accelrl.deploy.sim import Fault
 
     run = root / "deploy-ares-ea"
-    # Slowed steps (magnets settle in 0.25 s) so that the page can be watched while it runs.
-    controller, machine = controller_run(run, max_steps=200, settle_delay_s=0.25)
+    # Slowed steps (magnets settle in 0.25 s) so that the page can be watched while it runs;
+    # a budget it never reaches: the interlock below ends it.
+    controller, machine = controller_run(run, max_steps=5000, settle_delay_s=0.25)
     outcome: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: outcome.update(result=controller.run()))
     thread.start()
     try:
         browser.get(dashboard.page("0/deploy-ares-ea"))
-        wait_for(lambda: steps_shown(browser) >= 2, 30, "the first steps on the page")
+        wait_for(lambda: steps_shown(browser) >= 2, 60, "the first steps on the page")
         first = steps_shown(browser)
         assert "MODE AUTO" in " ".join(deep_texts(browser, "span"))
         # The page follows the run: the count grows without a reload.
-        wait_for(lambda: steps_shown(browser) >= first + 4, 30, "the step count to increase")
+        wait_for(lambda: steps_shown(browser) >= first + 3, 60, "the step count to increase")
+        assert controller.max_steps > steps_shown(browser)  # still running
         assert field_text(browser, "banner") and "No safety events" in field_text(browser, "banner")
         screenshot(browser, shots, "dashboard-deploy-live.png")
         machine.inject(Fault("interlock"))
-        wait_for(lambda: field_text(browser, "abort-reason") == "interlock", 30,
+        wait_for(lambda: field_text(browser, "abort-reason") == "interlock", 60,
                  "the abort on the page")  # fmt: skip
-        wait_for(lambda: field_text(browser, "rollback-state") == "complete", 30,
+        wait_for(lambda: field_text(browser, "rollback-state") == "complete", 60,
                  "the completed rollback on the page")  # fmt: skip
-        thread.join(30)
+        thread.join(60)
         result = outcome["result"]
         assert result.reason is StopReason.abort and result.rollback["complete"]
-        wait_for(lambda: field_text(browser, "end-reason") == "abort", 10, "the end record")
+        wait_for(lambda: field_text(browser, "end-reason") == "abort", 60, "the end record")
         cells = " ".join(deep_texts(browser, ".slick-cell"))
         assert "ABORT: interlock" in cells and "rollback write 1" in cells
         assert "rollback complete after" in cells
@@ -108,10 +110,11 @@ def test_deploy_run_live_then_interlock_abort_and_rollback(browser, dashboard, r
 
 def test_training_run_learning_curve_and_evaluation_live(browser, dashboard, root, shots):
     run = root / "apg-train"
-    stop = threading.Event()
+    stop, go = threading.Event(), threading.Event()
 
     def train() -> None:
         with ProgressLog(run, "apg", iterations=120, batch_size=256, horizon=15) as log:
+            go.wait(60)  # iterations start once the page shows the run
             for i in range(120):
                 if stop.is_set():
                     return
@@ -130,17 +133,18 @@ def test_training_run_learning_curve_and_evaluation_live(browser, dashboard, roo
     thread.start()
     try:
         browser.get(dashboard.page("0/apg-train"))
-        done = int(float(wait_field(browser, "done")))
-        assert done < 100
-        wait_for(lambda: int(float(field_text(browser, "done") or 0)) > done + 5, 20,
-                 "the iterations to increase")  # fmt: skip
-        wait_field(browser, "eval-best")
-        thread.join(30)
-        wait_for(lambda: "FINISHED" in " ".join(deep_texts(browser, "span")), 10, "finished")
+        assert wait_field(browser, "done", timeout=60) == "0"
+        go.set()
+        wait_for(lambda: 5 < int(float(field_text(browser, "done") or 0)) < 120, 60,
+                 "the iterations to increase while it trains")  # fmt: skip
+        wait_field(browser, "eval-best", timeout=60)
+        thread.join(60)
+        wait_for(lambda: "FINISHED" in " ".join(deep_texts(browser, "span")), 60, "finished")
         assert field_text(browser, "done") == "120"
         screenshot(browser, shots, "dashboard-training.png")
     finally:
         stop.set()
+        go.set()
         thread.join(30)
 
 
@@ -152,13 +156,13 @@ def test_sb3_run_follows_the_logger_rewrite(browser, dashboard, root):
     with CsvWriter(run / "episodes.csv", ["timesteps", "return", "length"]) as episodes:
         episodes.write([100, -31.0, 50])
         browser.get(dashboard.page("0/sb3-train"))
-        wait_for(lambda: field_text(browser, "done") == "100", 20, "100 timesteps")
+        wait_for(lambda: field_text(browser, "done") == "100", 60, "100 timesteps")
         # SB3 rewrites its CSV with a wider header when a new key is logged.
         progress.write_text(
             "time/total_timesteps,rollout/ep_rew_mean,train/actor_loss\n100,-30.0,\n200,-20.0,0.5\n"
         )
         episodes.write([200, -19.0, 50])
-        wait_for(lambda: field_text(browser, "done") == "200", 20, "200 timesteps")
+        wait_for(lambda: field_text(browser, "done") == "200", 60, "200 timesteps")
 
 
 def test_tuning_session_live(browser, dashboard, root, shots):
@@ -178,7 +182,7 @@ def test_tuning_session_live(browser, dashboard, root, shots):
                      objective={"name": "mae", "minimise": True, "log": True, "floor": 1e-9},
                      ) as log:  # fmt: skip
         browser.get(dashboard.page("0/tune-ares-ea"))
-        wait_field(browser, "steps")
+        wait_field(browser, "steps", timeout=60)
         best = 1e9
         for step in range(12):
             mae = 3.5e-4 * 0.75**step * (1.3 if step % 4 == 3 else 1.0)
@@ -195,9 +199,9 @@ def test_tuning_session_live(browser, dashboard, root, shots):
                     "mode": "bo" if step else "measure-read-back"}  # fmt: skip
             log.step(tuning_step_record(row, diag))
             time.sleep(0.05)
-        wait_for(lambda: field_text(browser, "steps") == "12", 20, "12 observations")
+        wait_for(lambda: field_text(browser, "steps") == "12", 60, "12 observations")
         assert field_text(browser, "prior-state") == "in use"
-    wait_for(lambda: "FINISHED" in " ".join(deep_texts(browser, "span")), 10, "finished")
+    wait_for(lambda: "FINISHED" in " ".join(deep_texts(browser, "span")), 60, "finished")
     screenshot(browser, shots, "dashboard-tuning.png")
 
 
@@ -215,7 +219,7 @@ def test_evaluations_side_by_side_with_drill_down(browser, dashboard, root, shot
                                progress=False)  # fmt: skip
         result.save(root / name)
     browser.get(dashboard.page("0/eval-policy", "0/eval-random"))
-    wait_for(lambda: len(deep_texts(browser, "[data-field='episode']")) == 3, 30,
+    wait_for(lambda: len(deep_texts(browser, "[data-field='episode']")) == 3, 60,
              "one episode row per optimiser")  # fmt: skip
     cells = " ".join(deep_texts(browser, ".slick-cell"))
     for series in ("eval-policy: policy", "eval-policy: do-nothing", "eval-random: random"):
@@ -224,7 +228,7 @@ def test_evaluations_side_by_side_with_drill_down(browser, dashboard, root, shot
     screenshot(browser, shots, "dashboard-evaluation.png")
     assert browser.execute_script(SELECT_JS, "41")
     wait_for(lambda: all("trial 41" in t for t in deep_texts(browser, "[data-field='episode']")),
-             20, "the drill-down of trial 41")  # fmt: skip
+             60, "the drill-down of trial 41")  # fmt: skip
 
 
 def test_run_list_and_damaged_runs(browser, dashboard, root, shots):
@@ -238,26 +242,26 @@ def test_run_list_and_damaged_runs(browser, dashboard, root, shots):
         json.dumps(start) + "\n{this is not json\n" + json.dumps(step) + "\n"
     )
     browser.get(dashboard.page("0/deploy-corrupt"))
-    wait_for(lambda: "not JSON" in (field_text(browser, "problems") or ""), 20,
+    wait_for(lambda: "not JSON" in (field_text(browser, "problems") or ""), 60,
              "the corrupt line reported")  # fmt: skip
     assert field_text(browser, "steps") == "1"
     shutil.rmtree(corrupt)
-    wait_for(lambda: "is gone" in (field_text(browser, "problems") or ""), 20,
+    wait_for(lambda: "is gone" in (field_text(browser, "problems") or ""), 60,
              "the deleted folder reported")  # fmt: skip
     half = root / "eval-half"
     half.mkdir()
     (half / "config.json").write_text('{"optimisers": [{"label": "x"}], "max_st')
     (half / "records.parquet").write_bytes(b"PAR1 half written")
     browser.get(dashboard.page("0/eval-half"))
-    wait_for(lambda: "records.parquet" in (field_text(browser, "problems") or ""), 20,
+    wait_for(lambda: "records.parquet" in (field_text(browser, "problems") or ""), 60,
              "the half-written evaluation reported")  # fmt: skip
     browser.get(dashboard.page("0/not-yet"))
-    wait_field(browser, "waiting")
+    wait_field(browser, "waiting", timeout=60)
     (root / "not-yet").mkdir()
     (root / "not-yet" / "run.jsonl").write_text(json.dumps(start) + "\n")
-    wait_for(lambda: field_text(browser, "steps") == "0", 20, "the run once it appears")
+    wait_for(lambda: field_text(browser, "steps") == "0", 60, "the run once it appears")
     browser.get(dashboard.url)
-    wait_for(lambda: len(deep_texts(browser, "a[data-run]")) >= 5, 20, "the run list")
+    wait_for(lambda: len(deep_texts(browser, "a[data-run]")) >= 5, 60, "the run list")
     links = deep_texts(browser, "a[data-run]")
     for name in ("deploy-ares-ea", "apg-train", "tune-ares-ea", "eval-policy", "not-yet"):
         assert name in links
