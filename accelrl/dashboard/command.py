@@ -50,7 +50,7 @@ def dashboard_command(
     ] = "127.0.0.1",
     poll_ms: Annotated[
         int,
-        typer.Option("--poll-ms", min=50, max=10_000, help="Page refresh period [ms]."),
+        typer.Option("--poll-ms", min=50, max=10_000, help="Page refresh period, in milliseconds."),
     ] = 250,
     allow_origin: Annotated[
         list[str] | None,

@@ -242,6 +242,16 @@ class RunPage(Page):
         super().__init__()
         self.followers = list(followers)
         self._last_plot = -math.inf
+        self._last_text = -math.inf
+
+    def text_due(self, every_s: float = 5.0) -> bool:
+        """Whether to rebuild the texts although no data arrived (states that change with
+        time alone, such as "stalled"), at most every ``every_s``."""
+        t = time.monotonic()
+        if t - self._last_text >= every_s:
+            self._last_text = t
+            return True
+        return False
 
     def plots_due(self, now: bool = False) -> bool:
         """Whether to redraw the plots (at most every :data:`PLOT_INTERVAL_S`, or ``now``)."""

@@ -119,6 +119,8 @@ class DeployPage(RunPage):
         f = self.f
         self.cursor = 0
         self.n_events = -1
+        self.seen_version = -1
+        self.plots_pending = True
         self.shown_screen: Any = None
         self.header = Div(sizing_mode="stretch_width")
         self.banner = Div(sizing_mode="stretch_width")
@@ -193,7 +195,7 @@ class DeployPage(RunPage):
     def _keys(self) -> list[str]:
         keys = ["step", "mae_um", *(f"err_{n}" for n in self.beams)]
         for k in self.knobs:
-            keys += [f"knob_{k}", f"safe_{k}", f"req_{k}", f"frac_{k}", f"clip_{k}"]
+            keys += [f"knob_{k}", f"safe_{k}", f"frac_{k}"]
         return keys
 
     def _error_figures(self) -> tuple[Any, Any]:
@@ -274,11 +276,17 @@ class DeployPage(RunPage):
     # ------------------------------------------------------------------ refresh
     def refresh(self) -> None:
         f = self.f
-        if self.plots_due(now=f.end is not None or f.abort is not None):
+        new = f.version != self.seen_version
+        self.seen_version = f.version
+        self.plots_pending = self.plots_pending or new
+        if self.plots_pending and self.plots_due(now=f.end is not None or f.abort is not None):
+            self.plots_pending = False
             self._plots()
             html = self._knob_table()
             if self.knob_table.text != html:
                 self.knob_table.text = html
+        if not (new or self.text_due()):
+            return  # nothing new: no work (the state is re-checked every few seconds)
         if len(f.events) != self.n_events:
             self.n_events = len(f.events)
             self._events(f.events)
@@ -299,7 +307,7 @@ class DeployPage(RunPage):
                 low, high, _, _, scale = self.bounds[k]
                 span = high - low if high > low else math.nan
                 data[f"pos_{k}"] = (data[f"knob_{k}"] - low) / span
-                for key in (f"knob_{k}", f"safe_{k}", f"req_{k}", f"clip_{k}"):
+                for key in (f"knob_{k}", f"safe_{k}"):
                     data[key] = data[key] * scale
             stream(self.steps, data)
             self.cursor = len(f.rows)

@@ -62,6 +62,8 @@ class TrainingPage(RunPage):
     def build(self) -> list[LayoutDOM]:
         f = self.f
         self.cursors = {"iterations": 0, "evaluations": 0, "sb3": 0, "episodes": 0}
+        self.seen_version = -1
+        self.plots_pending = True
         self.header = Div(sizing_mode="stretch_width")
         self.messages = Div(sizing_mode="stretch_width")
         x_label = "iteration" if f.x_key == "iteration" else "timesteps"
@@ -220,8 +222,14 @@ class TrainingPage(RunPage):
 
     def refresh(self) -> None:
         f = self.f
-        if self.plots_due(now=f.status != "running"):
+        new = f.version != self.seen_version
+        self.seen_version = f.version
+        self.plots_pending = self.plots_pending or new
+        if self.plots_pending and self.plots_due(now=f.status != "running"):
+            self.plots_pending = False
             self._plots()
+        if not (new or self.text_due()):
+            return
         html = self._header()
         if html != self.header.text:
             self.header.text = html

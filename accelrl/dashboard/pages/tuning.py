@@ -112,6 +112,8 @@ class TuningPage(RunPage):
     def build(self) -> list[LayoutDOM]:
         f = self.f
         self.cursor = 0
+        self.seen_version = -1
+        self.plots_pending = True
         self.names = [str(v["name"]) for v in f.variables]
         self.source = ColumnDataSource({k: np.array([], dtype=float) for k in self._keys()})
         self.unsafe = ColumnDataSource({"step": [], "objective": []})
@@ -272,13 +274,21 @@ class TuningPage(RunPage):
 
     def refresh(self) -> None:
         f = self.f
-        rows = f.rows[self.cursor :] if self.plots_due(now=f.status != "running") else []
+        new = f.version != self.seen_version
+        self.seen_version = f.version
+        self.plots_pending = self.plots_pending or new
+        rows = []
+        if self.plots_pending and self.plots_due(now=f.status != "running"):
+            self.plots_pending = False
+            rows = f.rows[self.cursor :]
         if rows:
             stream(self.source, columns(rows, self._keys()))
             bad = [r for r in rows if not r["safe"]]
             if bad:
                 stream(self.unsafe, columns(bad, ["step", "objective"]))
             self.cursor = len(f.rows)
+        if not (new or self.text_due()):
+            return
         self.header.text = self._header()
         text, level = prior_state(f.diagnostics)
         html = banner(text, level)
