@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dashboard_testlib import browser_missing, start_browser
+from dashboard_testlib import LIVE_SIZE, browser_missing, start_browser
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,8 @@ def browser() -> Iterator[Any]:
     reason = browser_missing()
     if reason is not None:
         pytest.skip(reason)
-    driver = start_browser()
+    driver = start_browser(*LIVE_SIZE)
+    driver.set_script_timeout(15)
     try:
         yield driver
     finally:

@@ -25,6 +25,8 @@ __all__ = [
     "controller_run",
     "deep_texts",
     "field_text",
+    "open_page",
+    "retry",
     "screenshot",
     "start_browser",
     "tree_state",
@@ -37,6 +39,27 @@ BUNDLE = ROOT / "agents" / "apg-ares-ea" / "bundle"
 SIM_CONFIG = ROOT / "deploy" / "sim_ares_ea.yaml"
 #: Screenshots are also copied here when set (e.g. ``docs/img``): the docs come from the tests.
 DOCS_ENV = "ACCELRL_DOCS_SCREENSHOTS"
+#: Window size of screenshots; the tests run in a smaller one (less for the browser to paint).
+SHOT_SIZE = (1400, 1600)
+LIVE_SIZE = (1100, 800)
+SHOT_SETTLE_S = 2.0
+
+
+def open_page(driver: Any, url: str) -> None:
+    """Load ``url`` (retried: a page load times out on a heavily loaded machine)."""
+    retry(lambda: driver.get(url), timeout=120)
+
+
+def retry(get: Callable[[], Any], timeout: float = 60.0, what: str = "the page") -> Any:
+    """``get()``, retried while it raises (a browser busy on a loaded machine times out)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return get()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
@@ -64,7 +87,11 @@ def screenshot(driver: Any, directory: Path, name: str) -> Path:
     ``$ACCELRL_DOCS_SCREENSHOTS`` when set."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
-    driver.save_screenshot(str(path))
+    size = retry(driver.get_window_size)
+    retry(lambda: driver.set_window_size(*SHOT_SIZE))
+    time.sleep(SHOT_SETTLE_S)  # let the page lay itself out at the larger size
+    retry(lambda: driver.save_screenshot(str(path)))
+    retry(lambda: driver.set_window_size(size["width"], size["height"]))
     try:
         from PIL import Image, ImageChops
 

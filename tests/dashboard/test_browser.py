@@ -20,6 +20,8 @@ from dashboard_testlib import (
     controller_run,
     deep_texts,
     field_text,
+    open_page,
+    retry,
     screenshot,
     wait_field,
     wait_for,
@@ -79,14 +81,15 @@ def test_deploy_run_live_then_interlock_abort_and_rollback(browser, dashboard, r
     thread = threading.Thread(target=lambda: outcome.update(result=controller.run()))
     thread.start()
     try:
-        browser.get(dashboard.page("0/deploy-ares-ea"))
+        open_page(browser, dashboard.page("0/deploy-ares-ea"))
         wait_for(lambda: steps_shown(browser) >= 2, 60, "the first steps on the page")
-        first = steps_shown(browser)
-        assert "MODE AUTO" in " ".join(deep_texts(browser, "span"))
+        first = retry(lambda: steps_shown(browser))
+        wait_for(lambda: "MODE AUTO" in " ".join(deep_texts(browser, "span")), 60, "the mode")
         # The page follows the run: the count grows without a reload.
         wait_for(lambda: steps_shown(browser) >= first + 3, 60, "the step count to increase")
-        assert controller.max_steps > steps_shown(browser)  # still running
-        assert field_text(browser, "banner") and "No safety events" in field_text(browser, "banner")
+        assert controller.max_steps > retry(lambda: steps_shown(browser))  # still running
+        wait_for(lambda: "No safety events" in (field_text(browser, "banner") or ""), 60,
+                 "the all-clear banner")  # fmt: skip
         screenshot(browser, shots, "dashboard-deploy-live.png")
         machine.inject(Fault("interlock"))
         wait_for(lambda: field_text(browser, "abort-reason") == "interlock", 60,
@@ -97,10 +100,11 @@ def test_deploy_run_live_then_interlock_abort_and_rollback(browser, dashboard, r
         result = outcome["result"]
         assert result.reason is StopReason.abort and result.rollback["complete"]
         wait_for(lambda: field_text(browser, "end-reason") == "abort", 60, "the end record")
-        cells = " ".join(deep_texts(browser, ".slick-cell"))
+        cells = retry(lambda: " ".join(deep_texts(browser, ".slick-cell")))
         assert "ABORT: interlock" in cells and "rollback write 1" in cells
         assert "rollback complete after" in cells
-        assert int(field_text(browser, "steps") or 0) == result.steps + 1  # + the abort step
+        wait_for(lambda: field_text(browser, "steps") == str(result.steps + 1), 60,
+                 "every step (and the abort's) on the page")  # fmt: skip
         screenshot(browser, shots, "dashboard-deploy-abort.png")
     finally:
         if thread.is_alive():
@@ -110,12 +114,14 @@ def test_deploy_run_live_then_interlock_abort_and_rollback(browser, dashboard, r
 
 def test_training_run_learning_curve_and_evaluation_live(browser, dashboard, root, shots):
     run = root / "apg-train"
-    stop, go = threading.Event(), threading.Event()
+    stop, go, half = threading.Event(), threading.Event(), threading.Event()
 
     def train() -> None:
         with ProgressLog(run, "apg", iterations=120, batch_size=256, horizon=15) as log:
-            go.wait(60)  # iterations start once the page shows the run
+            go.wait(120)  # iterations start once the page shows the run
             for i in range(120):
+                if i == 60:
+                    half.wait(120)  # and go on once the page has shown the first half
                 if stop.is_set():
                     return
                 log.iteration(iteration=i, loss=-6.0 - 6.0 * (1 - 0.97**i) + 0.05 * (i % 3),
@@ -132,19 +138,21 @@ def test_training_run_learning_curve_and_evaluation_live(browser, dashboard, roo
     thread = threading.Thread(target=train)
     thread.start()
     try:
-        browser.get(dashboard.page("0/apg-train"))
+        open_page(browser, dashboard.page("0/apg-train"))
         assert wait_field(browser, "done", timeout=60) == "0"
         go.set()
-        wait_for(lambda: 5 < int(float(field_text(browser, "done") or 0)) < 120, 60,
-                 "the iterations to increase while it trains")  # fmt: skip
+        # The page shows the run half-way, while it trains (the writer waits for it there).
+        wait_for(lambda: field_text(browser, "done") == "60", 120, "60 iterations on the page")
         wait_field(browser, "eval-best", timeout=60)
+        half.set()
         thread.join(60)
         wait_for(lambda: "FINISHED" in " ".join(deep_texts(browser, "span")), 60, "finished")
-        assert field_text(browser, "done") == "120"
+        wait_for(lambda: field_text(browser, "done") == "120", 60, "all 120 iterations")
         screenshot(browser, shots, "dashboard-training.png")
     finally:
         stop.set()
         go.set()
+        half.set()
         thread.join(30)
 
 
@@ -155,7 +163,7 @@ def test_sb3_run_follows_the_logger_rewrite(browser, dashboard, root):
     progress.write_text("time/total_timesteps,rollout/ep_rew_mean\n100,-30.0\n")
     with CsvWriter(run / "episodes.csv", ["timesteps", "return", "length"]) as episodes:
         episodes.write([100, -31.0, 50])
-        browser.get(dashboard.page("0/sb3-train"))
+        open_page(browser, dashboard.page("0/sb3-train"))
         wait_for(lambda: field_text(browser, "done") == "100", 60, "100 timesteps")
         # SB3 rewrites its CSV with a wider header when a new key is logged.
         progress.write_text(
@@ -181,7 +189,7 @@ def test_tuning_session_live(browser, dashboard, root, shots):
                      prior="physics", acquisition="logei",
                      objective={"name": "mae", "minimise": True, "log": True, "floor": 1e-9},
                      ) as log:  # fmt: skip
-        browser.get(dashboard.page("0/tune-ares-ea"))
+        open_page(browser, dashboard.page("0/tune-ares-ea"))
         wait_field(browser, "steps", timeout=60)
         best = 1e9
         for step in range(12):
@@ -200,7 +208,7 @@ def test_tuning_session_live(browser, dashboard, root, shots):
             log.step(tuning_step_record(row, diag))
             time.sleep(0.05)
         wait_for(lambda: field_text(browser, "steps") == "12", 60, "12 observations")
-        assert field_text(browser, "prior-state") == "in use"
+        wait_for(lambda: field_text(browser, "prior-state") == "in use", 60, "the prior in use")
     wait_for(lambda: "FINISHED" in " ".join(deep_texts(browser, "span")), 60, "finished")
     screenshot(browser, shots, "dashboard-tuning.png")
 
@@ -218,15 +226,17 @@ def test_evaluations_side_by_side_with_drill_down(browser, dashboard, root, shot
         result = evaluate_many(optimisers, trials=trials, max_steps=15, executor="serial",
                                progress=False)  # fmt: skip
         result.save(root / name)
-    browser.get(dashboard.page("0/eval-policy", "0/eval-random"))
+    open_page(browser, dashboard.page("0/eval-policy", "0/eval-random"))
     wait_for(lambda: len(deep_texts(browser, "[data-field='episode']")) == 3, 60,
              "one episode row per optimiser")  # fmt: skip
-    cells = " ".join(deep_texts(browser, ".slick-cell"))
+    cells = retry(lambda: " ".join(deep_texts(browser, ".slick-cell")))
     for series in ("eval-policy: policy", "eval-policy: do-nothing", "eval-random: random"):
         assert series in cells
-    assert all("trial 30" in t for t in deep_texts(browser, "[data-field='episode']"))
+    assert all(
+        "trial 30" in t for t in retry(lambda: deep_texts(browser, "[data-field='episode']"))
+    )
     screenshot(browser, shots, "dashboard-evaluation.png")
-    assert browser.execute_script(SELECT_JS, "41")
+    assert retry(lambda: browser.execute_script(SELECT_JS, "41"))
     wait_for(lambda: all("trial 41" in t for t in deep_texts(browser, "[data-field='episode']")),
              60, "the drill-down of trial 41")  # fmt: skip
 
@@ -241,10 +251,10 @@ def test_run_list_and_damaged_runs(browser, dashboard, root, shots):
     (corrupt / "run.jsonl").write_text(
         json.dumps(start) + "\n{this is not json\n" + json.dumps(step) + "\n"
     )
-    browser.get(dashboard.page("0/deploy-corrupt"))
+    open_page(browser, dashboard.page("0/deploy-corrupt"))
     wait_for(lambda: "not JSON" in (field_text(browser, "problems") or ""), 60,
              "the corrupt line reported")  # fmt: skip
-    assert field_text(browser, "steps") == "1"
+    wait_for(lambda: field_text(browser, "steps") == "1", 60, "the one good step")
     shutil.rmtree(corrupt)
     wait_for(lambda: "is gone" in (field_text(browser, "problems") or ""), 60,
              "the deleted folder reported")  # fmt: skip
@@ -252,17 +262,17 @@ def test_run_list_and_damaged_runs(browser, dashboard, root, shots):
     half.mkdir()
     (half / "config.json").write_text('{"optimisers": [{"label": "x"}], "max_st')
     (half / "records.parquet").write_bytes(b"PAR1 half written")
-    browser.get(dashboard.page("0/eval-half"))
+    open_page(browser, dashboard.page("0/eval-half"))
     wait_for(lambda: "records.parquet" in (field_text(browser, "problems") or ""), 60,
              "the half-written evaluation reported")  # fmt: skip
-    browser.get(dashboard.page("0/not-yet"))
+    open_page(browser, dashboard.page("0/not-yet"))
     wait_field(browser, "waiting", timeout=60)
     (root / "not-yet").mkdir()
     (root / "not-yet" / "run.jsonl").write_text(json.dumps(start) + "\n")
     wait_for(lambda: field_text(browser, "steps") == "0", 60, "the run once it appears")
-    browser.get(dashboard.url)
+    open_page(browser, dashboard.url)
     wait_for(lambda: len(deep_texts(browser, "a[data-run]")) >= 5, 60, "the run list")
-    links = deep_texts(browser, "a[data-run]")
+    links = retry(lambda: deep_texts(browser, "a[data-run]"))
     for name in ("deploy-ares-ea", "apg-train", "tune-ares-ea", "eval-policy", "not-yet"):
         assert name in links
     screenshot(browser, shots, "dashboard-index.png")
