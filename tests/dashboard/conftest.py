@@ -18,7 +18,7 @@ def browser() -> Iterator[Any]:
     if reason is not None:
         pytest.skip(reason)
     driver = start_browser(*LIVE_SIZE)
-    driver.set_script_timeout(15)
+    driver.set_script_timeout(30)
     try:
         yield driver
     finally:

@@ -57,7 +57,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def dashboard(root: Path) -> Iterator[Dashboard]:
-    server = Dashboard([root], poll_ms=200)
+    # A slower refresh than the default keeps the browser's work small on a loaded machine.
+    server = Dashboard([root], poll_ms=500)
     try:
         yield server
     finally:
@@ -74,9 +75,9 @@ def test_deploy_run_live_then_interlock_abort_and_rollback(browser, dashboard, r
     from accelrl.deploy.sim import Fault
 
     run = root / "deploy-ares-ea"
-    # Slowed steps (magnets settle in 0.15 s) so that the page can be watched while it runs;
+    # Slowed steps (magnets settle in 0.3 s) so that the page can be watched while it runs;
     # a budget it never reaches: the interlock below ends it.
-    controller, machine = controller_run(run, max_steps=5000, settle_delay_s=0.15)
+    controller, machine = controller_run(run, max_steps=5000, settle_delay_s=0.3)
     outcome: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: outcome.update(result=controller.run()))
     thread.start()
