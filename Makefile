@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.accelrl-install.stamp
 
 # CPU torch wheel, installed before the package so pip never resolves a CUDA build.
 TORCH_VERSION ?= 2.13.0
-EXTRAS        ?= dev,deploy,surrogates,xopt
+EXTRAS        ?= dev,deploy,surrogates,xopt,dashboard
 PYTEST_ARGS   ?=
 
 # One BLAS/OpenMP thread per process (pytest-xdist runs 2 workers).
@@ -48,6 +48,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/accelrl demo
+	@echo "watch the demo's runs in the browser: $(VPY) -m accelrl.dashboard demo_out  (then open http://127.0.0.1:5006/)"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
