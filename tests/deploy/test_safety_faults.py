@@ -134,7 +134,10 @@ def run_sequence(kind: str, seed: int, level: str, steps: int, runs: int, direct
         if started:
             m.rates = rollback_rates
             check_rollback(layer, m, stats)
+        stats["writes by another client"] += sum(map(len, m.foreign_in_run.values()))
     m.settle_all()
+    stats["puts"] += len(m.puts)
+    stats["foreign writes undone"] += m.foreign_overwritten
     assert m.out_of_bounds == 0
     assert m.max_step_ratio <= 1 + 1e-9, m.max_step_ratio
     assert m.foreign_overwritten == 0
@@ -161,11 +164,16 @@ def check_rollback(layer: SafetyLayer, m: FaultMachine, stats: Counter) -> None:
             name, m.setpoints[name], values)  # fmt: skip
     for name in moved - set(m.foreign_in_run) - set(result.not_restored):
         assert abs(m.setpoints[name] - layer.initial[name]) <= TOLERANCE[name], name
-    if result.complete:
-        stats["rollback complete" if moved else "rollback: nothing moved"] += 1
+    deadline = layer.config.rollback.outage_deadline_s
+    if not moved:
+        stats["rollback: nothing moved"] += 1
+    elif result.complete:
+        stats[f"rollback complete (deadline {deadline} s)"] += 1
     else:
         assert result.detail and all(n in result.detail for n in result.not_restored)
-        stats["rollback incomplete"] += 1
+        stats[f"rollback incomplete (deadline {deadline} s)"] += 1
+        stats["knobs reported not restored"] += len(result.not_restored)
+    stats["rollback writes"] += len(records)
     stats["knobs left to another client"] += len(set(result.foreign) & moved)
 
 
@@ -211,7 +219,7 @@ def _figures():
         print(
             f"\n[{kind} reads] sequences {stats['sequences']}, faults per sequence mean "
             f"{sum(faults) / len(faults):.2f} max {max(faults)}, max step / max_step "
-            f"{MAX_RATIO.get(kind, 0.0):.6f}, foreign writes undone 0; "
+            f"{MAX_RATIO.get(kind, 0.0):.6f}; "
             + ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if k != "sequences")
         )
 
