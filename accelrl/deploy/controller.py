@@ -390,7 +390,8 @@ class Controller:
         t1 = time.perf_counter()
         if step == 0:
             self.optimiser.reset(self._problem(magnets))
-        commanded = np.array([safety.commanded[n] for n in self.knob_names])  # type: ignore[index]
+        last = safety.commanded or {}
+        commanded = np.array([last[n] for n in self.knob_names])
         answer = np.asarray(
             self.optimiser.ask(
                 Observation(beam, magnets, self.target.copy(), True, step, setpoints=commanded)
