@@ -219,11 +219,7 @@ def rollback(
             if h.observe(name, float(sp.values.get(name, math.nan))) == "unreadable":
                 unreadable.add(name)
         note_foreign()
-        remaining = [
-            n
-            for n in h.own(layer.names)
-            if not (h.known(n) and h.matches(n, h.latest(n), initial[n]))
-        ]
+        remaining = [n for n in h.own(layer.names) if not _restored(h, n, initial[n])]
         if not remaining:
             break
         ready = [n for n in remaining if n not in unreadable]
