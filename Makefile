@@ -48,7 +48,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/accelrl demo
-	@echo "watch the demo's runs in the browser: $(VPY) -m accelrl.dashboard demo_out  (then open http://127.0.0.1:5006/)"
+	@echo "watch the demo's runs in the browser: $(VENV)/bin/accelrl dashboard demo_out  (then open http://127.0.0.1:5006/)"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -255,6 +255,7 @@ def test_held_out_evaluation_is_the_protocol_summary() -> None:
         lambda: PolicyOptimiser(policy), trials, max_steps=12, seed=2, executor="serial",
         progress=False, chunk_size=4, label="p",
     ).summary_json()["p"]  # fmt: skip
+
     def untimed(d: dict) -> dict:
         return {k: v for k, v in d.items() if k != "median_ask_time_ms"}
 

@@ -114,7 +114,7 @@ def screenshot(driver: Any, directory: Path, name: str) -> Path:
 
 
 class Dashboard:
-    """``python -m accelrl.dashboard ROOT... --port 0`` as a subprocess.
+    """``accelrl dashboard ROOT... --port 0`` as a subprocess.
 
     :param roots: Folders to serve.
     :param poll_ms: Page refresh period.
@@ -126,7 +126,8 @@ class Dashboard:
             [
                 sys.executable,
                 "-m",
-                "accelrl.dashboard",
+                "accelrl.cli",
+                "dashboard",
                 *map(str, roots),
                 "--port",
                 "0",

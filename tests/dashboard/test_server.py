@@ -126,7 +126,7 @@ def test_pages_render_and_nothing_is_written(site):
 def test_command_rejects_missing_folders(tmp_path: Path):
     import typer
 
-    from accelrl.dashboard.command import dashboard_command
+    from accelrl.cli.dashboard import dashboard_command
 
     app = typer.Typer()
     app.command()(dashboard_command)
@@ -140,7 +140,7 @@ def test_command_rejects_missing_folders(tmp_path: Path):
 def test_server_binds_loopback_by_default(tmp_path: Path):
     import inspect
 
-    from accelrl.dashboard.command import dashboard_command
+    from accelrl.cli.dashboard import dashboard_command
     from accelrl.dashboard.server import make_server, origins
 
     assert inspect.signature(dashboard_command).parameters["host"].default == "127.0.0.1"

@@ -1,8 +1,6 @@
 """``accelrl dashboard``: the live browser view of runs.
 
-Register it with ``app.command("dashboard")(dashboard_command)``; until then run it as
-``python -m accelrl.dashboard RUN_DIR ...``. Importing this module loads typer only; Bokeh
-is imported when the command runs.
+Importing this module loads typer only; Bokeh is imported when the command runs.
 
 Examples::
 
@@ -17,6 +15,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from accelrl.cli.common import EXIT_INVALID, console, fail, warn
 
 
 def _loopback(host: str) -> bool:
@@ -62,31 +62,25 @@ def dashboard_command(
 ) -> None:
     """Watch training, tuning, evaluation and deployment runs live in the browser
     (read-only)."""
-    from rich.console import Console
-
-    err = Console(stderr=True, soft_wrap=True)
-    out = Console(soft_wrap=True)
     roots = list(run_dirs) if run_dirs else [Path("runs")]
     for root in roots:
         if not root.is_dir():
-            err.print(f"[bold red]error:[/] {root} is not a folder (give folders holding runs)")
-            raise typer.Exit(2)
+            raise fail(f"{root} is not a folder (give folders holding runs)", EXIT_INVALID)
     from accelrl.dashboard.server import make_server
 
     try:
         server = make_server(roots, host, port, poll_ms, allow_origin or ())
     except OSError as error:
-        err.print(f"[bold red]error:[/] cannot listen on {host}:{port}: {error}")
-        raise typer.Exit(1) from None
+        raise fail(f"cannot listen on {host}:{port}: {error}") from None
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{server.port}/"
     if not _loopback(host):
-        err.print(
-            f"[bold yellow]warning:[/] listening on {host}: anyone who reaches this address "
-            "can read these runs (read-only, no login)"
+        warn(
+            f"listening on {host}: anyone who reaches this address can read these runs "
+            "(read-only, no login)"
         )
-    out.print(f"accelrl dashboard: {url}", highlight=False)
-    out.print(
+    console.print(f"accelrl dashboard: {url}", highlight=False)
+    console.print(
         f"following runs under {', '.join(str(r) for r in roots)} (Ctrl-C to stop)", highlight=False
     )
     server.start()
