@@ -94,7 +94,7 @@ def test_with_prefix_renames_every_pv():
 
 # ------------------------------------------------------------------------- the IOC
 def test_ioc_own_pvs(ioc):
-    assert ioc.caget(ioc.pv("TRIAL")) == 30
+    assert ioc.caget(ioc.sim_pv("TRIAL")) == 30
     assert ioc.faults() == set()
     assert ioc.put_count() == 0
     assert 0.0 < ioc.true_mae() < 5e-3
@@ -156,7 +156,7 @@ def test_reset_restores_the_initial_settings(ioc, machine):
 
 def test_unknown_fault_is_refused(ioc):
     with pytest.raises(PutRejected):
-        ioc.caput(ioc.pv("FAULT"), "meltdown")
+        ioc.caput(ioc.sim_pv("FAULT"), "meltdown")
     assert ioc.faults() == set()
     assert "unknown faults" in ioc.log()
     assert set(FAULTS) >= {"disconnect", "stale", "reject_put", "interlock", "beam_loss"}
@@ -217,7 +217,7 @@ def test_serve_virtual_command_serves_the_config(tmp_path):
 
         channels = _CaChannels([f"127.0.0.1:{port}"])
         try:
-            names = [f"{prefix}TRIAL", f"{prefix}FAULT"]
+            names = [f"{prefix}SIM:TRIAL", f"{prefix}SIM:FAULT"]
             assert channels.connect(names, 3.0) == []
             values = channels.read(names, 2.0)
             assert values[names[0]].value == 57 and values[names[1]].value == "stale"
@@ -255,7 +255,7 @@ def test_fault_pv_counts_lost_writes(ioc, machine):
     assert machine.read_setpoints().values["Q1"] == 11.0
     assert machine.read_setpoints().values["Q2"] == -10.0
     with pytest.raises(PutRejected):
-        ioc.caput(ioc.pv("FAULT"), "stale:3")
+        ioc.caput(ioc.sim_pv("FAULT"), "stale:3")
 
 
 def test_screen_image_waveform(ioc, machine):
