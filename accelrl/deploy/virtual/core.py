@@ -34,9 +34,13 @@ from accelrl.deploy.virtual.config import FAULTS, LoadedConfig, Refusal
 log = logging.getLogger("accelrl.virtual")
 
 #: A PV whose value changed: ``("setpoint", knob)``, ``("readback", knob)``,
-#: ``("busy", knob)``, ``"frame"``, ``"interlock"``, ``"beam_loss"``, ``"heartbeat"``,
-#: ``"faults"``, ``"put_count"``, or ``"disconnect"`` (the outage fault began).
+#: ``("busy", knob)``, ``"interlock"``, ``"beam_loss"``, ``"heartbeat"``, ``"faults"``,
+#: ``"put_count"``, or ``"disconnect"`` (the outage fault began). New camera frames are
+#: not changes but a queue (:meth:`AcceleratorCore.take_frames`): every frame is published.
 Change = Hashable
+#: The camera catches up with at most this many late frames after a stall of its thread
+#: (their time stamps are the times they were due); after a longer stall it skips them.
+MAX_LATE_FRAMES = 10
 
 #: Faults that take a write count (``reject_put:N``).
 COUNTED_FAULTS = ("reject_put", "ignore_put")
@@ -186,6 +190,7 @@ class AcceleratorCore:
         self.beam_loss = self._beam_loss_level()
         self.beam_loss_time = now
         self.frame = self._take_frame(now)
+        self._frames: list[Frame] = []
         period = 1.0 / cfg.screen.frame_rate_hz
         self._next_frame = now + period
         self._next_beat = now + cfg.heartbeat_period_s
@@ -201,6 +206,12 @@ class AcceleratorCore:
 
     def _changed(self, *changes: Change) -> None:
         self._changes.update(changes)
+
+    def take_frames(self) -> list[Frame]:
+        """The frames taken since the last call, oldest first (the server publishes each)."""
+        with self.lock:
+            frames, self._frames = self._frames, []
+            return frames
 
     # ------------------------------------------------------------------ client writes
     def check_setpoint_write(self, knob: str, value: float | None) -> str | None:
@@ -383,7 +394,8 @@ class AcceleratorCore:
         if "stale" in self.faults:
             return
         self.frame = self._take_frame(now)
-        self._changed("frame")
+        self._frames.append(self.frame)
+        del self._frames[: -4 * MAX_LATE_FRAMES]  # nobody takes them: keep the newest
 
     def _image(self, reading: dict[str, float]) -> np.ndarray:
         """A 2-D Gaussian of the read beam, ``height x width`` pixels, full scale at the
@@ -409,15 +421,16 @@ class AcceleratorCore:
         with self.lock:
             now = self.clock()
             self._check_schedule(now)
-            self._tick_magnets(now)
             frame_period = 1.0 / self.config.screen.frame_rate_hz
-            if now >= self._next_frame:
-                self._publish_frame(now)
-                # absolute deadlines: the frame rate is met on average; after a stall of
-                # more than one period, frames are dropped rather than sent in a burst
+            # absolute deadlines: frames are due at fixed times and time-stamped with them,
+            # so the configured rate holds; frames that fell due while this thread was held
+            # up are taken now (a camera's buffered frames), up to MAX_LATE_FRAMES
+            if now - self._next_frame > MAX_LATE_FRAMES * frame_period:
+                self._next_frame = now
+            while now >= self._next_frame:
+                self._publish_frame(self._next_frame)
                 self._next_frame += frame_period
-                if self._next_frame <= now:
-                    self._next_frame = now + frame_period
+            self._tick_magnets(now)  # after the frames due before now; may add one at now
             if now >= self._next_beat:
                 period = self.config.heartbeat_period_s
                 self._next_beat += period
@@ -484,6 +497,11 @@ class AcceleratorCore:
                 "fired": sorted(self._fired),
                 "beat": self.beat,
                 "offline_until": self.offline_until,
+                "frame": {
+                    "values": list(self.frame.values),
+                    "time": self.frame.time,
+                    "mae": self.frame.mae,
+                },
                 "knobs": {
                     name: {
                         "setpoint": k.setpoint,
@@ -524,7 +542,15 @@ class AcceleratorCore:
             self.beam_loss = self._beam_loss_level()
             self.interlock_time = self.beam_loss_time = self.beat_time = now
             self._next_ramp = now
-            self.frame = self._take_frame(now)
+            frame = snapshot.get("frame")
+            if frame is not None:  # the last frame the clients saw (frozen under ``stale``)
+                values = tuple(float(v) for v in frame["values"])
+                reading = dict(zip(self.machine.observation_names, values, strict=True))
+                image = self._image(reading) if self.config.screen.image else None
+                self.frame = Frame(values, float(frame["time"]), float(frame["mae"]), image)
+            else:
+                self.frame = self._take_frame(now)
+            self._frames = []
             self._changes = set()
 
     @property

@@ -105,7 +105,17 @@ device(longin, INST_IO, devAccelrlPullLongin, "{DTYP_PULL}")
 device(waveform, INST_IO, devAccelrlPullWaveform, "{DTYP_PULL}")
 """
 
-_STATE = threading.local()
+#: EPICS status "Field Disabled" (``S_db_putDisabled``, dbAccessDefs.h).
+S_DB_PUT_DISABLED = (501 << 16) | 41
+#: Server thread id -> the records whose current write the guard refused. (Not a
+#: ``threading.local``: a callback from an EPICS thread gets a new Python thread state, and
+#: new thread-local data, at every call.)
+_REFUSED: dict[int, set[int]] = {}
+
+
+def _refused() -> set[int]:
+    """The records whose current write the guard refused, of this server thread."""
+    return _REFUSED.setdefault(threading.get_ident(), set())
 
 
 def _load_device_definitions() -> None:
@@ -217,6 +227,11 @@ class _Write:
         if self._refresher == threading.get_ident():
             self._show(record, self.current())
             return device.EPICS_OK
+        if record.record.value in _refused():
+            # a write the guard refused and the server did not stop (PV Access): undo it
+            _refused().discard(record.record.value)
+            self._write_value(record, self._value[0])  # type: ignore[attr-defined]
+            return S_DB_PUT_DISABLED
         value = self._epics_to_value(self._read_value(record))  # type: ignore[attr-defined]
         record.PACT = 1
         self.idle.clear()
@@ -341,10 +356,13 @@ class WriteGuard:
     every write of a ``TRAPWRITE`` rule).
 
     A refused write is turned away by EPICS base itself: the guard sets the record's ``DISP``
-    field for the duration of that one write, so the server answers ``ECA_PUTFAIL`` (CA) or
-    ``S_db_putDisabled`` (PVA). (A write to the same record by another client during those
-    microseconds to milliseconds is refused too.) Writes to other fields (``.DESC``, ...) are
-    not guarded.
+    field for the duration of that one write, so the Channel Access server answers
+    ``ECA_PUTFAIL`` (a write to the same record by another client during those microseconds
+    to milliseconds is refused too). The PV Access server (QSRV2) checks ``DISP`` before this
+    hook and processes the record after it; there the processing, in the same server thread,
+    undoes the write and reports ``S_db_putDisabled``. (The guard marks the refused write for
+    its thread; the next guarded write of that thread to the record clears the mark.) Writes
+    to other fields (``.DESC``, ...) are not guarded.
     """
 
     def __init__(self) -> None:
@@ -382,10 +400,12 @@ class WriteGuard:
                 if message.userPvt:
                     guarded.disp[0] = 0
                 return
+            _refused().discard(head.precord)  # a mark left by an earlier write of this thread
             reason = guarded.guard(_written_value(message))
             if reason is not None:
                 log.warning("write refused: %s", reason)
                 guarded.disp[0] = 1
+                _refused().add(head.precord)
                 message.userPvt = 1
         except Exception:  # noqa: BLE001 - never let an exception cross into EPICS
             log.exception("write guard failed")
@@ -715,13 +735,11 @@ class Records:
         return lambda: (int(self.core.knobs[knob].busy), None, 0, 0)
 
     def _frame_array(self) -> Pulled:
-        frame = self._chain_frame = self.core.frame  # the chain's head takes the frame
+        frame = self._chain_frame
         return np.array(frame.values, np.float64), frame.time, 0, 0
 
     def _observation(self, index: int) -> Callable[[], Pulled]:
         def source() -> Pulled:
-            if index == 0 and self.loaded.machine.frame_pv is None:
-                self._chain_frame = self.core.frame  # the chain's head takes the frame
             frame = self._chain_frame
             return frame.values[index], frame.time, 0, 0
 
@@ -832,11 +850,19 @@ class Records:
                 changes.discard(("setpoint", key))  # the completion shows it
             rest = self.publish(changes)
             self.publish_writable(rest)
+            self.publish_frames(self.core.take_frames())
         finally:
             dev.complete(final)
         return rest
 
     # ------------------------------------------------------------------ publishing
+    def publish_frames(self, frames: list[Any]) -> None:
+        """Publish camera frames, oldest first: each is one processing of the frame chain
+        (call in the machine thread only)."""
+        for frame in frames:
+            self._chain_frame = frame
+            process(self.frame_head)
+
     def publish(self, changes: set[Change]) -> set[Change]:
         """Process the read-only records of ``changes`` now, in this thread (they pull the
         current state).
@@ -854,8 +880,6 @@ class Records:
                 table = {"readback": self.readbacks, "busy": self.busy}.get(kind, {})
                 if knob in table:
                     process(table[knob])
-            elif change == "frame":
-                process(self.frame_head)
             elif change in ("interlock", "beam_loss", "heartbeat", "put_count"):
                 if change in self.singles:
                     process(self.singles[change])

@@ -167,6 +167,7 @@ class SoftIoc:
             try:
                 deadline = core.tick()
                 self._apply(records.publish(core.take_changes()))
+                records.publish_frames(core.take_frames())
             except Exception:  # noqa: BLE001 - one bad tick must not stop the machine
                 log.exception("update failed")
                 deadline = time.time() + 0.01
