@@ -61,8 +61,9 @@ def shared_ioc() -> Iterator[Any]:
 
 @pytest.fixture
 def ioc(shared_ioc: Any) -> Any:
-    """The shared IOC, reset: no faults, counters zero, initial knob settings."""
-    shared_ioc.reset()
+    """The shared IOC, reset: no faults, counters zero, initial knob settings (waiting for it
+    to come back if a test left it in the ``disconnect`` fault)."""
+    shared_ioc.reset(timeout=30.0)
     return shared_ioc
 
 

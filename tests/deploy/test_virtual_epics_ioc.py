@@ -507,11 +507,11 @@ def test_frozen_ioc_libca_client_resumes_within_2_s(start_ioc):
 
 def test_outage_fault_clients_reconnect(start_ioc, monkeypatch):
     """``disconnect`` for 1 s: the IOC process closes every circuit and a standby process
-    serves again after 1 s plus iocInit (0.7 s; up to ~4 s on a loaded machine). Both client
+    serves again after 1 s plus iocInit (0.7 s; seconds on a loaded machine). Both client
     libraries search again on their own schedules, which beacons do not shorten for the
     channels of a closed circuit: caproto's client (the deployment client) retries at
     intervals doubling from 30 ms to 5 s, libca's disconnect governor releases them to its
-    search at most every 10 s. Bounds: caproto 1 + 4 + 5 s, libca 1 + 4 + 10 s (+1 s)."""
+    search every 10 s. Bounds after the IOC serves again: caproto 5 s, libca 10 s (+1 s)."""
     settings = {**SETTINGS, "faults": {"stuck_knob": "Q1", "disconnect_s": 1.0}}
     with start_ioc(**settings) as ioc:
         monkeypatch.setenv("EPICS_CA_REPEATER_PORT", str(ioc.repeater_port))
@@ -522,10 +522,10 @@ def test_outage_fault_clients_reconnect(start_ioc, monkeypatch):
         ch = _CaChannels([ioc.address])
         try:
             assert ch.connect([hb], 10.0) == []
-            process = _libca_timeline(ioc, hb, 20.0, ioc.sim_pv("FAULT"))
+            process = _libca_timeline(ioc, hb, 25.0, ioc.sim_pv("FAULT"))
             fault = time.time()  # (the libca client writes the fault right away)
             down = up = None
-            while time.time() - fault < 12.0:
+            while time.time() - fault < 20.0:
                 try:
                     ch.read([hb], 0.3)
                     if down is not None:
@@ -539,18 +539,20 @@ def test_outage_fault_clients_reconnect(start_ioc, monkeypatch):
             ch.close()
         served = _serving_times(ioc.log())
     fault = next(t for kind, t, _ in events if kind == "fault")
-    restarted = [t - fault for t in served if t > fault]
+    served = [t for t in served if t > fault]  # the standby's start of serving
+    assert served, "the IOC did not serve again"
+    back_ioc = served[0]
+    assert 1.0 <= back_ioc - fault < 1.0 + 8.0  # the outage, then iocInit (slow when loaded)
     assert down is not None and down - fault < 2.0, "the circuit did not close"
-    assert up is not None, "caproto's client did not reconnect within 12 s"
-    assert up - fault < 1.0 + 4.0 + 5.0 + 1.0, up - fault
+    assert up is not None, "caproto's client did not reconnect"
+    assert up - back_ioc < 5.0 + 1.0, up - back_ioc  # its longest search interval: 5 s
     lost = [t for kind, t, c in events if kind == "conn" and c is False and t > fault]
     back = [t for kind, t, c in events if kind == "conn" and c is True and t > fault]
     assert lost and lost[0] - fault < 2.0
-    assert back and back[0] - fault < 1.0 + 4.0 + 10.0 + 1.0, (back, fault)
-    assert restarted and restarted[0] < 1.0 + 4.0
+    assert back and back[0] - back_ioc < 10.0 + 1.0, (back, back_ioc)  # its governor: 10 s
     print(
-        f"outage fault of 1 s: IOC serving again {restarted[0]:.2f} s, caproto client back "
-        f"{up - fault:.2f} s, libca back {back[0] - fault:.2f} s after the fault"
+        f"outage fault of 1 s: IOC serving again {back_ioc - fault:.2f} s, caproto client "
+        f"back {up - fault:.2f} s, libca back {back[0] - fault:.2f} s after the fault"
     )
 
 

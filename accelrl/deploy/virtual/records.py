@@ -423,6 +423,13 @@ def install_access_security() -> Path:
 
 
 # ---------------------------------------------------------------------- the database
+def _publish_order(change: Change) -> int:
+    """Readbacks first, then busy flags, then the rest."""
+    if isinstance(change, tuple):
+        return {"readback": 0, "busy": 1}.get(change[0], 2)
+    return 2
+
+
 def _precision(tolerance: float) -> int:
     """Digits after the decimal point that resolve a tenth of ``tolerance``."""
     return max(0, math.ceil(-math.log10(tolerance)) + 1)
@@ -871,7 +878,8 @@ class Records:
             :meth:`publish_writable` in the machine thread, and ``"disconnect"``.
         """
         rest: set[Change] = set()
-        for change in changes:
+        # readbacks before busy flags: a client that sees a flag clear reads the final value
+        for change in sorted(changes, key=_publish_order):
             if isinstance(change, tuple):
                 kind, knob = change
                 if kind == "setpoint":

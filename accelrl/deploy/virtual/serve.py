@@ -193,9 +193,13 @@ class VirtualHandle:
         """Setpoint writes the IOC has received since start or reset."""
         return int(self.caget(self.sim_pv("PUT_COUNT")))
 
-    def reset(self) -> None:
-        """Clear faults and counters and restore the initial knob settings."""
-        self.caput(self.sim_pv("RESET"), 1)
+    def reset(self, timeout: float = 5.0) -> None:
+        """Clear faults and counters and restore the initial knob settings.
+
+        :param timeout: Seconds to wait for the IOC to answer [s] (it may be coming back
+            from the ``disconnect`` fault).
+        """
+        self.caput(self.sim_pv("RESET"), 1, timeout=timeout)
 
     def true_mae(self) -> float:
         """True mean absolute error of the beam to the trial's target [m]."""

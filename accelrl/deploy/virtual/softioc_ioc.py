@@ -217,9 +217,12 @@ def run_ioc(
     signal.signal(signal.SIGINT, lambda *_: os._exit(0))
 
     def handover(state: dict[str, Any]) -> NoReturn:
+        from epicscorelibs.ioc import dbCore
+
+        dbCore.iocPause()  # the CA and PVA servers stop answering searches and connections
+        drop_connections()
         log.info("IOC process ends for the outage (disconnect)")
         sys.stderr.flush()
-        drop_connections()
         if to_supervisor is not None:
             send_message(to_supervisor, {"handover": state})
         os._exit(HANDOVER_EXIT)
@@ -255,8 +258,10 @@ def run_ioc(
 
 
 def drop_connections() -> None:
-    """Shut down every socket of this process now: clients see their circuits close at once
-    (the operating system would close them only after tearing down the process's memory)."""
+    """Shut down every connected TCP socket of this process (the clients' circuits) now:
+    clients see their circuits close at once (the operating system would close them only
+    after tearing down the process's memory). Listening and UDP sockets are left to the
+    process's end: shutting them down makes EPICS's server threads spin."""
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:  # no /proc: try the usual range
@@ -271,9 +276,11 @@ def drop_connections() -> None:
             continue
         sock = socket.socket(fileno=fd)
         try:
-            sock.shutdown(socket.SHUT_RDWR)
+            if sock.type == socket.SOCK_STREAM:
+                sock.getpeername()  # raises if not connected (a listening socket)
+                sock.shutdown(socket.SHUT_RDWR)
         except OSError:
-            pass  # not connected (UDP, listening)
+            pass
         finally:
             sock.detach()
 

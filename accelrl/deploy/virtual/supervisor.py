@@ -8,7 +8,7 @@ imports EPICS base, builds the records and serves.
 **The outage fault.** ``disconnect`` makes the IOC unreachable the way a crashed or rebooted
 IOC is: the IOC process shuts its sockets, hands its state to the supervisor and exits, so
 every client circuit closes at once and nothing answers searches or connections. A standby
-IOC process, forked next to the serving one (and again whenever a standby took over), has
+IOC process, forked next to the serving one (and again whenever a standby takes over), has
 imported EPICS and built its records already; it takes the handed-over state (setpoints,
 readbacks, ramps, faults, counters: what an IOC with autosave restores) and starts serving
 once ``faults.disconnect_s`` have passed since the fault began, plus EPICS's own start-up
@@ -159,9 +159,7 @@ class Supervisor:
                         return 0
                     log.error("IOC process ended with status %s", code)
                     return code if code else 1
-                if "ready" in message and standby is None:
-                    standby = self._fork(standby=True)  # the successor of the new one
-                elif "handover" in message:
+                if "handover" in message:
                     snapshot = message["handover"]
                     log.info(
                         "IOC silent until %.3f (in %.3f s)",
@@ -169,7 +167,8 @@ class Supervisor:
                         snapshot["offline_until"] - time.time(),
                     )
                     previous = active
-                    active, standby = self._start_standby(standby, snapshot), None
+                    active = self._start_standby(standby, snapshot)
+                    standby = self._fork(standby=True)  # the next outage's successor
                     code = self._reap(previous)
                     if code != HANDOVER_EXIT:
                         log.error("IOC process ended with status %s", code)
