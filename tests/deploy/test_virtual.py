@@ -62,6 +62,17 @@ def test_shipped_configs_are_valid_and_match_the_task():
         ({"initial_knobs": {"Q7": 1.0}}, "unknown knobs"),
         ({"prefix": "has space"}, "prefix"),
         ({"colour": "red"}, "colour"),
+        ({"server": "pcaspy"}, "server"),
+        ({"pva_port": 5064}, "must differ"),
+        ({"beam_loss_level": float("nan")}, "beam_loss_level"),
+        ({"faults": {"beam_loss_level": float("inf")}}, "faults.beam_loss_level"),
+        ({"records": {"refusal": "maybe"}}, "records.refusal"),
+        ({"records": {"refusal_by_knob": {"Q9": "reject"}}}, "unknown knobs"),
+        ({"records": {"readback_deadband": {"Q1": -1.0}}}, "readback_deadband"),
+        ({"records": {"readback_deadband": {"Q1": float("nan")}}}, "readback_deadband"),
+        ({"records": {"observation_deadband": -2.0}}, "observation_deadband"),
+        ({"sim_prefix": "SIM :"}, "sim_prefix"),
+        ({"server": "caproto", "screen": {"image_dtype": "uint16"}}, "uint8 images only"),
     ],
 )
 def test_invalid_ioc_config_names_the_field(tmp_path, change, message):
@@ -88,6 +99,7 @@ def test_with_prefix_renames_every_pv():
     old, new = machine.pv_names, renamed.pv_names
     assert all(n.startswith("VB3:") for n in new)
     assert [n[len("VB3:") :] for n in new] == [n[len("VA:") :] for n in old]
+    assert renamed.frame_pv == "VB3:AREABSCR1:FRAME"  # not in pv_names, renamed as well
     assert with_prefix(machine, None) is machine
     assert unique_prefix() != unique_prefix()
 

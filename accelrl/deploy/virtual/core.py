@@ -191,8 +191,9 @@ class AcceleratorCore:
         self.beam_loss_time = now
         self.frame = self._take_frame(now)
         self._frames: list[Frame] = []
-        period = 1.0 / cfg.screen.frame_rate_hz
-        self._next_frame = now + period
+        # frame k is due at frame_t0 + k / frame_rate_hz (no sum of rounded periods)
+        self._frame_t0, self._frame_k = now, 1
+        self._next_frame = now + 1.0 / cfg.screen.frame_rate_hz
         self._next_beat = now + cfg.heartbeat_period_s
         self._next_ramp = now
         self._dirty = False
@@ -426,10 +427,12 @@ class AcceleratorCore:
             # so the configured rate holds; frames that fell due while this thread was held
             # up are taken now (a camera's buffered frames), up to MAX_LATE_FRAMES
             if now - self._next_frame > MAX_LATE_FRAMES * frame_period:
+                self._frame_t0, self._frame_k = now - frame_period, 1
                 self._next_frame = now
             while now >= self._next_frame:
                 self._publish_frame(self._next_frame)
-                self._next_frame += frame_period
+                self._frame_k += 1
+                self._next_frame = self._frame_t0 + self._frame_k * frame_period
             self._tick_magnets(now)  # after the frames due before now; may add one at now
             if now >= self._next_beat:
                 period = self.config.heartbeat_period_s
@@ -542,6 +545,8 @@ class AcceleratorCore:
             self.beam_loss = self._beam_loss_level()
             self.interlock_time = self.beam_loss_time = self.beat_time = now
             self._next_ramp = now
+            self._frame_t0, self._frame_k = now, 1
+            self._next_frame = now + 1.0 / self.config.screen.frame_rate_hz
             frame = snapshot.get("frame")
             if frame is not None:  # the last frame the clients saw (frozen under ``stale``)
                 values = tuple(float(v) for v in frame["values"])
