@@ -57,7 +57,7 @@ def e2e_ioc(request: pytest.FixtureRequest, start_ioc: Callable[..., Any]) -> It
 
 @pytest.fixture
 def va(e2e_ioc: Any) -> Any:
-    e2e_ioc.reset()
+    e2e_ioc.reset(timeout=30.0)  # (it may be coming back from the disconnect test)
     return e2e_ioc
 
 

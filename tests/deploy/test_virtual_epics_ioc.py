@@ -507,7 +507,7 @@ def test_frozen_ioc_libca_client_resumes_within_2_s(start_ioc):
 
 def test_outage_fault_clients_reconnect(start_ioc, monkeypatch):
     """``disconnect`` for 1 s: the IOC process closes every circuit and a standby process
-    serves again after 1 s plus iocInit (0.7 s; seconds on a loaded machine). Both client
+    serves again after 1 s plus iocInit (0.7 s; many seconds on a loaded machine). Both client
     libraries search again on their own schedules, which beacons do not shorten for the
     channels of a closed circuit: caproto's client (the deployment client) retries at
     intervals doubling from 30 ms to 5 s, libca's disconnect governor releases them to its
@@ -519,13 +519,17 @@ def test_outage_fault_clients_reconnect(start_ioc, monkeypatch):
         from accelrl.deploy.machine import Disconnected
 
         hb = ioc.machine_config.heartbeat.pv
+        deadline = time.monotonic() + 60.0
+        while "standby IOC process ready" not in ioc.log():  # the successor is prepared
+            assert time.monotonic() < deadline, "no standby IOC process"
+            time.sleep(0.2)
         ch = _CaChannels([ioc.address])
         try:
             assert ch.connect([hb], 10.0) == []
-            process = _libca_timeline(ioc, hb, 25.0, ioc.sim_pv("FAULT"))
+            process = _libca_timeline(ioc, hb, 35.0, ioc.sim_pv("FAULT"))
             fault = time.time()  # (the libca client writes the fault right away)
             down = up = None
-            while time.time() - fault < 20.0:
+            while time.time() - fault < 30.0:
                 try:
                     ch.read([hb], 0.3)
                     if down is not None:
@@ -542,7 +546,8 @@ def test_outage_fault_clients_reconnect(start_ioc, monkeypatch):
     served = [t for t in served if t > fault]  # the standby's start of serving
     assert served, "the IOC did not serve again"
     back_ioc = served[0]
-    assert 1.0 <= back_ioc - fault < 1.0 + 8.0  # the outage, then iocInit (slow when loaded)
+    # the outage, then iocInit: 0.7 s here when idle, many seconds on a loaded machine
+    assert 1.0 <= back_ioc - fault < 1.0 + 15.0
     assert down is not None and down - fault < 2.0, "the circuit did not close"
     assert up is not None, "caproto's client did not reconnect"
     assert up - back_ioc < 5.0 + 1.0, up - back_ioc  # its longest search interval: 5 s

@@ -8,7 +8,7 @@ imports EPICS base, builds the records and serves.
 **The outage fault.** ``disconnect`` makes the IOC unreachable the way a crashed or rebooted
 IOC is: the IOC process shuts its sockets, hands its state to the supervisor and exits, so
 every client circuit closes at once and nothing answers searches or connections. A standby
-IOC process, forked next to the serving one (and again whenever a standby takes over), has
+IOC process, forked once the serving one is up (and again whenever a standby takes over), has
 imported EPICS and built its records already; it takes the handed-over state (setpoints,
 readbacks, ramps, faults, counters: what an IOC with autosave restores) and starts serving
 once ``faults.disconnect_s`` have passed since the fault began, plus EPICS's own start-up
@@ -147,9 +147,9 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._stop)
         self.repeater = start_repeater(self.loaded.config)
         active = self._fork(standby=False)
-        # the standby builds its records while the first process serves: an outage then
-        # costs EPICS's start-up only
-        standby: _IocProcess | None = self._fork(standby=True)
+        # a standby builds its records while the first process serves (forked once that one
+        # is up, not to slow its start): an outage then costs EPICS's start-up only
+        standby: _IocProcess | None = None
         try:
             while not self._stopping:
                 message = read_message(active.messages)
@@ -159,7 +159,9 @@ class Supervisor:
                         return 0
                     log.error("IOC process ended with status %s", code)
                     return code if code else 1
-                if "handover" in message:
+                if "ready" in message and standby is None:
+                    standby = self._fork(standby=True)
+                elif "handover" in message:
                     snapshot = message["handover"]
                     log.info(
                         "IOC silent until %.3f (in %.3f s)",
