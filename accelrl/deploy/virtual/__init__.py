@@ -10,9 +10,11 @@ Channel Access server (``caproto``). See ``docs/virtual_accelerator.md``.
 * :mod:`accelrl.deploy.virtual.config`: the IOC config (validated) and PV prefixes.
 * :mod:`accelrl.deploy.virtual.core`: the behaviour both servers share (ramps, camera,
   faults); numpy only.
-* :mod:`accelrl.deploy.virtual.records`, :mod:`~accelrl.deploy.virtual.softioc_ioc`,
+* :mod:`accelrl.deploy.virtual.records`, :mod:`~accelrl.deploy.virtual.devices`,
+  :mod:`~accelrl.deploy.virtual.guard`, :mod:`~accelrl.deploy.virtual.softioc_ioc`,
   :mod:`~accelrl.deploy.virtual.supervisor`, :mod:`~accelrl.deploy.virtual.repeater`: the
-  EPICS 7 IOC (records, IOC process, its supervisor, the CA repeater).
+  EPICS 7 IOC (record database, device support, write guard, IOC process, its supervisor,
+  the CA repeater).
 * :mod:`accelrl.deploy.virtual.ioc`: the caproto server.
 * :mod:`accelrl.deploy.virtual.serve`: :func:`serve_in_subprocess` for tests and demos.
 * :mod:`accelrl.deploy.virtual.cli`: ``accelrl serve-virtual``.

@@ -50,379 +50,45 @@ Every record is *pulled*: processing copies the current state of the
 :class:`~accelrl.deploy.virtual.core.AcceleratorCore` into it, so the order in which threads
 ask for processing never leaves a record with an older state.
 
-This module imports pythonSoftIOC (EPICS base); import it only in the IOC process.
+Device support: :mod:`accelrl.deploy.virtual.devices`; the write guard:
+:mod:`accelrl.deploy.virtual.guard`. This module imports pythonSoftIOC (EPICS base); import
+it only in the IOC process.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
-import os
-import tempfile
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import epicsdbbuilder
 import numpy as np
-import softioc.builder  # noqa: F401 - before pythonSoftIoc: it loads the record types
-from epicscorelibs.ioc import Com, dbCore
-from softioc import alarm, device, imports, pythonSoftIoc
-from softioc import softioc as _softioc
-from softioc.device_core import LookupRecord
 
 from accelrl.deploy.virtual.config import LoadedConfig, common_prefix
 from accelrl.deploy.virtual.core import AcceleratorCore, Change, FaultSyntaxError
+from accelrl.deploy.virtual.devices import (
+    DTYP_PULL,
+    DTYP_WRITE,
+    PullAi,
+    PullBi,
+    Pulled,
+    PullLongin,
+    PullWaveform,
+    WriteAo,
+    WriteBo,
+    WriteStringout,
+    define_record,
+    process,
+)
+from accelrl.deploy.virtual.guard import Guard, WriteGuard
 
 log = logging.getLogger("accelrl.virtual")
 
 #: Digits after the decimal point of the screen readings [m]: 1 nm.
 OBSERVATION_PRECISION = 9
-#: Device support type (DTYP) of the writable records and of the read-only ones.
-DTYP_WRITE = "AccelrlWrite"
-DTYP_PULL = "AccelrlPull"
-#: Access-security configuration: writes to ``DEFAULT`` records pass the trap-write
-#: listener; ``READONLY`` records refuse every client write.
-ACCESS_SECURITY = """\
-ASG(DEFAULT) {
-    RULE(1, READ)
-    RULE(1, WRITE, TRAPWRITE)
-}
-ASG(READONLY) {
-    RULE(1, READ)
-}
-"""
-_DBD = f"""\
-device(ao, INST_IO, devAccelrlWriteAo, "{DTYP_WRITE}")
-device(bo, INST_IO, devAccelrlWriteBo, "{DTYP_WRITE}")
-device(stringout, INST_IO, devAccelrlWriteStringout, "{DTYP_WRITE}")
-device(ai, INST_IO, devAccelrlPullAi, "{DTYP_PULL}")
-device(bi, INST_IO, devAccelrlPullBi, "{DTYP_PULL}")
-device(longin, INST_IO, devAccelrlPullLongin, "{DTYP_PULL}")
-device(waveform, INST_IO, devAccelrlPullWaveform, "{DTYP_PULL}")
-"""
 
-#: EPICS status "Field Disabled" (``S_db_putDisabled``, dbAccessDefs.h).
-S_DB_PUT_DISABLED = (501 << 16) | 41
-#: Server thread id -> the records whose current write the guard refused. (Not a
-#: ``threading.local``: a callback from an EPICS thread gets a new Python thread state, and
-#: new thread-local data, at every call.)
-_REFUSED: dict[int, set[int]] = {}
 
-
-def _refused() -> set[int]:
-    """The records whose current write the guard refused, of this server thread."""
-    return _REFUSED.setdefault(threading.get_ident(), set())
-
-
-def _load_device_definitions() -> None:
-    """Make the DTYPs above known to EPICS and to the database builder (once)."""
-    if getattr(_load_device_definitions, "done", False):
-        return
-    with tempfile.TemporaryDirectory(prefix="accelrl-ioc-") as tmp:
-        path = Path(tmp) / "accelrl.dbd"
-        path.write_text(_DBD)
-        _softioc.dbLoadDatabase(path.name, str(path.parent), None)
-        epicsdbbuilder.LoadDbdFile(str(path))
-    _load_device_definitions.done = True  # type: ignore[attr-defined]
-
-
-_load_device_definitions()
-
-# ---------------------------------------------------------------------- EPICS functions
-_dbScanLock = dbCore.dbScanLock
-_dbScanLock.argtypes = (ctypes.c_void_p,)
-_dbScanLock.restype = None
-_dbScanUnlock = dbCore.dbScanUnlock
-_dbScanUnlock.argtypes = (ctypes.c_void_p,)
-_dbScanUnlock.restype = None
-_dbProcess = dbCore.dbProcess
-_dbProcess.argtypes = (ctypes.c_void_p,)
-_dbProcess.restype = ctypes.c_long
-_asSetFilename = dbCore.asSetFilename
-_asSetFilename.argtypes = (ctypes.c_char_p,)
-_asSetFilename.restype = ctypes.c_int
-
-
-def process(record: Any) -> None:
-    """Process ``record`` (a pythonSoftIOC device) now, in this thread, under its lock: what
-    a ``.PROC`` write does, regardless of ``DISP`` (ctypes releases the GIL meanwhile)."""
-    pointer = record._record.record.value
-    _dbScanLock(pointer)
-    try:
-        _dbProcess(pointer)
-    finally:
-        _dbScanUnlock(pointer)
-
-
-# ---------------------------------------------------------------------- device support
-#: ``(value, time [s] or None, severity, status)`` of a read-only record.
-Pulled = tuple[Any, float | None, int, int]
-
-
-class _Pull:
-    """Mixin for read-only records: processing copies ``source()`` into the record."""
-
-    source: Callable[[], Pulled]
-
-    def _process(self, record: Any) -> int:
-        value, stamp, severity, status = self.source()
-        self._value = (self._value_to_epics(value), severity, status, stamp)  # type: ignore[attr-defined]
-        return super()._process(record)  # type: ignore[misc]
-
-
-class PullAi(_Pull, device.ai):
-    """``ai`` whose value, time stamp and alarm come from ``source``."""
-
-    _device_name_ = "devAccelrlPullAi"
-
-
-class PullBi(_Pull, device.bi):
-    """``bi`` whose state, time stamp and alarm come from ``source``."""
-
-    _device_name_ = "devAccelrlPullBi"
-
-
-class PullLongin(_Pull, device.longin):
-    """``longin`` whose value, time stamp and alarm come from ``source``."""
-
-    _device_name_ = "devAccelrlPullLongin"
-
-
-class PullWaveform(_Pull, device.waveform):
-    """``waveform`` whose array, time stamp and alarm come from ``source``."""
-
-    _device_name_ = "devAccelrlPullWaveform"
-
-
-class _Write:
-    """Mixin for writable records with asynchronous completion.
-
-    A client's write sets PACT and hands the value to ``on_write(device, value)``; the IOC's
-    machine thread calls :meth:`complete` with the value the record is to show, and EPICS
-    processes the record a second time to finish (monitors, put-callback). Processing
-    asked for by :meth:`refresh` shows ``current()`` instead (an IOC-side change).
-    """
-
-    on_write: Callable[[Any, Any], None]
-    current: Callable[[], Any]
-
-    def __init__(self, name: str, **kwargs: Any) -> None:
-        super().__init__(name, **kwargs)  # type: ignore[call-arg]
-        self._completion = imports.create_callback_capsule()
-        self._final: Any = None
-        self._refresher: int | None = None
-        #: Set while no client write waits for its completion.
-        self.idle = threading.Event()
-        self.idle.set()
-
-    def _process(self, record: Any) -> int:
-        if record.PACT:  # second pass: the machine thread has handled the write
-            self._show(record, self._final)
-            self.idle.set()
-            return device.EPICS_OK
-        if self._refresher == threading.get_ident():
-            self._show(record, self.current())
-            return device.EPICS_OK
-        if record.record.value in _refused():
-            # a write the guard refused and the server did not stop (PV Access): undo it
-            _refused().discard(record.record.value)
-            self._write_value(record, self._value[0])  # type: ignore[attr-defined]
-            return S_DB_PUT_DISABLED
-        value = self._epics_to_value(self._read_value(record))  # type: ignore[attr-defined]
-        record.PACT = 1
-        self.idle.clear()
-        self.on_write(self, value)
-        return device.EPICS_OK
-
-    def _show(self, record: Any, value: Any) -> None:
-        epics = self._value_to_epics(value)  # type: ignore[attr-defined]
-        self._write_value(record, epics)  # type: ignore[attr-defined]
-        self._value = (epics, alarm.NO_ALARM, alarm.NO_ALARM)
-
-    def complete(self, value: Any) -> None:
-        """Finish the client's write; the record then shows ``value``."""
-        self._final = value
-        imports.signal_processing_complete(self._record, self._completion)  # type: ignore[attr-defined]
-
-    def refresh(self) -> None:
-        """Show ``current()`` now (processes the record in this thread)."""
-        self._refresher = threading.get_ident()
-        try:
-            process(self)
-        finally:
-            self._refresher = None
-
-
-class WriteAo(_Write, device.ao):
-    """Writable ``ao`` (knob setpoints)."""
-
-    _device_name_ = "devAccelrlWriteAo"
-
-
-class WriteBo(_Write, device.bo):
-    """Writable ``bo`` (RESET)."""
-
-    _device_name_ = "devAccelrlWriteBo"
-
-
-class WriteStringout(_Write, device.stringout):
-    """Writable ``stringout`` (FAULT)."""
-
-    _device_name_ = "devAccelrlWriteStringout"
-
-
-def _record(builder: Any, device_class: type, dtyp: str, name: str, **fields: Any) -> Any:
-    """Define record ``name`` (fields as in a .db file) with Python device support; the
-    device instance."""
-    fields = {k: v for k, v in fields.items() if v is not None}
-    pythonSoftIoc.PythonDevice.makeRecord(builder, device_class, dtyp)(name, **fields)
-    return LookupRecord(name)
-
-
-# ---------------------------------------------------------------------- write guard
-class _TrapWriteMessage(ctypes.Structure):
-    """``asTrapWriteMessage`` (asTrapWrite.h)."""
-
-    _fields_ = [
-        ("userid", ctypes.c_char_p),
-        ("hostid", ctypes.c_char_p),
-        ("serverSpecific", ctypes.c_void_p),
-        ("userPvt", ctypes.c_void_p),
-        ("dbrType", ctypes.c_int),
-        ("no_elements", ctypes.c_int),
-        ("data", ctypes.c_void_p),
-    ]
-
-
-class _ChannelHead(ctypes.Structure):
-    """The first members of ``dbChannel`` (dbChannel.h): its name and ``dbAddr``'s record and
-    field pointers."""
-
-    _fields_ = [
-        ("name", ctypes.c_char_p),
-        ("precord", ctypes.c_void_p),
-        ("pfield", ctypes.c_void_p),
-    ]
-
-
-_LISTENER = ctypes.CFUNCTYPE(None, ctypes.POINTER(_TrapWriteMessage), ctypes.c_int)
-_asTrapWriteRegisterListener = Com.asTrapWriteRegisterListener
-_asTrapWriteRegisterListener.argtypes = (_LISTENER,)
-_asTrapWriteRegisterListener.restype = ctypes.c_void_p
-
-#: Channel Access DBR types (db_access.h) of plain values and their C types.
-_DBR_CTYPES: dict[int, Any] = {
-    1: ctypes.c_int16,  # DBR_SHORT
-    2: ctypes.c_float,  # DBR_FLOAT
-    3: ctypes.c_uint16,  # DBR_ENUM
-    4: ctypes.c_uint8,  # DBR_CHAR
-    5: ctypes.c_int32,  # DBR_LONG
-    6: ctypes.c_double,  # DBR_DOUBLE
-}
-_DBR_STRING = 0
-
-
-def _written_value(message: _TrapWriteMessage) -> Any:
-    """The value a client writes (a number or a string), or ``None`` if the server does
-    not tell (PV Access) or it is not a plain scalar."""
-    if not message.data or message.no_elements != 1:
-        return None
-    if message.dbrType == _DBR_STRING:
-        return ctypes.string_at(message.data, 40).split(b"\0", 1)[0].decode(errors="replace")
-    ctype = _DBR_CTYPES.get(message.dbrType)
-    if ctype is None:
-        return None
-    return float(ctypes.cast(message.data, ctypes.POINTER(ctype))[0])
-
-
-#: A guard: the value written (or ``None``: unknown) -> why the write is refused, or ``None``.
-Guard = Callable[[Any], "str | None"]
-
-
-@dataclass
-class _Guarded:
-    guard: Guard
-    value_field: int  # address of the record's VAL field
-    disp: ctypes._Pointer  # the record's DISP field
-
-
-class WriteGuard:
-    """Decides on every client write to a guarded record before the record sees it, through
-    EPICS access security's trap-write hook (Channel Access and PV Access servers call it for
-    every write of a ``TRAPWRITE`` rule).
-
-    A refused write is turned away by EPICS base itself: the guard sets the record's ``DISP``
-    field for the duration of that one write, so the Channel Access server answers
-    ``ECA_PUTFAIL`` (a write to the same record by another client during those microseconds
-    to milliseconds is refused too). The PV Access server (QSRV2) checks ``DISP`` before this
-    hook and processes the record after it; there the processing, in the same server thread,
-    undoes the write and reports ``S_db_putDisabled``. (The guard marks the refused write for
-    its thread; the next guarded write of that thread to the record clears the mark.) Writes
-    to other fields (``.DESC``, ...) are not guarded.
-    """
-
-    def __init__(self) -> None:
-        self._guarded: dict[int, _Guarded] = {}
-        self._callback = _LISTENER(self._listener)
-        self._registered = False
-
-    def add(self, record: Any, guard: Guard) -> None:
-        """Guard writes to the VAL field of ``record`` (a device, after iocInit)."""
-        pointer = record._record.record.value
-        offsets = record._record.fields
-        disp_offset = offsets["DISP"][0]
-        self._guarded[pointer] = _Guarded(
-            guard,
-            pointer + offsets["VAL"][0],
-            ctypes.cast(pointer + disp_offset, ctypes.POINTER(ctypes.c_uint8)),
-        )
-
-    def register(self) -> None:
-        """Start receiving the trap-write calls (once)."""
-        if not self._registered:
-            _asTrapWriteRegisterListener(self._callback)
-            self._registered = True
-
-    def _listener(self, pmessage: Any, after: int) -> None:
-        try:
-            message = pmessage.contents
-            if not message.serverSpecific:
-                return
-            head = _ChannelHead.from_address(message.serverSpecific)
-            guarded = self._guarded.get(head.precord or 0)
-            if guarded is None or head.pfield != guarded.value_field:
-                return
-            if after:
-                if message.userPvt:
-                    guarded.disp[0] = 0
-                return
-            _refused().discard(head.precord)  # a mark left by an earlier write of this thread
-            reason = guarded.guard(_written_value(message))
-            if reason is not None:
-                log.warning("write refused: %s", reason)
-                guarded.disp[0] = 1
-                _refused().add(head.precord)
-                message.userPvt = 1
-        except Exception:  # noqa: BLE001 - never let an exception cross into EPICS
-            log.exception("write guard failed")
-
-
-def install_access_security() -> Path:
-    """Write the access-security file (:data:`ACCESS_SECURITY`) and tell EPICS to load it
-    at iocInit; the file's path (remove it after iocInit)."""
-    fd, name = tempfile.mkstemp(prefix="accelrl-ioc-", suffix=".acf")
-    with os.fdopen(fd, "w") as f:
-        f.write(ACCESS_SECURITY)
-    if _asSetFilename(name.encode()) != 0:
-        raise RuntimeError(f"asSetFilename({name}) failed")
-    return Path(name)
-
-
-# ---------------------------------------------------------------------- the database
 def _publish_order(change: Change) -> int:
     """Readbacks first, then busy flags, then the rest."""
     if isinstance(change, tuple):
@@ -483,13 +149,13 @@ class Records:
             f.setdefault("SCAN", "Passive")
             f.setdefault("PINI", "YES")
             f.setdefault("ASG", "READONLY")
-            dev = _record(builder, cls, DTYP_PULL, name, **f)
+            dev = define_record(builder, cls, DTYP_PULL, name, **f)
             dev.source = source
             names.append(name)
             return dev
 
         def write(builder: Any, cls: type, name: str, key: str, current: Callable[[], Any], **f):
-            dev = _record(builder, cls, DTYP_WRITE, name, **f)
+            dev = define_record(builder, cls, DTYP_WRITE, name, **f)
             dev.on_write = self._client_write
             dev.current = current
             self._writers[id(dev)] = key

@@ -115,7 +115,7 @@ class SoftIoc:
         """Start EPICS (iocInit: the CA and PVA servers begin serving) and guard the writes."""
         from softioc import softioc
 
-        from accelrl.deploy.virtual.records import install_access_security
+        from accelrl.deploy.virtual.guard import install_access_security
 
         acf = install_access_security()
         try:
