@@ -19,6 +19,7 @@ A machine config is a YAML file in the top-level ``deploy/`` folder, validated h
         tolerance: 0.01                # |readback - setpoint| accepted as done
     observations:
       - {name: mu_x, unit: m, pv: VA:AREABSCR1:MU_X}
+    frame_pv: VA:AREABSCR1:FRAME       # optional: all observations of one frame in one array
     interlock: {pv: VA:INTERLOCK, tripped_when: 1}
     beam_loss: {pv: VA:BEAM_LOSS, max: 0.5}
     heartbeat: {none: "test stand: the IOC has no heartbeat record"}
@@ -214,6 +215,9 @@ class MachineConfig(_Model):
     :param transport: ``"ca"`` (EPICS Channel Access), ``"pva"`` (PV Access) or ``"sim"``.
     :param knobs: Actuators, in the policy's action order.
     :param observations: Observed quantities, in the environment's order.
+    :param frame_pv: Optional array PV holding one whole frame: the values of
+        ``observations`` in their order, posted together with one time stamp (the separate
+        observation PVs carry the same values and time stamp). Not part of :attr:`pv_names`.
     :param interlock: Interlock PV, or an opt-out (required for ``ca``/``pva``).
     :param beam_loss: Beam-loss PV, or an opt-out (required for ``ca``/``pva``).
     :param heartbeat: Heartbeat PV, or an opt-out (required for ``ca``/``pva``).
@@ -226,6 +230,7 @@ class MachineConfig(_Model):
     transport: Literal["ca", "pva", "sim"] = "ca"
     knobs: tuple[KnobConfig, ...] = Field(min_length=1)
     observations: tuple[ObservationConfig, ...] = Field(min_length=1)
+    frame_pv: str | None = Field(None, min_length=1)
     interlock: InterlockConfig = InterlockConfig()
     beam_loss: BeamLossConfig = BeamLossConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
