@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from accelrl.cli.common import EXIT_INVALID, console, fail
+from accelrl.cli.common import EXIT_INVALID, console, fail, input_path
 
 
 def export_command(
@@ -24,7 +24,7 @@ def export_command(
         typer.Argument(
             metavar="MODEL",
             help="MLPPolicy directory (policy.pt + policy.json) or SB3 model .zip.",
-            exists=True,
+            callback=input_path,
             show_default=False,
         ),
     ],

@@ -25,6 +25,8 @@ from typing import Annotated
 
 import typer
 
+from accelrl.cli.common import input_path
+
 
 def serve_virtual_command(
     config: Annotated[
@@ -33,6 +35,7 @@ def serve_virtual_command(
             "--config",
             "-c",
             help="Virtual accelerator config (YAML), e.g. deploy/virtual_ares_ea.yaml.",
+            callback=input_path,
             show_default=False,
         ),
     ],

@@ -16,6 +16,8 @@ from typing import Annotated
 
 import typer
 
+from accelrl.cli.common import input_path
+
 
 def default_out(recipe: Path, seed: int) -> Path:
     """``runs/<recipe file stem>-<seed>`` (relative to the working directory)."""
@@ -40,6 +42,7 @@ def train_command(
             "--recipe",
             "-r",
             help="Training recipe (YAML), e.g. agents/td3_icml.yaml.",
+            callback=input_path,
             show_default=False,
         ),
     ],

@@ -130,8 +130,10 @@ def tune_command(
 ) -> None:
     """Tune a machine with Bayesian optimisation (BoTorch) and a physics-informed prior."""
     if machine not in MACHINES and Path(machine).suffix in (".yaml", ".yml"):
+        from accelrl.resources import resolve
+
         _tune_machine_config(
-            out, Path(machine), trial, prior, acquisition, steps, budget, seed, mode, target,
+            out, resolve(machine), trial, prior, acquisition, steps, budget, seed, mode, target,
             ca_address,
         )  # fmt: skip
         return

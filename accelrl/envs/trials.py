@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 
 from accelrl.physics.beam import INCOMING, TRANSVERSE
+from accelrl.resources import shipped
 
 #: File keys of the incoming beam -> :data:`~accelrl.physics.beam.INCOMING` names.
 _INCOMING_KEYS = {
@@ -28,7 +29,7 @@ _ELEMENTS = {"q1": "AREAMQZM1", "q2": "AREAMQZM2", "q3": "AREAMQZM3", "screen": 
 _ACTUATORS = {"q1": "Q1", "q2": "Q2", "q3": "Q3", "cv": "CV", "ch": "CH"}
 
 #: The published trial set shipped with the package.
-DEFAULT_TRIALS = Path(__file__).resolve().parent.parent / "data" / "ares_ea_trials_300.yaml"
+DEFAULT_TRIALS = shipped("envs", "ares_ea_trials_300.yaml")
 
 
 @dataclass(frozen=True)

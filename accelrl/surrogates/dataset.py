@@ -50,14 +50,16 @@ class DatasetError(ValueError):
 def default_data_dirs() -> list[Path]:
     """Folders searched for a dataset given by name, in order.
 
-    ``$ACCELRL_SURROGATES_DIR``, ``./surrogates`` and the ``surrogates/`` folder of the
-    source checkout accelrl is imported from.
+    ``$ACCELRL_SURROGATES_DIR``, ``./surrogates`` and the ``surrogates/`` accelrl ships
+    (:func:`accelrl.resources.shipped`).
     """
+    from accelrl.resources import shipped
+
     dirs = []
     if os.environ.get(DATA_DIR_ENV):
         dirs.append(Path(os.environ[DATA_DIR_ENV]))
     dirs.append(Path.cwd() / "surrogates")
-    dirs.append(Path(__file__).resolve().parents[2] / "surrogates")
+    dirs.append(shipped("surrogates"))
     return dirs
 
 
