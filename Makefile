@@ -11,6 +11,10 @@ STAMP  := $(VENV)/.accelrl-install.stamp
 
 # CPU torch wheel, installed before the package so pip never resolves a CUDA build.
 TORCH_VERSION ?= 2.13.0
+# Where pip takes torch from: empty = pip's default (here a CPU wheel; elsewhere PyPI's build
+# for the platform). CPU-only anywhere: TORCH_INDEX=https://download.pytorch.org/whl/cpu;
+# CUDA 12.8: TORCH_INDEX=https://download.pytorch.org/whl/cu128.
+TORCH_INDEX   ?=
 EXTRAS        ?= dev,deploy,surrogates,xopt,dashboard
 PYTEST_ARGS   ?=
 
@@ -35,7 +39,7 @@ $(VPY):
 # Re-runs when pyproject.toml changes; otherwise a no-op.
 $(STAMP): pyproject.toml | $(VPY)
 	$(VPY) -m pip install --upgrade pip
-	$(VPY) -m pip install "torch==$(TORCH_VERSION)"
+	$(VPY) -m pip install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(VPY) -m pip install -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
