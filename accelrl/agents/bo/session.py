@@ -507,4 +507,3 @@ class TuningSession:
         diagnostics = meta["diagnostics"] if isinstance(meta["diagnostics"], dict) else {}
         session._diag = {k: diagnostics.get(k) for k in ("mode", "suggest_s")}
         return session
-

@@ -144,9 +144,9 @@ def test_widened_bounds_are_refused_against_the_limits(tmp_path: Path) -> None:
     machine = load_machine_config(ROOT / "deploy" / "sim_ares_ea.yaml")
     with pytest.raises(SessionFileError, match=r"variables.Q1.low = -1000.0 is below the limit"):
         TuningSession.load(folder, limits=machine)
+    wide_low = {n: (-1e9, hi) for n, hi in zip(task.names, task.high, strict=True)}
     with pytest.raises(SessionFileError, match=r"variables.Q1.high = 1000.0 is above the limit"):
-        TuningSession.load(folder, limits={n: (-1e9, hi) for n, hi in zip(task.names, task.high,
-                                                                          strict=True)})  # fmt: skip
+        TuningSession.load(folder, limits=wide_low)
     # the session as saved fits the task and the machine; narrower limits refuse it
     _saved(task, folder, steps=2)
     restored = TuningSession.load(folder, limits=machine)
