@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import typer
+from proc_testlib import children, left_alive
 from typer.testing import CliRunner
 
 from accelrl.agents.evaluation import (
@@ -563,8 +564,9 @@ class StopsAtReset(RandomSearch):
 def test_an_interrupt_keeps_finished_trials_and_resume_completes_identically(tmp_path, trials):
     from accelrl.agents.evaluation.runner import EvaluationInterrupted
 
-    kwargs = dict(trials=trials[20:28], max_steps=4, executor="serial", progress=False,
-                  chunk_size=2)  # fmt: skip
+    kwargs = dict(
+        trials=trials[20:28], max_steps=4, executor="serial", progress=False, chunk_size=2
+    )
     optimisers = {"random": StopsAtReset, "nan": NaNAtStep3}
     StopsAtReset.resets, StopsAtReset.stop_at = 0, None
     full = evaluate_many(optimisers, out=tmp_path / "full", **kwargs)
@@ -581,8 +583,10 @@ def test_an_interrupt_keeps_finished_trials_and_resume_completes_identically(tmp
         pc.equal(full.records["optimiser"], "random"),
     )
     assert_tables_equal(_timing_free(partial.records), _timing_free(full.records.filter(first)))
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["random"]["all"][
-        "n_trials"] == 4  # fmt: skip
+    assert (
+        json.loads((tmp_path / "run" / "summary.json").read_text())["random"]["all"]["n_trials"]
+        == 4
+    )
 
     StopsAtReset.resets, StopsAtReset.stop_at = 0, None
     resumed = evaluate_many(optimisers, out=tmp_path / "run", resume=True, **kwargs)
@@ -592,9 +596,12 @@ def test_an_interrupt_keeps_finished_trials_and_resume_completes_identically(tmp
     assert_tables_equal(_timing_free(resumed.trials), _timing_free(full.trials))
     loaded = EvaluationResult.load(tmp_path / "run")
     assert_tables_equal(_timing_free(loaded.records), _timing_free(full.records))
+
     def untimed(summary: dict) -> dict:
-        return {label: {subset: {k: v for k, v in entry.items() if "time" not in k}
-                        for subset, entry in per.items()} for label, per in summary.items()}  # fmt: skip
+        return {
+            label: {s: {k: v for k, v in e.items() if "time" not in k} for s, e in per.items()}
+            for label, per in summary.items()
+        }
 
     assert untimed(loaded.summary_json()) == untimed(full.summary_json())
 
@@ -616,8 +623,22 @@ def _evaluate_app() -> typer.Typer:
 def test_existing_out_is_refused_and_force_removes_the_old_figures(tmp_path):
     runner = CliRunner(env={"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"})
     out = tmp_path / "eval"
-    args = ["evaluate", "-o", "do-nothing", "--out", str(out), "--steps", "3", "--limit", "4",
-            "--executor", "serial", "--no-progress", "--example", "2"]  # fmt: skip
+    args = [
+        "evaluate",
+        "-o",
+        "do-nothing",
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--limit",
+        "4",
+        "--executor",
+        "serial",
+        "--no-progress",
+        "--example",
+        "2",
+    ]
     assert runner.invoke(_evaluate_app(), args).exit_code == 0
     assert (out / "episode_trial2.png").is_file()
     before = (out / "records.parquet").read_bytes()
@@ -630,11 +651,10 @@ def test_existing_out_is_refused_and_force_removes_the_old_figures(tmp_path):
     assert not (out / "episode_trial2.png").exists() and (out / "episode_trial1.png").is_file()
     res = runner.invoke(_evaluate_app(), [*args[:-2], "--resume", "--force"])
     assert res.exit_code == 1 and "not both" in res.output
-    res = runner.invoke(_evaluate_app(), [*args[:-2], "--resume"])  # complete: nothing to run
-    assert res.exit_code == 0, res.output
-    assert json.loads((out / "config.json").read_text())["chunks_resumed"] == 4
-    res = runner.invoke(_evaluate_app(), ["evaluate", "-o", "random", "--out", str(out),
-                                          "--steps", "3", "--limit", "4", "--resume"])  # fmt: skip
+    res = runner.invoke(
+        _evaluate_app(),
+        ["evaluate", "-o", "random", "--out", str(out), "--steps", "3", "--limit", "4", "--resume"],
+    )
     assert res.exit_code == 1 and "cannot be resumed" in " ".join(res.output.split())
 
 
@@ -657,80 +677,60 @@ app(sys.argv[1:], prog_name="accelrl")
 """
 
 
-def _children(pid: int) -> list[int]:
-    """Process ids whose parent is ``pid`` (Linux /proc)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
+class SlowRandom(RandomSearch):
+    """Random search registered as "slow-random" (in the subprocess it sleeps per answer)."""
 
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    name = "slow-random"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize(("signum", "executor"), [(2, "process"), (15, "serial")])
-def test_a_signal_keeps_finished_trials_and_resume_matches(tmp_path, monkeypatch, signum,
-                                                           executor):  # fmt: skip
+def test_a_signal_keeps_finished_trials_and_resume_matches(tmp_path, monkeypatch, signum, executor):
     """Ctrl-C (SIGINT) or SIGTERM to a real ``accelrl evaluate``: the finished trials are
-    written as a partial result, no worker is left, and --resume completes the run."""
+    written as a partial result, no worker is left, and --resume completes the run as an
+    uninterrupted one would."""
     import os
-    import signal
     import subprocess
     import time
 
     from accelrl.agents import registry
-    from accelrl.agents.tuners.baselines import RandomSearch
 
     script = tmp_path / "slow_cli.py"
     script.write_text(_SLOW_CLI)
     out = tmp_path / "eval"
-    args = [sys.executable, str(script), "evaluate", "-o", "slow-random", "--out", str(out),
-            "--steps", "4", "--limit", "48", "--executor", executor, "--workers", "2",
-            "--no-progress"]  # fmt: skip
-    env = {**os.environ, "ASK_S": "0.04", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
-    deadline = time.monotonic() + 240
-    while len(list((out / "parts").glob("*.trials.parquet"))) < 3:
+    args = ["evaluate", "-o", "slow-random", "--out", str(out), "--steps", "3", "--limit", "24",
+            "--executor", executor, "--workers", "2", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "ASK_S": "0.05", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while len(list((out / "parts").glob("*.trials.parquet"))) < 2:
         assert proc.poll() is None, proc.communicate()[0]
         assert time.monotonic() < deadline, "no chunk finished"
         time.sleep(0.05)
-    workers = _children(proc.pid)
+    workers = children(proc.pid)
     proc.send_signal(signum)
-    output = proc.communicate(timeout=120)[0]
+    output = proc.communicate(timeout=300)[0]
     assert proc.returncode == 128 + signum, output
     assert "interrupted" in output and "--resume" in output, output
     config = json.loads((out / "config.json").read_text())
     assert config["status"] == "partial"
-    assert 3 <= config["trials_done"]["slow-random"] < 48
+    assert 2 <= config["trials_done"]["slow-random"] < 24
     assert EvaluationResult.load(out).trials.num_rows == config["trials_done"]["slow-random"]
-    deadline = time.monotonic() + 30
-    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [p for p in workers if _alive(p)], "worker processes left behind"
-
-    done = subprocess.run([*args, "--resume"], env={**env, "ASK_S": "0"}, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    resumed = EvaluationResult.load(out)
-    assert resumed.complete and resumed.config["chunks_resumed"] >= 3
-
-    class SlowRandom(RandomSearch):  # the same optimiser, in this process
-        name = "slow-random"
+    assert left_alive(workers) == [], "worker processes left behind"
 
     monkeypatch.setitem(registry.OPTIMISERS, "slow-random", SlowRandom)
-    reference = evaluate_many(["slow-random"], None, max_steps=4, limit=48, executor="serial",
-                              progress=False)  # fmt: skip
+    res = CliRunner().invoke(
+        _evaluate_app(), [*args[:-5], "--executor", "serial", "--no-progress", "--resume"]
+    )
+    assert res.exit_code == 0, res.output
+    resumed = EvaluationResult.load(out)
+    assert (
+        resumed.complete
+        and resumed.config["chunks_resumed"] == config["trials_done"]["slow-random"]
+    )
+    reference = evaluate_many(
+        ["slow-random"], None, max_steps=3, limit=24, executor="serial", progress=False
+    )
     assert_tables_equal(_timing_free(resumed.records), _timing_free(reference.records))
     assert_tables_equal(_timing_free(resumed.trials), _timing_free(reference.trials))

@@ -27,8 +27,9 @@ def _saved(problem: TuningProblem, folder: Path, steps: int = 3) -> TuningSessio
     session = TuningSession(problem, None, {**FAST, "seed": 2})
     for i in range(steps):
         x = problem.initial_vector + 0.1 * i * (problem.low - problem.initial_vector)
-        session.ingest(problem.named(x), {problem.objective.name: 1.0 + i, "ok": 1.0,
-                                          "on_screen": 1.0})  # fmt: skip
+        session.ingest(
+            problem.named(x), {problem.objective.name: 1.0 + i, "ok": 1.0, "on_screen": 1.0}
+        )
     session.suggest()
     session.save(folder)
     return session
@@ -151,8 +152,9 @@ def test_widened_bounds_are_refused_against_the_limits(tmp_path: Path) -> None:
     _saved(task, folder, steps=2)
     restored = TuningSession.load(folder, limits=machine)
     assert restored.suggest() == pytest.approx(session.suggest(), rel=1e-9, abs=1e-15)
-    narrow = {n: (lo / 2, hi / 2) for n, lo, hi in zip(task.names, task.low, task.high,
-                                                       strict=True)}  # fmt: skip
+    narrow = {
+        n: (lo / 2, hi / 2) for n, lo, hi in zip(task.names, task.low, task.high, strict=True)
+    }
     with pytest.raises(SessionFileError, match=r"variables.Q1.low = -72.0 is below the limit"):
         TuningSession.load(folder, limits=narrow)
     steps = {n: (lo, hi, 1e-3) for n, lo, hi in zip(task.names, task.low, task.high, strict=True)}
