@@ -30,6 +30,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_TERMINATED",
     "Terminated",
+    "deferred_interrupts",
     "interrupt_on_sigterm",
     "pool_initializer",
     "stop_process_pool",
@@ -53,10 +54,14 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 @contextlib.contextmanager
 def interrupt_on_sigterm() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` in the main thread. Elsewhere
-    than in the main thread (where Python allows no handler) the block runs unchanged; the
-    previous handler is restored on exit."""
-    if threading.current_thread() is not threading.main_thread():
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread; the previous
+    handler is restored on exit. The block runs unchanged outside the main thread (where
+    Python allows no handler) and where a program installed its own SIGTERM handler (it
+    stays in charge)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -64,6 +69,30 @@ def interrupt_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) and SIGTERM while the block runs, then deliver the first one
+    received to the handler in force after it: a step that must finish as a whole (write a
+    finished part and record it) is never cut in half. Outside the main thread the block
+    runs unchanged."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if received:
+            signal.raise_signal(received[0])
 
 
 def _die_with_parent() -> None:

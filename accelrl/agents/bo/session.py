@@ -456,21 +456,16 @@ class TuningSession:
         prior: nn.Module | None = None,
         limits: Limits | None = None,
     ) -> TuningSession:
-        """Restore a session written by :meth:`save`, after checking its files.
-
-        Nothing in the files is executed (JSON, CSV, arrays without pickle). Every file must
-        match the sha256 in ``manifest.json``; the problem must be consistent on its own
-        (finite bounds, low < high) and, given ``limits``, lie within them.
+        """Restore a session written by :meth:`save`, after the checks of
+        :func:`~accelrl.agents.bo.persistence.read_session` (nothing in the files runs).
 
         :param prior: The prior module, required when the saved prior is not a built-in one
             (its saved parameters are loaded into it).
-        :param limits: The limits of the machine the session will drive: a machine config
-            (:class:`accelrl.deploy.config.MachineConfig`), a
-            :class:`~accelrl.agents.bo.problem.TuningProblem` (e.g. the task's) or a mapping
-            ``name -> (low, high[, max_step])`` [SI]. A session whose variables are not
-            among them, or whose bounds or max step reach beyond them, is refused.
+        :param limits: The limits of the machine the session will drive: a machine config,
+            a :class:`~accelrl.agents.bo.problem.TuningProblem` or ``name -> (low, high[,
+            max_step])`` [SI]; bounds or a max step beyond them are refused.
         :raises SessionFileError: For a changed, damaged or missing file, an invalid value
-            or bounds beyond ``limits`` (the message names the file, field and value).
+            or bounds beyond ``limits`` (naming the file, field and value).
         :raises ValueError: For a custom prior that is not passed.
         """
         path = Path(directory)

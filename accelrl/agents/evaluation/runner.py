@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
-import hashlib
-import math
 import pickle
 import platform
 import time
@@ -55,7 +53,8 @@ from accelrl.agents.evaluation.result import (
     summarise_trials,
     trials_table,
 )
-from accelrl.agents.evaluation.store import ChunkTables, EvaluationStore, trials_digest
+from accelrl.agents.evaluation.store import ChunkTables, EvaluationStore
+from accelrl.agents.evaluation.trialset import chunk_trials, resolve_trials, trials_digest
 from accelrl.execution import (
     ExecutorArg,
     executor_scope,
@@ -63,7 +62,12 @@ from accelrl.execution import (
     one_thread,
     package_versions,
 )
-from accelrl.interrupts import interrupt_on_sigterm, pool_initializer, stop_process_pool
+from accelrl.interrupts import (
+    deferred_interrupts,
+    interrupt_on_sigterm,
+    pool_initializer,
+    stop_process_pool,
+)
 from accelrl.names import ARES_EA_ID
 from accelrl.progress import progress_bar
 from accelrl.protocol import BatchOptimiser, Optimiser
@@ -196,43 +200,7 @@ def _git() -> dict[str, Any]:
     return {"commit": commit or None, "dirty": dirty}
 
 
-def _resolve_trials(
-    trials: Sequence[Trial] | str | Path | None, limit: int | None = None
-) -> tuple[list[Trial], dict]:
-    from accelrl.envs.trials import DEFAULT_TRIALS, load_trials
-
-    if trials is None or isinstance(trials, (str, Path)):
-        path = Path(trials) if trials is not None else DEFAULT_TRIALS
-        out = load_trials(path)
-        source = {
-            "source": str(path),
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "default": trials is None,
-        }
-    else:
-        out, source = list(trials), {"source": "in-memory", "sha256": None, "default": False}
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        out = out[:limit]
-    if not out:
-        raise ValueError("no trials to evaluate")
-    idx = [int(t.index) for t in out]
-    if len(set(idx)) != len(idx):
-        raise ValueError("trial indices must be unique within one evaluation")
-    source.update(n=len(out), limit=limit, indices=idx)
-    return out, source
-
-
 # --------------------------------------------------------------------------- entry points
-def _chunks(trials: list[Trial], chunk_size: int | None) -> list[list[Trial]]:
-    if chunk_size is None:
-        chunk_size = max(1, math.ceil(len(trials) / 64))
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return [trials[i : i + chunk_size] for i in range(0, len(trials), chunk_size)]
-
-
 def evaluate_many(
     optimisers: Sequence[str | MakeOptimiser] | Mapping[str, str | MakeOptimiser],
     trials: Sequence[Trial] | str | Path | None = None,
@@ -307,20 +275,11 @@ def evaluate_many(
     if on_step is not None and executor != "serial":
         raise ValueError("on_step needs executor='serial' (it runs in this process)")
     spec = TASKS[env_id]()
-    trial_list, trial_source = _resolve_trials(trials, limit)
+    trial_list, trial_source = resolve_trials(trials, limit)
     entries = _entries(optimisers)
-    chunks = _chunks(trial_list, chunk_size)
-    actuators = [
-        {
-            "name": a.name,
-            "element": a.element,
-            "attribute": a.attribute,
-            "unit": a.unit,
-            "low": a.low,
-            "high": a.high,
-        }
-        for a in spec.actuators
-    ]
+    chunks = chunk_trials(trial_list, chunk_size)
+    keys = ("name", "element", "attribute", "unit", "low", "high")
+    actuators = [{k: getattr(a, k) for k in keys} for a in spec.actuators]
     plan = {
         "format_version": FORMAT_VERSION,
         "env_id": env_id,
@@ -354,9 +313,10 @@ def evaluate_many(
             records_table([(e.label, records)], actuators),
             trials_table([(e.label, e.name, records)]),
         )
-        if store is not None:
-            store.write(i, j, tables)
-        done[i, j] = tables
+        with deferred_interrupts():  # written and recorded, or neither
+            if store is not None:
+                store.write(i, j, tables)
+            done[i, j] = tables
 
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
@@ -424,8 +384,7 @@ def evaluate_many(
         "status": "complete" if interrupted is None else "partial",
         "trials": {**trial_source, **plan["trials"]},
         "trials_done": {
-            e.label: sum(len(chunks[j]) for (i, j) in done if i == k)
-            for k, e in enumerate(entries)
+            e.label: sum(len(chunks[j]) for (i, j) in done if i == k) for k, e in enumerate(entries)
         },
         "chunks_resumed": n_loaded,
         "actuators": actuators,

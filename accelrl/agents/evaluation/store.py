@@ -22,23 +22,18 @@ randomness from the trial seed, so the resumed result equals the uninterrupted o
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from accelrl.runs import atomic_write
 
-if TYPE_CHECKING:
-    from accelrl.envs import Trial
-
-__all__ = ["ChunkTables", "EvaluationStore", "EvaluationStoreError", "trials_digest"]
+__all__ = ["ChunkTables", "EvaluationStore", "EvaluationStoreError"]
 
 #: Folder of the parts, inside the output folder.
 PARTS = "parts"
@@ -57,22 +52,6 @@ class ChunkTables:
 
     records: pa.Table
     trials: pa.Table
-
-
-def trials_digest(trials: Sequence[Trial]) -> str:
-    """sha256 of the content of ``trials`` (index, incoming beam, misalignments, target,
-    initial setting; floats exactly), whatever file they came from."""
-    h = hashlib.sha256()
-    for t in trials:
-        entry = {
-            "index": int(t.index),
-            "incoming": [repr(float(v)) for v in np.asarray(t.incoming).reshape(-1)],
-            "misalignments": {k: repr(float(v)) for k, v in sorted(t.misalignments.items())},
-            "target": [repr(float(v)) for v in np.asarray(t.target).reshape(-1)],
-            "initial": {k: repr(float(v)) for k, v in sorted(t.initial.items())},
-        }
-        h.update(json.dumps(entry, sort_keys=True).encode())
-    return h.hexdigest()
 
 
 def _short(value: Any) -> str:

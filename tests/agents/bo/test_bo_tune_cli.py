@@ -78,7 +78,7 @@ def test_tune_out_needs_resume_or_force_and_resume_checks_the_limits(tmp_path) -
     result = runner.invoke(_app(), [*base, "--resume"])
     assert result.exit_code == 0, result.output
     assert len((out / "data.csv").read_text().strip().splitlines()) == rows + 3  # 2 steps + end
-    result = runner.invoke(_app(), [*base[:5], "physics", *base[6:], "--resume"])
+    result = runner.invoke(_app(), [*base[:6], "physics", *base[7:], "--resume"])
     assert result.exit_code == 2 and "prior: 'none' there, 'physics' now" in result.output
     # bounds widened by hand, manifest rewritten to match: the task's limits refuse them
     problem = json.loads((out / "problem.json").read_text())
