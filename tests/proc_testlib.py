@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,3 +42,11 @@ def left_alive(pids: Iterable[int], timeout_s: float = 30.0) -> list[int]:
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     return [p for p in pids if alive(p)]
+
+
+def kill(pids: Iterable[int]) -> None:
+    """SIGKILL whatever of ``pids`` still runs (cleanup after a failed test)."""
+    for pid in pids:
+        if alive(pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

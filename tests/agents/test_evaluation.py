@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import typer
-from proc_testlib import children, left_alive
+from proc_testlib import children, kill, left_alive
 from typer.testing import CliRunner
 
 from accelrl.agents.evaluation import (
@@ -709,28 +709,32 @@ def test_a_signal_keeps_finished_trials_and_resume_matches(tmp_path, monkeypatch
         assert time.monotonic() < deadline, "no chunk finished"
         time.sleep(0.05)
     workers = children(proc.pid)
-    proc.send_signal(signum)
-    output = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 128 + signum, output
-    assert "interrupted" in output and "--resume" in output, output
-    config = json.loads((out / "config.json").read_text())
-    assert config["status"] == "partial"
-    assert 2 <= config["trials_done"]["slow-random"] < 24
-    assert EvaluationResult.load(out).trials.num_rows == config["trials_done"]["slow-random"]
-    assert left_alive(workers) == [], "worker processes left behind"
+    try:
+        proc.send_signal(signum)
+        output = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 128 + signum, output
+        assert "interrupted" in output and "--resume" in output, output
+        config = json.loads((out / "config.json").read_text())
+        assert config["status"] == "partial"
+        assert 2 <= config["trials_done"]["slow-random"] < 24
+        assert EvaluationResult.load(out).trials.num_rows == config["trials_done"]["slow-random"]
+        assert left_alive(workers) == [], "worker processes left behind"
+    finally:
+        kill(workers)  # whatever a failure left
 
     monkeypatch.setitem(registry.OPTIMISERS, "slow-random", SlowRandom)
-    res = CliRunner().invoke(
-        _evaluate_app(), [*args[:-5], "--executor", "serial", "--no-progress", "--resume"]
-    )
-    assert res.exit_code == 0, res.output
+    common = dict(max_steps=3, limit=24, executor="serial", progress=False)
+    if executor == "process":  # the command (which also writes the report)
+        resume = [*args[:-5], "--executor", "serial", "--no-progress", "--resume"]
+        res = CliRunner().invoke(_evaluate_app(), resume)
+        assert res.exit_code == 0, res.output
+    else:  # the library
+        evaluate_many(["slow-random"], None, out=out, resume=True, **common)
     resumed = EvaluationResult.load(out)
     assert (
         resumed.complete
         and resumed.config["chunks_resumed"] == config["trials_done"]["slow-random"]
     )
-    reference = evaluate_many(
-        ["slow-random"], None, max_steps=3, limit=24, executor="serial", progress=False
-    )
+    reference = evaluate_many(["slow-random"], None, **common)
     assert_tables_equal(_timing_free(resumed.records), _timing_free(reference.records))
     assert_tables_equal(_timing_free(resumed.trials), _timing_free(reference.trials))

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from proc_testlib import children, left_alive
+from proc_testlib import children, kill, left_alive
 from typer.testing import CliRunner
 
 import accelrl.surrogates.generate as gen
@@ -328,10 +328,13 @@ def test_a_killed_generation_leaves_no_process(
         assert time.monotonic() < deadline, "the workers never started a run"
         time.sleep(0.05)
     workers = children(proc.pid)
-    assert {int(p.name) for p in marks.iterdir()} <= set(workers)
-    proc.send_signal(signum)
-    output = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 128 + signum, output
-    assert "interrupted" in output and "--resume" in output
-    assert left_alive(workers) == [], "worker processes left behind"
+    try:
+        assert {int(p.name) for p in marks.iterdir()} <= set(workers)
+        proc.send_signal(signum)
+        output = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 128 + signum, output
+        assert "interrupted" in output and "--resume" in output
+        assert left_alive(workers) == [], "worker processes left behind"
+    finally:
+        kill(workers)  # whatever a failure left
     assert load_dataset(out / "tiny.parquet").meta["generation"]["sessions"][0]["finished"]
