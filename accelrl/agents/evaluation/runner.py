@@ -295,6 +295,17 @@ def evaluate_many(
         "chunk_size": len(chunks[0]),
     }
     order = [(i, j) for i in range(len(entries)) for j in range(len(chunks))]
+    local = executor in (None, "process") and dask_address is None  # a pool started here
+    if local:  # checked before anything is written
+        for e in entries:
+            try:
+                pickle.dumps(e.factory)
+            except Exception as err:
+                raise TypeError(
+                    f"optimiser {e.spec} cannot be pickled for a process pool ({err}); use "
+                    "a spec string, a module-level class/function or functools.partial, "
+                    "or executor='serial'"
+                ) from err
     store: EvaluationStore | None = None
     done: dict[tuple[int, int], ChunkTables] = {}
     if out is not None:
@@ -320,26 +331,12 @@ def evaluate_many(
 
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
-    initializer = (
-        pool_initializer(one_thread)
-        if executor in (None, "process") and dask_address is None
-        else one_thread
-    )
+    initializer = pool_initializer(one_thread) if local else one_thread
     interrupted: KeyboardInterrupt | None = None
     with (
         interrupt_on_sigterm(),
         executor_scope(executor, workers, dask_address, initializer) as (pool, kind, n_workers),
     ):
-        if kind == "process":
-            for e in entries:
-                try:
-                    pickle.dumps(e.factory)
-                except Exception as err:
-                    raise TypeError(
-                        f"optimiser {e.spec} cannot be pickled for a process pool ({err}); use "
-                        "a spec string, a module-level class/function or functools.partial, "
-                        "or executor='serial'"
-                    ) from err
         args = (max_steps, backend, seed, env_id)
         jobs = [
             (i, j, (entries[i].factory, entries[i].batched, chunks[j]))
@@ -368,11 +365,11 @@ def evaluate_many(
                         bar.advance(tasks[i], len(chunks[j]))
             except KeyboardInterrupt as err:
                 interrupted = err
-                if isinstance(executor, cf.Executor):  # not ours: cancel what is queued
+                if local:
+                    stop_process_pool(pool)
+                else:  # not a pool of ours: cancel what is queued
                     for fut in futures:
                         fut.cancel()
-                else:
-                    stop_process_pool(pool)
             except BaseException:
                 for fut in futures:
                     fut.cancel()
