@@ -9,6 +9,13 @@ metadata), ``config.json``, ``trial_metrics.csv``, ``summary.json`` (per optimis
 trials and the ``sigma_pos`` subset: ``median_best_mae_um``, ``median_final_mae_um``,
 ``median_steps_to_target``, ``median_steps_to_convergence``, their IQRs, ...),
 ``report.md`` and the PNG figures it shows.
+
+Each finished chunk of trials is written to ``--out``/parts as soon as it finishes. Ctrl-C
+(or SIGTERM) writes the finished trials as a partial result (``config.json``: ``"status":
+"partial"``, ``trials_done``) and exits with status 130 (143); the same command with
+``--resume`` runs only the missing trials and writes the result an uninterrupted run writes.
+An ``--out`` that holds files is refused unless ``--resume`` or ``--force`` (replace: the
+earlier run's result, parts and figures are removed first).
 """
 
 from __future__ import annotations
@@ -164,10 +171,26 @@ def evaluate_command(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
     ] = True,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the interrupted evaluation in --out (same options required); run "
+            "only its missing trials.",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace the evaluation in --out (its files and figures are removed)."
+        ),
+    ] = False,
 ) -> None:
     """Evaluate optimisers on a trial set; write records, summary.json, report.md and plots."""
     from accelrl.agents.evaluation import evaluate_many
     from accelrl.agents.evaluation.report import write_report
+    from accelrl.agents.evaluation.runner import EvaluationInterrupted
+    from accelrl.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
 
     try:
         result = evaluate_many(
@@ -181,11 +204,23 @@ def evaluate_command(
             dask_address=dask_address,
             progress=progress,
             limit=limit,
+            out=out,
+            resume=resume,
+            force=force,
         )
     except (ValueError, TypeError, ImportError, FileNotFoundError) as err:
         raise fail(str(err)) from None
-    out.mkdir(parents=True, exist_ok=True)
-    result.save(out)
+    except EvaluationInterrupted as err:
+        if err.result is None:
+            kept = "no trial had finished"
+        else:
+            done = err.result.config["trials_done"]
+            kept = "finished trials kept in " + str(out) + " (status partial): "
+            kept += ", ".join(f"{label} {n}/{err.result.config['trials']['n']}"
+                              for label, n in done.items())  # fmt: skip
+        warn(f"interrupted; {kept}; run the same command with --resume to finish")
+        code = EXIT_TERMINATED if isinstance(err.__cause__, Terminated) else EXIT_INTERRUPTED
+        raise typer.Exit(code) from None
     known = set(result.trial_table(result.optimisers[0])["trial"].tolist())
     if example and (unknown := [k for k in example if k not in known]):
         warn(f"--example {unknown} not evaluated; ignored")

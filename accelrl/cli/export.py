@@ -3,7 +3,11 @@
 Examples::
 
     accelrl export agents/apg-ares-ea --out runs/bundle
-    accelrl export runs/td3_icml-0/model.zip --out runs/td3-bundle   # + vecnormalize.pkl
+    accelrl export runs/td3_icml-0/model.zip --out runs/td3-bundle --trust-pickle
+
+An SB3 model zip and its ``vecnormalize.pkl`` hold pickled Python objects: reading them
+runs code named in the files, so an SB3 export needs ``--trust-pickle`` (only for files you
+or your own training wrote). An MLPPolicy directory needs no such trust.
 
 Heavy imports (torch, Stable-Baselines3, onnx) happen inside the command.
 """
@@ -50,6 +54,14 @@ def export_command(
     seed: Annotated[
         int, typer.Option("--seed", min=0, help="Seed of the self-test observations.")
     ] = 0,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle",
+            help="SB3 only: allow unpickling the model zip's objects and vecnormalize.pkl. "
+            "Unpickling runs code named in the files: use only on files you trust.",
+        ),
+    ] = False,
 ) -> None:
     """Export a trained policy as an ONNX policy bundle (policy.onnx, manifest.json,
     selftest.npz), verified against the source policy on 10k observations."""
@@ -61,7 +73,10 @@ def export_command(
     torch.set_num_threads(1)
     try:
         # export() verifies the written bundle (hashes, self-test) before it returns.
-        path = export(model, out, vecnormalize=vecnormalize, env_id=env_id, seed=seed)
+        path = export(
+            model, out, vecnormalize=vecnormalize, env_id=env_id, seed=seed,
+            trust_pickle=trust_pickle,
+        )  # fmt: skip
         m = read_manifest(path)
     except (ExportError, BundleError) as err:
         raise fail(str(err), EXIT_INVALID) from None
