@@ -2,7 +2,7 @@
 
 Examples::
 
-    accelrl export agents/apg-ares-ea --out runs/bundle
+    accelrl export agents/apg-ares-ea --out runs/bundle          # --force to replace one
     accelrl export runs/td3_icml-0/model.zip --out runs/td3-bundle --trust-pickle
 
 An SB3 model zip and its ``vecnormalize.pkl`` hold pickled Python objects: reading them
@@ -54,6 +54,9 @@ def export_command(
     seed: Annotated[
         int, typer.Option("--seed", min=0, help="Seed of the self-test observations.")
     ] = 0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the bundle files already in --out.")
+    ] = False,
     trust_pickle: Annotated[
         bool,
         typer.Option(
@@ -68,8 +71,13 @@ def export_command(
     import torch
 
     from accelrl.agents.export.writer import PARITY_COUNT, ExportError, export
-    from accelrl.bundle import BundleError, read_manifest
+    from accelrl.bundle import MANIFEST_FILE, ONNX_FILE, SELFTEST_FILE, BundleError, read_manifest
+    from accelrl.runs import OutputFolderError, prepare_output
 
+    try:
+        prepare_output(out, force=force, owned=(MANIFEST_FILE, ONNX_FILE, SELFTEST_FILE))
+    except OutputFolderError as err:
+        raise fail(str(err), EXIT_INVALID) from None
     torch.set_num_threads(1)
     try:
         # export() verifies the written bundle (hashes, self-test) before it returns.

@@ -161,8 +161,11 @@ def train_command(
     ],
     out: Annotated[
         Path | None,
-        typer.Option(help="Output folder [default: surrogates/models/<dataset>]."),
+        typer.Option(help="Output folder [default: runs/surrogates/models/<dataset>]."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a surrogate already in the output folder.")
+    ] = False,
     config: Annotated[
         Path | None, typer.Option(help="YAML with TrainConfig fields (members, epochs, ...).")
     ] = None,
@@ -209,7 +212,13 @@ def train_command(
         cfg = TrainConfig.model_validate(data)
     except Exception as err:  # pydantic names the field and the value
         raise typer.BadParameter(str(err)) from None
-    out_dir = out or (Path(ds.path).parent / "models" / ds.name if ds.path else Path(ds.name))
+    from accelrl.runs import OutputFolderError, prepare_output
+
+    out_dir = out or Path("runs") / "surrogates" / "models" / ds.name
+    try:
+        prepare_output(out_dir, force=force, owned=("surrogate.*", "report", "report/*"))
+    except OutputFolderError as err:
+        raise typer.BadParameter(str(err), param_hint="'--out'") from None
     counts = ds.status_counts()
     typer.echo(f"dataset {ds.name}: {len(ds.table)} rows {counts}")
     result = train_surrogate(ds, cfg, progress=progress)
