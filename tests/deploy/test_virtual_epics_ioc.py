@@ -53,9 +53,9 @@ def recording_channels(address: str) -> Any:
     """caproto's Channel Access client as the deployment client uses it, recording every
     monitor update in the order it arrives (on the client's receive thread):
     ``channels.received`` is a list of ``(name, value, IOC time stamp)``."""
-    from accelrl.deploy.epics import _CaChannels
+    from accelrl.deploy.epics import CaChannels
 
-    class Recording(_CaChannels):
+    class Recording(CaChannels):
         def __init__(self, addresses: list[str]) -> None:
             super().__init__(addresses)
             self.received: list[tuple[str, Any, float]] = []
@@ -515,7 +515,7 @@ def test_outage_fault_clients_reconnect(start_ioc, monkeypatch):
     settings = {**SETTINGS, "faults": {"stuck_knob": "Q1", "disconnect_s": 1.0}}
     with start_ioc(**settings) as ioc:
         monkeypatch.setenv("EPICS_CA_REPEATER_PORT", str(ioc.repeater_port))
-        from accelrl.deploy.epics import _CaChannels
+        from accelrl.deploy.epics import CaChannels
         from accelrl.deploy.machine import Disconnected
 
         hb = ioc.machine_config.heartbeat.pv
@@ -523,7 +523,7 @@ def test_outage_fault_clients_reconnect(start_ioc, monkeypatch):
         while "standby IOC process ready" not in ioc.log():  # the successor is prepared
             assert time.monotonic() < deadline, "no standby IOC process"
             time.sleep(0.2)
-        ch = _CaChannels([ioc.address])
+        ch = CaChannels([ioc.address])
         try:
             assert ch.connect([hb], 10.0) == []
             process = _libca_timeline(ioc, hb, 35.0, ioc.sim_pv("FAULT"))
