@@ -20,6 +20,7 @@ trial, the field, the value and the allowed range.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -187,15 +188,27 @@ def read_trial_set(path: str | Path | None = None) -> list[tuple[int, TrialRecor
     """The validated trials of a trial-set file, ordered by index.
 
     :param path: Trial-set YAML; default :data:`DEFAULT_TRIALS` (the 300 published trials).
-    :return: ``(index, record)`` pairs in increasing index order.
+    :return: ``(index, record)`` pairs in increasing index order (records are immutable;
+        a file read before and unchanged since is not parsed again).
     :raises TrialSetError: Naming the file and, for each invalid trial (up to
         :data:`MAX_REPORTED`), the trial index, the field, the value and the allowed range.
     """
     path = Path(path) if path is not None else DEFAULT_TRIALS
     try:
-        text = path.read_text()
+        stat = path.stat()
     except FileNotFoundError:
         raise TrialSetError(f"{path}: trial set file not found") from None
+    except OSError as err:
+        raise TrialSetError(f"{path}: cannot read the trial set: {err}") from None
+    return list(_read(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _read(name: str, mtime_ns: int, size: int) -> tuple[tuple[int, TrialRecord], ...]:
+    """The records of the file ``name`` as it was at ``(mtime_ns, size)`` (cached)."""
+    path = Path(name)
+    try:
+        text = path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise TrialSetError(f"{path}: cannot read the trial set: {err}") from None
     try:
@@ -225,4 +238,4 @@ def read_trial_set(path: str | Path | None = None) -> list[tuple[int, TrialRecor
         raise TrialSetError(f"{path}: invalid trial set\n" + "\n".join(problems[:MAX_REPORTED]))
     if len({i for i, _ in records}) != len(records):
         raise TrialSetError(f"{path}: trial indices repeat (e.g. 1 and '1')")
-    return records
+    return tuple(records)
