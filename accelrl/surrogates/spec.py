@@ -277,14 +277,17 @@ class DatasetSpec(_Model, Columns):
                         raise ValueError(f"inputs.{i}.{side} = {value!r}: {problem}")
 
     def _check_fidelity(self) -> None:
-        """Fidelity settings: known to the simulator, integers where the default is one, in
-        range (the adapter's own check)."""
+        """Fidelity settings: known to the simulator, numbers where the default is one
+        (integers where it is an integer), in range (the adapter's own check)."""
         check, defaults = _simulator_fidelity(self.simulator)
         for key, value in self.fidelity.items():
             default = defaults.get(key)
-            integral = isinstance(default, int) and not isinstance(default, bool)
-            if integral and (isinstance(value, bool) or not isinstance(value, int)):
+            if isinstance(default, bool) or not isinstance(default, (int, float)):
+                continue
+            if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"fidelity.{key} = {value!r}: must be an integer")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"fidelity.{key} = {value!r}: must be a number")
         try:
             check(dict(self.fidelity))
         except (TypeError, ValueError) as err:
