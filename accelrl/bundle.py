@@ -296,12 +296,12 @@ def read_selftest(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            obs = np.asarray(data["observation"], np.float64)
-            ref = np.asarray(data["action"], np.float64)
+            arrays = {k: np.asarray(data[k], np.float64) for k in data.files}
     except (zipfile.BadZipFile, EOFError) as err:
         raise BundleError(f"{path}: not a complete .npz archive (truncated?): {err}") from None
-    except KeyError as err:
-        raise BundleError(f"{path}: the self-test data lacks the array {err}") from None
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError, TypeError, KeyError) as err:
         raise BundleError(f"{path}: cannot read the self-test data: {err}") from None
-    return obs, ref
+    missing = [k for k in ("observation", "action") if k not in arrays]
+    if missing:
+        raise BundleError(f"{path}: the self-test data lacks the arrays {missing}")
+    return arrays["observation"], arrays["action"]
