@@ -35,7 +35,9 @@ _OPTION = {"total_timesteps": "timesteps", "seed": "seed"}
 def _finite_minutes(value: float | None) -> float | None:
     """``--time-limit`` callback: a finite number of minutes > 0."""
     if value is not None and not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(f"must be a finite number of minutes > 0, got {value}")
+        raise typer.BadParameter(
+            f"must be a finite number of minutes > 0, got {value}", param_hint="'--time-limit'"
+        )
     return value
 
 
