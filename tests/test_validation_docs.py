@@ -142,9 +142,10 @@ def _train(name: str, **options: Any) -> Callable[[], Any]:
 
 
 def _time_limit(text: str) -> Callable[[], Any]:
-    from accelrl.cli.train import _finite_minutes
+    from accelrl.cli.options import finite
 
-    return lambda: _finite_minutes(float(text))
+    check = finite("--time-limit", low=0.0, low_open=True, unit="minutes")
+    return lambda: check(float(text))
 
 
 def _dataset_file(edit: Callable[[dict[str, Any]], Any]) -> Callable[[], Any]:

@@ -12,12 +12,13 @@ Examples::
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
+
+from accelrl.cli.options import finite
 
 if TYPE_CHECKING:
     from accelrl.agents.training.recipes import APGRecipe, Recipe
@@ -30,15 +31,6 @@ def default_out(recipe: Path, seed: int) -> Path:
 
 #: Recipe field -> the command-line option that overrides it.
 _OPTION = {"total_timesteps": "timesteps", "seed": "seed"}
-
-
-def _finite_minutes(value: float | None) -> float | None:
-    """``--time-limit`` callback: a finite number of minutes > 0."""
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(
-            f"must be a finite number of minutes > 0, got {value}", param_hint="'--time-limit'"
-        )
-    return value
 
 
 def _occupied(path: Path) -> bool:
@@ -132,7 +124,7 @@ def train_command(
         typer.Option(
             "--time-limit",
             help="Stop training after this many minutes of wall time (Stable-Baselines3 recipes).",
-            callback=_finite_minutes,
+            callback=finite("--time-limit", low=0.0, low_open=True, unit="minutes"),
         ),
     ] = None,
     force: Annotated[
