@@ -250,7 +250,7 @@ CASES: list[tuple[str, str, Callable[[], Callable[[], Any]]]] = [
     (
         "task spec",
         "failure step beyond the episode",
-        lambda: _task_spec(("randomisation", "failure", "step"), [10, 80]),
+        lambda: _task_spec(("randomisation", "failure"), {"probability": 0.1, "step": [10, 80]}),
     ),
     ("task spec", "hold longer than the episode", lambda: _task_spec(("termination", "hold"), 60)),
     ("task spec", "negative reading noise", lambda: _task_spec(("screen", "reading_noise"), -1e-6)),

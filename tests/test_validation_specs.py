@@ -155,7 +155,11 @@ def test_unknown_keys_are_refused(where: tuple[str | int, ...], key: str) -> Non
         (("actuators", 0, "high"), float("inf"), ["actuators.0.high", "inf", "finite"]),
         (("actuators", 2, "low"), float("-inf"), ["actuators.2.low", "-inf"]),
         (("actuators", 1, "low"), float("nan"), ["actuators.1.low", "nan"]),
-        (("randomisation", "failure", "step"), [10, 80], ["failure.step", "[10, 80]", "1..50"]),
+        (
+            ("randomisation", "failure"),
+            {"probability": 0.1, "step": [10, 80]},
+            ["failure.step", "[10, 80]", "1..50"],
+        ),
         (("randomisation", "failure", "step"), [30, 20], ["failure step", "first <= last"]),
         (("termination", "hold"), 51, ["termination.hold", "51", "1..50"]),
         (("randomisation", "target_sigma", "low"), -1e-4, ["target_sigma.low", "-0.0001"]),

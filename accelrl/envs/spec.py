@@ -126,7 +126,8 @@ class ActuatorFailure(_Model):
     """An actuator freezes at its current value from a random step on.
 
     :param probability: Probability per episode that one (uniformly chosen) actuator fails.
-    :param step: Range of the failure step (inclusive).
+    :param step: Range of the failure step (inclusive, ``1 <= first <= last``; within the
+        episode, ``last <= max_episode_steps``, when ``probability > 0``).
     """
 
     probability: float = Field(0.0, ge=0.0, le=1.0)
@@ -232,11 +233,12 @@ class TaskSpec(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
-        validation.check_within_episode(
-            self.randomisation.failure.step,
-            self.max_episode_steps,
-            "randomisation.failure.step",
-        )
+        if self.randomisation.failure.probability > 0:
+            validation.check_within_episode(
+                self.randomisation.failure.step,
+                self.max_episode_steps,
+                "randomisation.failure.step",
+            )
         validation.check_within_episode(
             (self.termination.hold, self.termination.hold),
             self.max_episode_steps,

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from accelrl.agents.policy import MLPPolicy, PolicyMeta, default_normalisation
-from accelrl.agents.training.recipes import APGConfig, APGRecipe, RecipeError, load_recipe
+from accelrl.agents.training.recipes import APGConfig, APGRecipe, RecipeError
+from accelrl.config import load_yaml_mapping
 from accelrl.envs.ares_ea import ENV_ID, ares_ea_spec
 from accelrl.envs.spec import TaskSpec
 from accelrl.names import INCOMING
@@ -195,10 +196,12 @@ def load_apg_recipe(path: str | Path) -> APGRecipe:
     :raises RecipeError: For a recipe of another algorithm, or naming the file, the field, the
         value and the allowed range.
     """
-    recipe = load_recipe(path)
-    if not isinstance(recipe, APGRecipe):
-        raise RecipeError(f"{path}: not an APG recipe (needs 'algorithm: apg')")
-    return recipe
+    data = load_yaml_mapping(path, RecipeError, "recipe")
+    if data.get("algorithm") != "apg":
+        raise RecipeError(
+            f"{path}: not an APG recipe (needs 'algorithm: apg', got {data.get('algorithm')!r})"
+        )
+    return APGRecipe.from_dict(data, source=str(path))
 
 
 def train_apg_recipe(
