@@ -45,6 +45,8 @@ SHORT_ACTUATORS: dict[str, str] = {"q1": "Q1", "q2": "Q2", "q3": "Q3", "cv": "CV
 _MISALIGNMENT_KEY = re.compile(r"^(?P<element>.+)_(?P<axis>[xy])$")
 #: How many invalid trials one error message lists.
 MAX_REPORTED = 10
+#: How many problems of one trial it lists.
+MAX_LINES = 5
 
 
 class TrialSetError(ValueError):
@@ -225,17 +227,22 @@ def _read(name: str, mtime_ns: int, size: int) -> tuple[tuple[int, TrialRecord],
     indices = sorted(data, key=_index)  # type: ignore[arg-type]
     records: list[tuple[int, TrialRecord]] = []
     problems: list[str] = []
+    invalid = 0
     for key in indices:
         index = _index(key)
         assert index is not None
         try:
             records.append((index, TrialRecord.model_validate(data[key])))
         except ValidationError as err:
-            problems.extend(f"  trial {index}: {line.strip()}" for line in field_value_errors(err))
-            if len(problems) >= MAX_REPORTED:
-                break
+            invalid += 1
+            if invalid <= MAX_REPORTED:
+                lines = [f"    {line.strip()}" for line in field_value_errors(err)]
+                if len(lines) > MAX_LINES:
+                    lines[MAX_LINES:] = [f"    ... and {len(lines) - MAX_LINES} more"]
+                problems += [f"  trial {index} is malformed:", *lines]
     if problems:
-        raise TrialSetError(f"{path}: invalid trial set\n" + "\n".join(problems[:MAX_REPORTED]))
+        more = f"\n  ... and {invalid - MAX_REPORTED} more trials" if invalid > MAX_REPORTED else ""
+        raise TrialSetError(f"{path}: invalid trial set\n" + "\n".join(problems) + more)
     if len({i for i, _ in records}) != len(records):
         raise TrialSetError(f"{path}: trial indices repeat (e.g. 1 and '1')")
     return tuple(records)
