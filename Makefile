@@ -11,7 +11,11 @@ STAMP  := $(VENV)/.accelrl-install.stamp
 
 # CPU torch wheel, installed before the package so pip never resolves a CUDA build.
 TORCH_VERSION ?= 2.13.0
-EXTRAS        ?= dev,deploy,surrogates,xopt
+# Where pip takes torch from: empty = pip's default (here a CPU wheel; elsewhere PyPI's build
+# for the platform). CPU-only anywhere: TORCH_INDEX=https://download.pytorch.org/whl/cpu;
+# CUDA 12.8: TORCH_INDEX=https://download.pytorch.org/whl/cu128.
+TORCH_INDEX   ?=
+EXTRAS        ?= dev,deploy,surrogates,xopt,dashboard
 PYTEST_ARGS   ?=
 
 # One BLAS/OpenMP thread per process (pytest-xdist runs 2 workers).
@@ -36,7 +40,7 @@ $(VPY):
 # dependencies are installed at the tested versions of constraints.txt.
 $(STAMP): pyproject.toml constraints.txt | $(VPY)
 	$(VPY) -m pip install --upgrade pip
-	$(VPY) -m pip install "torch==$(TORCH_VERSION)"
+	$(VPY) -m pip install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(VPY) -m pip install -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
@@ -49,6 +53,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/accelrl demo
+	@echo "watch the demo's runs in the browser: $(VENV)/bin/accelrl dashboard demo_out  (then open http://127.0.0.1:5006/)"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -5,7 +5,8 @@
 enforce on settings ``[K]`` (SI units):
 
 * **hard bounds** ``low <= x <= high``;
-* **max step** ``|x - base| <= max_step`` from the setting a move starts at;
+* **max step** ``|x - base| <= max_step`` from the setting a move starts at -- or from every
+  setting in a range, when it is not known which one the move starts at (:meth:`StepLimits.box_of`);
 * an optional **reach** box (e.g. "no further from the initial setting than a rollback can
   undo");
 * **ramps**: a straight line from one setting to another in the fewest moves that each stay
@@ -93,6 +94,23 @@ class StepLimits:
         with ``base +- max_step``; ``base`` clipped to the bounds first)."""
         b = self.clip(base)
         return np.maximum(self.low, b - self.max_step), np.minimum(self.high, b + self.max_step)
+
+    def box_of(self, least: np.ndarray, most: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(lower, upper)``: where one move may go when it may start anywhere in
+        ``[least, most]`` (per knob): within ``max_step`` of every such setting, within the
+        bounds. Empty (``lower > upper``) where ``most - least > 2 max_step`` or the range
+        lies beyond a bound by more than ``max_step``.
+
+        >>> lim = StepLimits([-1.0], [1.0], [0.5])
+        >>> [b.tolist() for b in lim.box_of(np.array([0.0]), np.array([0.3]))]
+        [[-0.2], [0.5]]
+        """
+        least = np.asarray(least, np.float64).reshape(-1)
+        most = np.asarray(most, np.float64).reshape(-1)
+        return (
+            np.maximum(self.low, most - self.max_step),
+            np.minimum(self.high, least + self.max_step),
+        )
 
     def apply(
         self,

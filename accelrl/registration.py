@@ -13,9 +13,9 @@ import yaml
 
 from accelrl.names import ARES_EA_ID, LPA_HYBRID_ID, LPA_TUNING_ID
 
-_DATA = Path(__file__).resolve().parent / "data"
+_SPECS = Path(__file__).resolve().parent / "data" / "envs"
 
-#: Registered id -> (entry point, task spec file in ``accelrl/data``).
+#: Registered id -> (entry point, task spec file in the shipped ``envs/``).
 ENVIRONMENTS: dict[str, tuple[str, str]] = {
     ARES_EA_ID: ("accelrl.envs.ares_ea:AresEATransverseTuning", "ares_ea"),
 }
@@ -39,7 +39,7 @@ CODE_ENVIRONMENTS: dict[str, tuple[str, str, int]] = {
 
 def _max_episode_steps(spec_name: str) -> int:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    data = yaml.load((_DATA / f"{spec_name}.yaml").read_text(), Loader=loader)
+    data = yaml.load((_SPECS / f"{spec_name}.yaml").read_text(), Loader=loader)
     return int(data.get("max_episode_steps", 50))
 
 

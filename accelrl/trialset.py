@@ -28,9 +28,10 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from accelrl.config import field_value_errors
+from accelrl.resources import shipped
 
 #: The published trial set shipped with the package.
-DEFAULT_TRIALS = Path(__file__).resolve().parent / "data" / "ares_ea_trials_300.yaml"
+DEFAULT_TRIALS = shipped("envs", "ares_ea_trials_300.yaml")
 
 #: Short element names used by the ARES-EA file -> lattice element names.
 SHORT_ELEMENTS: dict[str, str] = {

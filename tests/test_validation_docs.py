@@ -79,7 +79,7 @@ def _spec() -> dict[str, Any]:
 
 def _trials() -> dict[int, Any]:
     data = yaml.load(
-        (ROOT / "accelrl" / "data" / "ares_ea_trials_300.yaml").read_text(),
+        (ROOT / "envs" / "ares_ea_trials_300.yaml").read_text(),
         Loader=yaml.CSafeLoader,
     )
     return {i: data[i] for i in range(3)}

@@ -99,7 +99,7 @@ def test_initial_knobs_inside_the_limits_load(tmp_path, knob, u) -> None:
 
 def test_trial_settings_past_the_limits_are_refused(tmp_path) -> None:
     trials = yaml.load(
-        (ROOT / "accelrl" / "data" / "ares_ea_trials_300.yaml").read_text(), Loader=yaml.CSafeLoader
+        (ROOT / "envs" / "ares_ea_trials_300.yaml").read_text(), Loader=yaml.CSafeLoader
     )
     trial = copy.deepcopy(trials[5])
     trial["initial"]["q2"] = 99.0  # past DRVH (72)

@@ -219,5 +219,9 @@ class PolicyOptimiser:
 
 
 def load_policy_optimiser(path: str | Path) -> PolicyOptimiser:
-    """:class:`PolicyOptimiser` of the policy directory ``path`` (used by ``"policy:PATH"``)."""
-    return PolicyOptimiser(MLPPolicy.load(path), name=f"policy:{Path(path).name}")
+    """:class:`PolicyOptimiser` of the policy directory ``path`` (used by ``"policy:PATH"``;
+    a shipped policy such as ``agents/apg-ares-ea`` is found from any folder, see
+    :func:`accelrl.resources.resolve`)."""
+    from accelrl.resources import resolve
+
+    return PolicyOptimiser(MLPPolicy.load(resolve(path)), name=f"policy:{Path(path).name}")

@@ -11,6 +11,7 @@
 ``accelrl deploy``         :mod:`accelrl.cli.deploy`: an optimiser on a machine
 ``accelrl serve-virtual``  :mod:`accelrl.cli.serve_virtual`: the virtual accelerator
 ``accelrl surrogates``     :mod:`accelrl.cli.surrogates`: plasma datasets and surrogates
+``accelrl dashboard``      :mod:`accelrl.cli.dashboard`: the live browser view of runs
 ``accelrl demo``           :mod:`accelrl.cli.demo`: what ``make demo`` runs
 =========================  ===============================================================
 
@@ -21,8 +22,8 @@ never imports torch. Nothing in the library imports this package.
 
 from __future__ import annotations
 
-import typer
-
+from accelrl.cli.common import command_group
+from accelrl.cli.dashboard import dashboard_command
 from accelrl.cli.demo import demo_command
 from accelrl.cli.deploy import deploy_app
 from accelrl.cli.envs import envs_app
@@ -37,12 +38,9 @@ from accelrl.names import Backend
 
 __all__ = ["Backend", "app", "render_trial", "rollout"]
 
-app = typer.Typer(
+app = command_group(
+    "Autonomous particle-accelerator beam tuning: environments, agents, BO, deployment.",
     name="accelrl",
-    help="Autonomous particle-accelerator beam tuning: environments, agents, BO, deployment.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
 )
 
 
@@ -77,10 +75,9 @@ app.command("serve-virtual", help="Serve the virtual accelerator (EPICS soft IOC
     serve_virtual_command
 )
 app.add_typer(surrogates_app, name="surrogates")
+app.command("dashboard", help="Watch runs live in the browser (read-only, 127.0.0.1).")(
+    dashboard_command
+)
 app.command("demo", help="Train a small agent on ARES-EA and evaluate it on the 300 trials.")(
     demo_command
 )
-
-
-if __name__ == "__main__":
-    app()

@@ -30,6 +30,25 @@ EXIT_ABORTED = 3
 EVAL_STEPS = 150
 
 
+def command_group(help: str, **kwargs: Any) -> typer.Typer:
+    """A typer app (the ``accelrl`` command or one of its groups) with the settings every
+    group shares: help on a bare call, no shell completion, no locals in tracebacks, and
+    help text read as Markdown (so units in brackets such as ``[m]`` are shown, not taken
+    for rich markup).
+
+    :param help: The group's help text.
+    :param kwargs: Further ``typer.Typer`` settings (e.g. ``name``).
+    """
+    return typer.Typer(
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_show_locals=False,
+        rich_markup_mode="markdown",
+        **kwargs,
+    )
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``error: message`` on stderr; return the ``Exit`` to raise (no traceback)."""
     err_console.print(f"[bold red]error:[/] {escape(message)}")
@@ -80,6 +99,25 @@ def check_env_id(env_id: str) -> str:
     return env_id
 
 
+def input_path(value: Path | None) -> Path | None:
+    """Option callback: the file or folder the user named, else the one accelrl ships under
+    that name (``agents/...``, ``deploy/...``, ``envs/...``, ``surrogates/...``; see
+    :func:`accelrl.resources.resolve`), so the documented commands work from any folder.
+
+    :raises typer.BadParameter: When neither exists.
+    """
+    if value is None:
+        return None
+    from accelrl.resources import resolve
+
+    path = resolve(value)
+    if not path.exists():
+        raise typer.BadParameter(
+            f"{value} does not exist (neither here nor among the files accelrl ships)"
+        )
+    return path
+
+
 def load_trial_set(path: Path | None) -> list[Trial]:
     """The trial set at ``path`` (default: the published set), errors as ``BadParameter``."""
     from accelrl.envs import load_trials
@@ -105,9 +143,8 @@ TrialsOpt = Annotated[
     Path | None,
     typer.Option(
         "--trials",
-        exists=True,
+        callback=input_path,
         dir_okay=False,
-        readable=True,
         help="Trial-set YAML (rl-vs-bo format); default: the 300 published ARES-EA trials.",
         show_default=False,
     ),

@@ -24,18 +24,17 @@ import typer
 from accelrl.cli.common import (
     EXIT_ABORTED,
     EXIT_INVALID,
+    command_group,
     console,
     fail,
+    input_path,
     parse_floats,
     print_run_result,
 )
 from accelrl.names import Mode
 
 #: ``accelrl deploy ...`` commands.
-deploy_app = typer.Typer(
-    help="Run exported policy bundles on machines (simulation or EPICS).",
-    no_args_is_help=True,
-)
+deploy_app = command_group("Run exported policy bundles on machines (simulation or EPICS).")
 
 
 @deploy_app.callback()
@@ -48,13 +47,17 @@ def deploy_run_command(
     bundle: Annotated[
         Path,
         typer.Option(
-            "--bundle", "-b", exists=True, file_okay=False, help="Policy bundle directory."
+            "--bundle", "-b", callback=input_path, file_okay=False, help="Policy bundle directory."
         ),
     ],
     machine: Annotated[
         Path,
         typer.Option(
-            "--machine", "-m", exists=True, dir_okay=False, help="Machine config (deploy/*.yaml)."
+            "--machine",
+            "-m",
+            callback=input_path,
+            dir_okay=False,
+            help="Machine config (deploy/*.yaml).",
         ),
     ],
     mode: Annotated[
@@ -79,7 +82,10 @@ def deploy_run_command(
     trials: Annotated[
         Path | None,
         typer.Option(
-            "--trials", exists=True, dir_okay=False, help="sim: trial set (default: published)."
+            "--trials",
+            callback=input_path,
+            dir_okay=False,
+            help="sim: trial set (default: published).",
         ),
     ] = None,
     settle_delay: Annotated[

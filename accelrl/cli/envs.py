@@ -9,15 +9,14 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import typer
 from rich.markup import escape
 from rich.table import Table
 
-from accelrl.cli.common import EVAL_STEPS, EnvIdArg, console
+from accelrl.cli.common import EVAL_STEPS, EnvIdArg, command_group, console
 from accelrl.units import INCOMING_DISPLAY, MM, UM, display_unit
 
 #: ``accelrl envs ...`` commands.
-envs_app = typer.Typer(help="Registered tuning environments.", no_args_is_help=True)
+envs_app = command_group("Registered tuning environments.")
 
 
 def _num(value: float, scale: float = 1.0) -> str:
@@ -61,19 +60,16 @@ def envs_list() -> None:
             str(len(spec.actuators)),
             str(limit if limit is not None else spec.max_episode_steps),
         )
-    # Environments configured in code (surrogate-based): described by their action space.
+    # Environments configured in code (surrogate-based): described by their classes, never
+    # built (building one loads its surrogate).
+    from gymnasium.envs.registration import load_env_creator
+
     from accelrl.registration import CODE_ENVIRONMENTS
 
     for env_id in sorted(CODE_ENVIRONMENTS):
-        env = gym.make(env_id)
-        try:
-            doc = (type(env.unwrapped).__doc__ or "").strip().splitlines()
-            n_act = int(np.prod(env.action_space.shape or (0,)))
-            table.add_row(
-                env_id, doc[0] if doc else "", str(n_act), str(env.spec.max_episode_steps)
-            )
-        finally:
-            env.close()
+        doc = (load_env_creator(CODE_ENVIRONMENTS[env_id][0]).__doc__ or "").strip().splitlines()
+        limit = gym.spec(env_id).max_episode_steps
+        table.add_row(env_id, doc[0] if doc else "", "surrogate inputs", str(limit))
     console.print(table)
 
 

@@ -9,6 +9,13 @@ metadata), ``config.json``, ``trial_metrics.csv``, ``summary.json`` (per optimis
 trials and the ``sigma_pos`` subset: ``median_best_mae_um``, ``median_final_mae_um``,
 ``median_steps_to_target``, ``median_steps_to_convergence``, their IQRs, ...),
 ``report.md`` and the PNG figures it shows.
+
+Each finished chunk of trials is written to ``--out``/parts as soon as it finishes. Ctrl-C
+(or SIGTERM) writes the finished trials as a partial result (``config.json``: ``"status":
+"partial"``, ``trials_done``) and exits with status 130 (143); the same command with
+``--resume`` runs only the missing trials and writes the result an uninterrupted run writes.
+An ``--out`` that holds files is refused unless ``--resume`` or ``--force`` (replace: the
+earlier run's result, parts and figures are removed first).
 """
 
 from __future__ import annotations
@@ -43,55 +50,36 @@ class ExecutorKind(StrEnum):
     dask = "dask"
 
 
-#: Columns of :func:`accelrl.agents.evaluation.report.summary_rows` shown on a narrow terminal (the
-#: medians; the IQRs are in report.md), with shorter headers.
-_NARROW = {
-    0: "optimiser",
-    1: "trials",
-    2: "n",
-    3: "best MAE",
-    5: "final MAE",
-    7: "steps to target",
-    9: "reached",
-    10: "steps to conv.",
-    12: "failed",
-}
+#: Columns every part of a folded summary repeats: optimiser and trial subset.
+_KEYS = (0, 1)
+_CAPTION = (
+    "MAE in um, medians; IQR: 25th-75th percentile; sigma > 0: both target sizes > 0; "
+    "never: the median trial did not reach 20 um"
+)
 
 
-def summary_table(result, wide: bool = True) -> Table:  # noqa: ANN001 - lazy import
+def summary_table(result, columns: list[int] | None = None, title: bool = True) -> Table:  # noqa: ANN001
     """The summary of an :class:`~accelrl.agents.evaluation.EvaluationResult` as a rich
-    table: medians and IQRs (``wide``), or medians only."""
+    table: every column of :func:`~accelrl.agents.evaluation.report.summary_rows`, or the
+    ``columns`` given (indices)."""
     from accelrl.agents.evaluation.report import summary_rows
 
     header, rows = summary_rows(result)
-    if not wide:
-        rows = [[r[0], r[1].replace("sigma > 0", "sigma>0"), *r[2:]] for r in rows]
-    keep = list(range(len(header))) if wide else list(_NARROW)
+    keep = list(range(len(header))) if columns is None else columns
     c = result.config
     table = Table(
         title=f"{c['env_id']}: {c['trials']['n']} trials x {c['max_steps']} steps, backend "
-        f"{c['backend']}, seed {c['seed']}",
-        caption=(
-            "MAE in um, medians"
-            + ("; IQR: 25th-75th percentile" if wide else "")
-            + "; sigma"
-            + (" > " if wide else ">")
-            + "0: both target sizes > 0; never: the median trial did not "
-            "reach 20 um" + ("" if wide else "; IQRs in report.md")
-        ),
+        f"{c['backend']}, seed {c['seed']}"
+        if title
+        else None,
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     for i in keep:
-        name = header[i] if wide else _NARROW[i]
-        cells = [name.split()] + [[r[i]] for r in rows]  # never cut a word or a value
+        cells = [header[i].split()] + [[r[i]] for r in rows]  # never cut a word or a value
         fit = max(len(w) for words in cells for w in words)
         table.add_column(
-            escape(name),
-            justify="right" if i >= 2 else "left",
-            no_wrap=i < 2,
-            min_width=fit,
-            width=None if wide else fit,
+            escape(header[i]), justify="right" if i >= 2 else "left", no_wrap=i < 2, min_width=fit
         )
     for row in rows:
         table.add_row(*(escape(row[i]) for i in keep), end_section=row[1] != "all")
@@ -99,11 +87,30 @@ def summary_table(result, wide: bool = True) -> Table:  # noqa: ANN001 - lazy im
 
 
 def print_summary(result) -> None:  # noqa: ANN001 - lazy import
-    """Print :func:`summary_table`: with the IQRs where the terminal is wide enough."""
-    table = summary_table(result, wide=True)
-    if console.measure(table).maximum > console.width:
-        table = summary_table(result, wide=False)
-    console.print(table)
+    """Print :func:`summary_table`; on a terminal too narrow for it, folded into parts that
+    each repeat the optimiser and subset columns (no column is ever cropped)."""
+    from accelrl.agents.evaluation.report import summary_rows
+
+    width = console.width
+
+    unlimited = console.options.update(max_width=100_000)
+
+    def fits(columns: list[int] | None) -> bool:
+        return console.measure(summary_table(result, columns), options=unlimited).maximum <= width
+
+    if fits(None):
+        console.print(summary_table(result))
+        console.print(_CAPTION, style="dim")
+        return
+    header, _ = summary_rows(result)
+    parts: list[list[int]] = [[]]
+    for i in range(len(_KEYS), len(header)):
+        if parts[-1] and not fits([*_KEYS, *parts[-1], i]):
+            parts.append([])
+        parts[-1].append(i)
+    for k, part in enumerate(parts):
+        console.print(summary_table(result, [*_KEYS, *part], title=k == 0))
+    console.print(_CAPTION, style="dim")
 
 
 def evaluate_command(
@@ -164,10 +171,26 @@ def evaluate_command(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
     ] = True,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the interrupted evaluation in --out (same options required); run "
+            "only its missing trials.",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Replace the evaluation in --out (its files and figures are removed)."
+        ),
+    ] = False,
 ) -> None:
     """Evaluate optimisers on a trial set; write records, summary.json, report.md and plots."""
     from accelrl.agents.evaluation import evaluate_many
     from accelrl.agents.evaluation.report import write_report
+    from accelrl.agents.evaluation.runner import EvaluationInterrupted
+    from accelrl.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
 
     try:
         result = evaluate_many(
@@ -181,11 +204,23 @@ def evaluate_command(
             dask_address=dask_address,
             progress=progress,
             limit=limit,
+            out=out,
+            resume=resume,
+            force=force,
         )
     except (ValueError, TypeError, ImportError, FileNotFoundError) as err:
         raise fail(str(err)) from None
-    out.mkdir(parents=True, exist_ok=True)
-    result.save(out)
+    except EvaluationInterrupted as err:
+        if err.result is None:
+            kept = "no trial had finished"
+        else:
+            done = err.result.config["trials_done"]
+            kept = "finished trials kept in " + str(out) + " (status partial): "
+            kept += ", ".join(f"{label} {n}/{err.result.config['trials']['n']}"
+                              for label, n in done.items())  # fmt: skip
+        warn(f"interrupted; {kept}; run the same command with --resume to finish")
+        code = EXIT_TERMINATED if isinstance(err.__cause__, Terminated) else EXIT_INTERRUPTED
+        raise typer.Exit(code) from None
     known = set(result.trial_table(result.optimisers[0])["trial"].tolist())
     if example and (unknown := [k for k in example if k not in known]):
         warn(f"--example {unknown} not evaluated; ignored")

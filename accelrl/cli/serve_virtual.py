@@ -1,4 +1,5 @@
-"""``accelrl serve-virtual``: serve the virtual accelerator (a Channel Access soft IOC).
+"""``accelrl serve-virtual``: serve the virtual accelerator (an EPICS 7 IOC serving Channel
+Access and PV Access, or a caproto Channel Access server).
 
 Registered in :mod:`accelrl.cli` as
 ``app.command("serve-virtual")(serve_virtual_command)``. The simulation (torch) is imported
@@ -9,10 +10,12 @@ Examples::
     accelrl serve-virtual --config deploy/virtual_ares_ea.yaml
     accelrl serve-virtual --config deploy/virtual_ares_ea.yaml --port 5070 --prefix VA2: \\
         --trial 57 --fault stale --write-machine-config /tmp/va2_machine.yaml
+    accelrl serve-virtual --config deploy/virtual_ares_ea.yaml --server caproto
 
 Clients then use ``EPICS_CA_ADDR_LIST=127.0.0.1 EPICS_CA_AUTO_ADDR_LIST=NO
-EPICS_CA_SERVER_PORT=<port>`` and the machine config (the one written by
-``--write-machine-config`` when ``--prefix`` renames the PVs).
+EPICS_CA_SERVER_PORT=<port>`` (PV Access: ``EPICS_PVA_ADDR_LIST=127.0.0.1:<pva port>``) and
+the machine config (the one written by ``--write-machine-config`` when ``--prefix`` renames
+the PVs).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from typing import Annotated
 
 import typer
 
+from accelrl.cli.common import input_path
+
 
 def serve_virtual_command(
     config: Annotated[
@@ -30,6 +35,7 @@ def serve_virtual_command(
             "--config",
             "-c",
             help="Virtual accelerator config (YAML), e.g. deploy/virtual_ares_ea.yaml.",
+            callback=input_path,
             show_default=False,
         ),
     ],
@@ -41,6 +47,23 @@ def serve_virtual_command(
             min=1024,
             max=65535,
             help="Channel Access server port (EPICS_CA_SERVER_PORT); default the config's.",
+        ),
+    ] = None,
+    pva_port: Annotated[
+        int | None,
+        typer.Option(
+            "--pva-port",
+            min=1024,
+            max=65535,
+            help="PV Access server port (softioc server); default the config's.",
+        ),
+    ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="softioc (EPICS 7 IOC: CA and PVA, record fields, alarms) or caproto "
+            "(pure-Python CA server); default the config's.",
         ),
     ] = None,
     prefix: Annotated[
@@ -68,9 +91,9 @@ def serve_virtual_command(
     ] = None,
 ) -> None:
     """Serve the virtual accelerator: the accelrl simulation of a published trial behind
-    EPICS Channel Access PVs on 127.0.0.1 (magnets with ramps and busy flags, a noisy
-    screen, interlock, beam loss, heartbeat, and faults switchable through <prefix>FAULT).
-    Runs until Ctrl-C."""
+    EPICS PVs on 127.0.0.1 (magnets with ramps and busy flags, a noisy screen, interlock,
+    beam loss, heartbeat, and faults switchable through <prefix>SIM:FAULT). Runs until
+    Ctrl-C."""
     import yaml
     from rich.console import Console
 
@@ -78,7 +101,11 @@ def serve_virtual_command(
 
     err = Console(stderr=True, soft_wrap=True)
     try:
-        loaded = load_virtual_config(config, port=port, prefix=prefix, trial=trial)
+        if server not in (None, "softioc", "caproto"):
+            raise VirtualConfigError(f"--server must be softioc or caproto, got {server!r}")
+        loaded = load_virtual_config(
+            config, port=port, pva_port=pva_port, prefix=prefix, trial=trial, server=server
+        )
         if fault:
             faults = loaded.config.faults.model_dump()
             faults["active"] = sorted(set(faults["active"]) | set(fault))
@@ -99,9 +126,15 @@ def serve_virtual_command(
         f"faults {list(cfg.faults.active) or 'none'}",
         highlight=False,
     )
+    pva = (
+        f"; PV Access: EPICS_PVA_ADDR_LIST={cfg.interface}:{cfg.pva_port}"
+        if cfg.server == "softioc"
+        else ""
+    )
     err.print(
-        f"serving on {cfg.interface}:{cfg.port}; clients: EPICS_CA_ADDR_LIST={cfg.interface} "
-        f"EPICS_CA_AUTO_ADDR_LIST=NO EPICS_CA_SERVER_PORT={cfg.port}",
+        f"{cfg.server} server on {cfg.interface}:{cfg.port}; clients: "
+        f"EPICS_CA_ADDR_LIST={cfg.interface} EPICS_CA_AUTO_ADDR_LIST=NO "
+        f"EPICS_CA_SERVER_PORT={cfg.port}{pva}",
         highlight=False,
     )
     try:
@@ -112,8 +145,12 @@ def serve_virtual_command(
         pass
     import logging
 
-    from accelrl.deploy.virtual.ioc import run
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("caproto").setLevel(logging.WARNING)
+    if cfg.server == "softioc":
+        from accelrl.deploy.virtual import supervisor
+
+        raise typer.Exit(supervisor.run(loaded))
+    from accelrl.deploy.virtual.ioc import run
+
     run(loaded)

@@ -2,8 +2,11 @@
 
 ``accelrl surrogates generate SPEC [--workers N] [--out PATH] [--limit n] [--dask ADDR]``
     Runs the Sobol design of a dataset spec through its simulator (Wake-T or FBPIC) and
-    writes ``<name>.parquet`` + ``<name>.meta.json``; a second call resumes, running only
-    the samples not yet in the table.
+    writes ``<name>.parquet`` + ``<name>.meta.json`` (default: into ``runs/surrogates/``,
+    never over the shipped datasets). A dataset already at ``--out`` is refused unless
+    ``--resume`` (run only the samples not yet in the table; refused when the table's
+    sidecar holds a different spec, or there is no sidecar) or ``--force`` (start over).
+    Ctrl-C or SIGTERM keeps every finished run and leaves no worker process.
 
 The standalone entry point for a machine without the full ``accelrl`` command line:
 ``python -m accelrl.cli.surrogates generate SPEC ...``.
@@ -26,15 +29,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from accelrl.cli.common import command_group
+
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-surrogates_app = typer.Typer(
-    help="Plasma-accelerator simulation datasets (Wake-T, FBPIC) and surrogate models.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_show_locals=False,
+surrogates_app = command_group(
+    "Plasma-accelerator simulation datasets (Wake-T, FBPIC) and surrogate models."
 )
 
 
@@ -62,7 +64,7 @@ def generate_command(
         Path | None,
         typer.Option(
             "--out",
-            help="Table path (.parquet) or folder; default: <spec folder>/<name>.parquet.",
+            help="Table path (.parquet) or folder; default: runs/surrogates/<name>.parquet.",
             show_default=False,
         ),
     ] = None,
@@ -90,11 +92,26 @@ def generate_command(
         bool, typer.Option("--retry-failed", help="Rerun samples whose row is 'failed'.")
     ] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the dataset at --out (same spec required): run its missing samples.",
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the dataset at --out (start over).")
+    ] = False,
 ) -> None:
     """Generate (or resume) a simulation dataset from a spec."""
+    from accelrl.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated
     from accelrl.surrogates.dataset import DatasetError
     from accelrl.surrogates.generate import generate
     from accelrl.surrogates.spec import DatasetSpecError
+
+    if resume and force:
+        err_console.print("[bold red]error:[/] give --resume or --force, not both")
+        raise typer.Exit(1)
 
     executor = None
     address = None
@@ -117,10 +134,19 @@ def generate_command(
             retry_failed=retry_failed,
             progress=progress,
             command=command,
+            resume=resume,
+            force=force,
         )
     except (DatasetSpecError, DatasetError, ValueError) as err:
         err_console.print(f"[bold red]error:[/] {escape(str(err))}")
         raise typer.Exit(1) from None
+    except KeyboardInterrupt as err:
+        err_console.print(
+            "[yellow]interrupted:[/] every finished run is in the table; run the same command "
+            "with --resume to continue"
+        )
+        code = EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
+        raise typer.Exit(code) from None
     counts = ", ".join(f"{k}={v}" for k, v in report.status_counts.items())
     console.print(
         f"{escape(str(report.table_path))}: {report.n_run} runs in {report.wall_time_s:.1f} s "
@@ -135,8 +161,11 @@ def train_command(
     ],
     out: Annotated[
         Path | None,
-        typer.Option(help="Output folder [default: surrogates/models/<dataset>]."),
+        typer.Option(help="Output folder [default: runs/surrogates/models/<dataset>]."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a surrogate already in the output folder.")
+    ] = False,
     config: Annotated[
         Path | None, typer.Option(help="YAML with TrainConfig fields (members, epochs, ...).")
     ] = None,
@@ -183,7 +212,13 @@ def train_command(
         cfg = TrainConfig.model_validate(data)
     except Exception as err:  # pydantic names the field and the value
         raise typer.BadParameter(str(err)) from None
-    out_dir = out or (Path(ds.path).parent / "models" / ds.name if ds.path else Path(ds.name))
+    from accelrl.runs import OutputFolderError, prepare_output
+
+    out_dir = out or Path("runs") / "surrogates" / "models" / ds.name
+    try:
+        prepare_output(out_dir, force=force, owned=("surrogate.*", "report", "report/*"))
+    except OutputFolderError as err:
+        raise typer.BadParameter(str(err), param_hint="'--out'") from None
     counts = ds.status_counts()
     typer.echo(f"dataset {ds.name}: {len(ds.table)} rows {counts}")
     result = train_surrogate(ds, cfg, progress=progress)

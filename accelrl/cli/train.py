@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
+from accelrl.cli.common import input_path
 from accelrl.cli.options import finite
 
 if TYPE_CHECKING:
@@ -28,6 +29,21 @@ def default_out(recipe: Path, seed: int) -> Path:
     """``runs/<recipe file stem>-<seed>`` (relative to the working directory)."""
     return Path("runs") / f"{recipe.stem}-{seed}"
 
+
+#: What a training run writes into its run directory (``--force`` replaces these only).
+SB3_FILES = (
+    "policy",
+    "model.zip",
+    "vecnormalize.pkl",
+    "recipe.yaml",
+    "evaluations.json",
+    "episodes.csv",
+    "learning_curve.png",
+    "train_summary.json",
+    "logs",
+    "checkpoints",
+)
+APG_FILES = ("policy", "recipe.yaml")
 
 #: Recipe field -> the command-line option that overrides it.
 _OPTION = {"total_timesteps": "timesteps", "seed": "seed"}
@@ -87,7 +103,7 @@ def prepare(
     if _occupied(run_dir) and not force:
         raise typer.BadParameter(
             f"{run_dir} exists and is not empty (a previous run?); choose another --out or "
-            "pass --force to write into it",
+            "pass --force to replace that run",
             param_hint="'--out'",
         )
     return recipe, run_dir
@@ -100,6 +116,7 @@ def train_command(
             "--recipe",
             "-r",
             help="Training recipe (YAML), e.g. agents/td3_icml.yaml.",
+            callback=input_path,
             show_default=False,
         ),
     ],
@@ -129,7 +146,11 @@ def train_command(
     ] = None,
     force: Annotated[
         bool,
-        typer.Option("--force", help="Write into an existing, non-empty run directory."),
+        typer.Option(
+            "--force",
+            help="Reuse an existing, non-empty run directory (the files a run writes are "
+            "replaced; others are kept).",
+        ),
     ] = False,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
@@ -150,6 +171,14 @@ def train_command(
     try:
         r, run_dir = prepare(recipe, out, timesteps, seed, time_limit, force)
     except (RecipeError, RuntimeError) as e:  # RuntimeError: a missing optional package
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
+    from accelrl.runs import OutputFolderError, prepare_output
+
+    try:  # everything is valid: now the run directory may be created (or cleared)
+        owned = APG_FILES if isinstance(r, APGRecipe) else SB3_FILES
+        prepare_output(run_dir, force=force, owned=owned, what="--out")
+    except OutputFolderError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
     if isinstance(r, APGRecipe):

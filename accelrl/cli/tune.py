@@ -17,9 +17,16 @@ in the deploy controller: every write through the safety layer, modes shadow / c
 the run log in ``--out``/run, rollback on an abort (exit status 3).
 
 Writes into ``--out``: the session (``problem.json``, ``session.json``, ``data.csv``,
-``model.pt``; resumable with :meth:`accelrl.agents.bo.TuningSession.load`), ``summary.json``,
+``model.npz``, ``manifest.json``; see :mod:`accelrl.agents.bo.persistence`), ``summary.json``,
 ``objective.png`` (objective per step) and ``slices.png`` (GP and prior around the best
 setting). At the end the machine is returned to the best observed setting.
+
+An ``--out`` that holds files is refused unless ``--force`` (replace: the earlier session,
+plots, summary and run logs are removed first) or ``--resume``: continue the session saved
+there for ``--steps`` more steps. A resumed session is loaded only after its files verify
+against their sha256 and its bounds and max step lie within the machine's limits (the
+machine config's knobs, or the task's actuators and ``--max-step``); it must have been run
+with the same machine, trial, prior and acquisition.
 """
 
 from __future__ import annotations
@@ -45,10 +52,24 @@ from accelrl.names import ARES_EA_ID, TRANSVERSE, Mode
 from accelrl.units import um
 
 if TYPE_CHECKING:
-    from accelrl.agents.bo import BOOptimiser
+    from accelrl.agents.bo import BOOptimiser, TuningSession
 
 #: Built-in machines ``--machine`` accepts (besides a machine config file).
 MACHINES: tuple[str, ...] = ("sim:ares-ea",)
+#: What a tuning run writes into ``--out`` (glob patterns; ``--force`` removes these).
+OUT_FILES: tuple[str, ...] = (
+    "problem.json",
+    "session.json",
+    "data.csv",
+    "model.npz",
+    "model.pt",
+    "manifest.json",
+    "summary.json",
+    "objective.png",
+    "slices.png",
+    "run",
+    "run-*",
+)
 
 
 class PriorChoice(StrEnum):
@@ -127,12 +148,30 @@ def tune_command(
         list[str] | None,
         typer.Option("--ca-address", help="Machine config, ca/pva: search only HOST[:PORT]."),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the session saved in --out (checked against the machine's limits).",
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the session, plots and logs in --out.")
+    ] = False,
 ) -> None:
     """Tune a machine with Bayesian optimisation (BoTorch) and a physics-informed prior."""
+    from accelrl.runs import OutputFolderError, prepare_output
+
+    try:
+        prepare_output(out, resume=resume, force=force, owned=OUT_FILES)
+    except OutputFolderError as err:
+        raise fail(str(err), EXIT_INVALID) from None
     if machine not in MACHINES and Path(machine).suffix in (".yaml", ".yml"):
+        from accelrl.resources import resolve
+
         _tune_machine_config(
-            out, Path(machine), trial, prior, acquisition, steps, budget, seed, mode, target,
-            ca_address,
+            out, resolve(machine), trial, prior, acquisition, steps, budget, seed, mode, target,
+            ca_address, resume,
         )  # fmt: skip
         return
     if mode is not None or target is not None or ca_address:
@@ -145,17 +184,54 @@ def tune_command(
         raise fail(
             f"--machine {machine} is not one of {list(MACHINES)} nor a machine config (.yaml)"
         )
-    _tune_simulation(out, trial, prior, acquisition, steps, budget, max_step, seed, progress)
+    _tune_simulation(
+        out, trial, prior, acquisition, steps, budget, max_step, seed, progress, resume
+    )
 
 
 def _optimiser(
-    prior: PriorChoice, acquisition: AcquisitionChoice, budget: float, max_step: float = 1.0
+    prior: PriorChoice,
+    acquisition: AcquisitionChoice,
+    budget: float,
+    max_step: float = 1.0,
+    resumed: TuningSession | None = None,
 ) -> BOOptimiser:
+    """The BO optimiser of a run; with ``resumed``, its first reset continues that session
+    (after checking it lies within the limits of the problem the machine gives)."""
     from accelrl.agents.bo import BOOptimiser
+    from accelrl.agents.bo.persistence import check_within_limits
 
-    return BOOptimiser(
+    class Resumed(BOOptimiser):
+        def reset(self, problem: Any) -> None:
+            super().reset(problem)  # a fresh session on the machine's problem
+            if resumed is not None:
+                check_within_limits(resumed.problem, self.session.problem, "resumed session")
+                self.session = resumed
+
+    return Resumed(
         prior=prior.value, acquisition=acquisition.value, budget_s=budget, max_step=max_step
     )
+
+
+def _resumed_session(out: Path, limits: Any, expected: dict[str, Any]) -> TuningSession:
+    """The session saved in ``out``, loaded against ``limits``; refused when its summary
+    names another machine, trial, prior or acquisition than ``expected``."""
+    from accelrl.agents.bo import TuningSession
+    from accelrl.agents.bo.persistence import SessionFileError
+
+    summary_path = out / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError) as err:
+        raise fail(f"--resume: {summary_path} cannot be read ({err})", EXIT_INVALID) from None
+    differ = [f"{k}: {summary.get(k)!r} there, {v!r} now" for k, v in expected.items()
+              if summary.get(k) != v]  # fmt: skip
+    if differ:
+        raise fail(f"--resume: {out} holds another tuning run ({'; '.join(differ)})", EXIT_INVALID)
+    try:
+        return TuningSession.load(out, limits=limits)
+    except (SessionFileError, ValueError) as err:
+        raise fail(f"--resume: {err}", EXIT_INVALID) from None
 
 
 def _write_session(optimiser: BOOptimiser, out: Path) -> list[str]:
@@ -168,7 +244,8 @@ def _write_session(optimiser: BOOptimiser, out: Path) -> list[str]:
     session.save(out)
     plot_objective(session, out / "objective.png")
     plot_slices(session, out / "slices.png")
-    return ["problem.json", "session.json", "data.csv", "model.pt", "objective.png", "slices.png"]
+    files = ["problem.json", "session.json", "data.csv", "model.npz", "manifest.json"]
+    return [*files, "objective.png", "slices.png"]
 
 
 def _tune_simulation(
@@ -181,6 +258,7 @@ def _tune_simulation(
     max_step: float,
     seed: int,
     progress: bool,
+    resume: bool = False,
 ) -> None:
     """A BO session on one published trial of the simulated ARES-EA, run by the evaluation
     protocol (the same loop as ``accelrl evaluate``), with a live table."""
@@ -194,8 +272,17 @@ def _tune_simulation(
     if trial >= len(trials):
         raise fail(f"--trial {trial} is not in 0..{len(trials) - 1}")
     spec = TASKS[ARES_EA_ID]()
+    resumed = None
+    if resume:
+        limits = {
+            a.name: (a.low, a.high, max_step * max(abs(a.low), abs(a.high)) or float("inf"))
+            for a in spec.actuators
+        }
+        expected = {"machine": "sim:ares-ea", "trial": trial, "prior": prior.value,
+                    "acquisition": acquisition.value}  # fmt: skip
+        resumed = _resumed_session(out, limits, expected)
     # --max-step is a fraction of max(|low|, |high|); the optimiser counts in max_delta.
-    optimiser = _optimiser(prior, acquisition, budget, max_step / spec.delta_fraction)
+    optimiser = _optimiser(prior, acquisition, budget, max_step / spec.delta_fraction, resumed)
     rows: list[tuple[int, float]] = []
 
     def view() -> Table:
@@ -296,9 +383,11 @@ def _tune_machine_config(
     mode: Mode | None,
     target: str | None,
     ca_address: list[str] | None,
+    resume: bool = False,
 ) -> None:
     """A BO session on the machine of a machine config, run by the deploy controller: every
-    write through the safety layer, logged; an abort rolls the knobs back."""
+    write through the safety layer, logged (``run/``; ``run-2/``, ... when resumed); an
+    abort rolls the knobs back."""
     from accelrl.deploy.config import MachineConfigError, load_machine_config
     from accelrl.deploy.controller import Controller, StopReason
     from accelrl.deploy.machines import build_machine
@@ -314,9 +403,14 @@ def _tune_machine_config(
     if config.env_id not in TASKS:
         raise fail(f"machine {config.name!r}: unknown task {config.env_id!r}", EXIT_INVALID)
     target_values = parse_floats(target, 4, "'--target'") if target is not None else None
-    log_dir = out / "run"
-    if (log_dir / "run.jsonl").exists():
-        raise typer.BadParameter(f"{out} already holds a run", param_hint="'--out'")
+    resumed = None
+    if resume:
+        expected = {"machine": config.name, "prior": prior.value, "acquisition": acquisition.value}
+        resumed = _resumed_session(out, config, expected)
+    log_dir, k = out / "run", 1
+    while log_dir.exists():
+        k += 1
+        log_dir = out / f"run-{k}"
     try:
         mach, sim_target = build_machine(config, trial, None, 0.0, 0.0, seed, ca_address)
     except ValueError as err:
@@ -332,7 +426,7 @@ def _tune_machine_config(
         run_mode = (
             mode if mode is not None else (Mode.auto if config.transport == "sim" else Mode.confirm)
         )
-        optimiser = _optimiser(prior, acquisition, budget)
+        optimiser = _optimiser(prior, acquisition, budget, resumed=resumed)
         try:
             controller = Controller(
                 optimiser, mach, SafetyLayer(mach, config), run_mode, target=target_values,
@@ -349,7 +443,7 @@ def _tune_machine_config(
         result = controller.run()
     finally:
         mach.close()
-    written = ["run/", *_write_session(optimiser, out)]
+    written = [f"{log_dir.name}/", *_write_session(optimiser, out)]
     session = optimiser.session
     summary = {
         "machine": config.name,

@@ -38,7 +38,7 @@ The machine reports no "beam on screen" flag: optimisers see the beam as on the 
 a lost beam ends the run through the safety layer (beam loss, non-finite reading).
 
 This module needs numpy and onnxruntime only (no torch). It is one class and its results
-(~560 lines): the step, the loop, the rollback and the summary share the state of one run.
+(~590 lines): the step, the loop, the rollback and the summary share the state of one run.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -177,6 +178,8 @@ class Controller:
     :param rollback_on_stop: Also roll back when the operator stops or the budget ends.
     :param plot: Write ``run.png`` at the end.
     :param fsync: fsync every log record.
+    :param announce: Shows the machine's protections at the start of :meth:`run` (one line
+        each, an opt-out marked ``OFF`` with its reason); default: printed on stderr.
     :raises BundleError: If a bundle does not fit the machine (knobs, observations, task).
     :raises ValueError: For an invalid mode, target, thresholds or budget.
     """
@@ -199,6 +202,7 @@ class Controller:
         rollback_on_stop: bool = False,
         plot: bool = True,
         fsync: bool = True,
+        announce: Callable[[str], None] | None = None,
     ) -> None:
         if isinstance(optimiser, str | Path):
             optimiser = OnnxPolicy(optimiser)
@@ -247,6 +251,7 @@ class Controller:
         self.rollback_on_stop = rollback_on_stop
         self.plot = plot
         self.fsync = fsync
+        self.announce: Callable[[str], None] = announce or _print_stderr
         self._interrupts = 0
 
     # ------------------------------------------------------------------ operator stop
@@ -320,6 +325,8 @@ class Controller:
             "thresholds": self.thresholds.tolist(),
             "max_steps": self.max_steps,
             "initial": initial,
+            "protections": self.safety.config.protections(),
+            "rollback_config": self.safety.config.rollback.model_dump(),
         }
 
     # ------------------------------------------------------------------ one step
@@ -383,7 +390,8 @@ class Controller:
         t1 = time.perf_counter()
         if step == 0:
             self.optimiser.reset(self._problem(magnets))
-        commanded = np.array([safety.commanded[n] for n in self.knob_names])  # type: ignore[index]
+        last = safety.commanded or {}
+        commanded = np.array([last[n] for n in self.knob_names])
         answer = np.asarray(
             self.optimiser.ask(
                 Observation(beam, magnets, self.target.copy(), True, step, setpoints=commanded)
@@ -433,6 +441,10 @@ class Controller:
         t_run = time.perf_counter()
         abort: SafetyAbort | None = None
         initial: dict[str, float] | None = None
+        config = self.safety.config
+        self.announce(f"protections of {config.name} ({config.transport}):")
+        for line in config.protection_lines():
+            self.announce(f"  {line}")
         try:
             initial = self.safety.start()
         except SafetyAbort as err:
@@ -489,17 +501,27 @@ class Controller:
         return StopReason.abort, steps, writes, last_error, abort
 
     def _rollback(self, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        """Roll back, logging every ramp write as it happens."""
+        """Roll back, logging (and fsyncing) every ramp write attempt and every knob left
+        alone as it happens: ``rollback`` records with ``event`` ``"write"`` (``index``,
+        ``setpoints``, ``attempt``, ``may_hold``, ``ok``, ``error``, ``readbacks``),
+        ``"foreign_write"`` or ``"waiting"``."""
 
         def on_write(index: int, write: Mapping[str, Any]) -> None:
-            emit({"type": "rollback", "index": index, "time": time.time(), **write})
+            emit({"type": "rollback", "event": "write", "index": index, "time": time.time(),
+                  **write})  # fmt: skip
 
-        rb = self.safety.rollback(on_write=on_write)
+        def on_note(note: Mapping[str, Any]) -> None:
+            emit({"type": "rollback", "time": time.time(), **note})
+
+        rb = self.safety.rollback(on_write=on_write, on_note=on_note)
         return {
             "complete": rb.complete,
             "verified": rb.verified,
             "writes": len(rb.writes),
             "detail": rb.detail,
+            "not_restored": rb.not_restored,
+            "foreign": rb.foreign,
+            "waited_s": rb.waited_s,
             "final_setpoints": rb.final_setpoints,
         }
 
@@ -554,6 +576,10 @@ class Controller:
             log_dir=self.log_dir,
             summary=summary,
         )
+
+
+def _print_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def mae(error: Mapping[str, float] | None) -> float:

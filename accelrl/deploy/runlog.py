@@ -4,11 +4,16 @@ A run directory holds::
 
     run.jsonl      one JSON object per line, each written, flushed and fsync'ed before the
                    controller goes on (a crash loses at most the line being written):
-                     {"type": "start", ...}     bundle, machine, mode, limits, target,
-                                                initial settings (a new folder per run;
-                                                an existing run.jsonl is never appended to)
+                     {"type": "start", ...}     optimiser or bundle, machine, mode,
+                                                limits, protections, target, initial
+                                                settings (a new folder per run; an
+                                                existing run.jsonl is never appended to)
                      {"type": "step", ...}      one per step (see below)
-                     {"type": "rollback", ...}  one per rollback ramp write
+                     {"type": "rollback", ...}  as the rollback goes: ``event`` ``write``
+                                                (one per ramp write attempt),
+                                                ``foreign_write`` (a knob another client
+                                                wrote, left alone) or ``waiting`` (an
+                                                outage being waited out)
                      {"type": "end", ...}       the summary
     summary.json   the end-of-run summary (also the last line of run.jsonl)
     run.png        beam errors and knob values vs step, the abort marked (matplotlib,

@@ -1,41 +1,54 @@
 """The safety layer: every read the controller acts on and every write it makes goes through
 :class:`SafetyLayer`.
 
-Rules (all limits in SI units, per knob):
+The layer holds under any sequence of faults, including a failure after a call has taken
+effect (a put that landed and then raised): what it knows of each knob is the set of values
+the knob *may* hold (:class:`~accelrl.deploy.holdings.Holdings`), and every rule is applied
+to the worst case of that set. Rules (all limits in SI units, per knob):
 
 1. **Hard bounds from the machine config.** A setpoint is always within ``[low, high]`` of
    the machine config intersected with the bundle's knob limits -- never wider than either.
    Nothing the policy outputs can change them.
-2. **Max change per write.** ``|setpoint - current setpoint| <= max_step``, where
-   ``max_step`` is the machine config's, narrowed by the bundle's largest action (delta
-   mode). Clipping is towards the current setpoint, so it never leaves the hard bounds.
+2. **Max change per write.** ``|setpoint - s| <= max_step`` for *every* value ``s`` the knob
+   may hold, where ``max_step`` is the machine config's, narrowed by the bundle's largest
+   action (delta mode). Clipping is towards the commanded setpoint, so it never leaves the
+   hard bounds.
 3. **Rollback stays possible.** A setpoint is at most ``ramp_steps_max * max_step`` from the
-   initial setting, so the rollback ramp always fits in ``ramp_steps_max`` writes.
+   initial setting, so the rollback ramp fits in ``ramp_steps_max`` writes.
 4. **Start in bounds.** If a knob's initial setpoint or readback is outside the hard bounds,
    nothing is written (abort ``initial_out_of_bounds``).
-5. **Verified writes.** Before a write: health is checked and the setpoints read back must
-   still be the ones last written (abort ``setpoint_changed`` otherwise: another client moved
-   a knob). After the put: the machine settles (busy flags; ``SettleTimeout`` -> abort
-   ``settle_timeout``), the *setpoints* read back must equal what was written (a put that a
-   client library did not report as rejected is caught here: ``put_rejected``), and the
-   *readbacks* must come within ``tolerance`` before the settle timeout (``put_unverified``).
-   Health is checked again. On a machine that reads readbacks, setpoints and health in one
-   request (:class:`~accelrl.deploy.machine.ReadsState`) these reads are combined, and the
+5. **Verified writes.** The commanded setpoint is the last value that may have reached the
+   machine: it is recorded *before* the put is sent. Before a write: health is checked and
+   the setpoints read back must be values this run may have left there (abort
+   ``setpoint_changed`` otherwise: another client wrote a knob). After the put: the machine
+   settles (busy flags; ``SettleTimeout`` -> abort ``settle_timeout``); the *setpoints* read
+   back must equal what was written -- a value this run may have left there but not the one
+   written is ``put_rejected`` (the put was not applied), any other value is
+   ``setpoint_changed`` (the put raced another client's write); the *readbacks* must come
+   within ``tolerance`` before the settle timeout (``put_unverified``). Health is checked
+   again. On a machine that reads readbacks, setpoints and health in one request
+   (:class:`~accelrl.deploy.machine.ReadsState`) these reads are combined, and the
    pre-write check may be the health and setpoints read with the step's
    ``read_knobs(health=True)`` if its answer arrived at most ``SafetyLayer.state_reuse_s``
-   (2 ms) before and nothing was put since -- no older than the health of a separate health
-   read followed by a setpoints read was when the put went out.
+   (2 ms) before and nothing was put since.
 6. **Fresh readings.** Only observations time-stamped after the last verified write (and
    after the previous observation used) are accepted; waiting longer than
    ``timing.reading_timeout_s`` aborts (``stale_reading``). NaN/inf readings abort
    (``nonfinite_reading``).
 7. **Abort on** interlock, beam loss, disconnected channels, a heartbeat older than
-   ``heartbeat.max_age_s``, a rejected or unverified put, NaN/inf from the policy
-   (``nonfinite_action``) -- raised as :class:`SafetyAbort` with an :class:`AbortReason`.
-8. **Rollback** (:meth:`SafetyLayer.rollback`): from the last written setpoints back to the
-   initial ones on a straight ramp, each write at most ``max_step`` per knob, every write
-   verified; it continues through the fault that caused the abort (it is the way back to
-   known-good settings) and retries a failed write before giving up.
+   ``heartbeat.max_age_s`` (unless the config opts out of the heartbeat), a rejected or
+   unverified put, NaN/inf from the policy (``nonfinite_action``) -- raised as
+   :class:`SafetyAbort` with an :class:`AbortReason`.
+8. **Rollback** (:meth:`SafetyLayer.rollback`, :mod:`accelrl.deploy.rollback`): back to the
+   initial setpoints, only on knobs this run moved and no other client wrote since, each
+   write within ``max_step`` of every value the knob may hold, waiting out an outage up to
+   ``rollback.outage_deadline_s``; what it could not restore is reported knob by knob.
+
+The seams: verified writes are :mod:`accelrl.deploy.verify`, the rollback
+:mod:`accelrl.deploy.rollback`, the bookkeeping of possible values
+:mod:`accelrl.deploy.holdings`, the limits arithmetic :mod:`accelrl.limits`. What remains here
+(~530 lines, most of them these rules and the docstrings) is one class whose reads, proposals
+and writes share the layer's state.
 
 This module needs numpy only.
 """
@@ -45,79 +58,33 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from accelrl.bundle import Manifest
+from accelrl.deploy.aborts import AbortReason, SafetyAbort, machine_call
 from accelrl.deploy.config import MachineConfig
-from accelrl.deploy.machine import (
-    Disconnected,
-    Health,
-    Machine,
-    MachineError,
-    PutRejected,
-    Reading,
-    SettleTimeout,
-    State,
-)
-from accelrl.limits import StepLimits
+from accelrl.deploy.holdings import Holdings
+from accelrl.deploy.knob_limits import KnobLimit, effective_limits
+from accelrl.deploy.machine import Health, Machine, Reading, State
+from accelrl.deploy.rollback import RollbackResult
+from accelrl.deploy.rollback import rollback as run_rollback
+from accelrl.deploy.verify import WriteResult, put_and_verify, reconcile
+from accelrl.limits import STEP_SLACK, StepLimits
 
-
-class AbortReason(StrEnum):
-    """Why a run was aborted."""
-
-    interlock = "interlock"
-    beam_loss = "beam_loss"
-    disconnected = "disconnected"
-    stale_heartbeat = "stale_heartbeat"
-    put_rejected = "put_rejected"
-    put_unverified = "put_unverified"
-    settle_timeout = "settle_timeout"
-    setpoint_changed = "setpoint_changed"
-    stale_reading = "stale_reading"
-    nonfinite_reading = "nonfinite_reading"
-    nonfinite_action = "nonfinite_action"
-    initial_out_of_bounds = "initial_out_of_bounds"
-    unsafe_setpoint = "unsafe_setpoint"
-    machine_error = "machine_error"
-    operator_abort = "operator_abort"
-    internal_error = "internal_error"
-
-
-class SafetyAbort(RuntimeError):
-    """The run must stop and roll back.
-
-    :param reason: The rule that fired.
-    :param detail: Human-readable specifics (knob, values, limits).
-    """
-
-    def __init__(self, reason: AbortReason, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-@dataclass(frozen=True)
-class KnobLimit:
-    """Effective limits of one knob (SI).
-
-    :param name: Knob name.
-    :param low: Hard lower bound (config intersected with the bundle).
-    :param high: Hard upper bound.
-    :param max_step: Largest change per write.
-    :param tolerance: Accepted ``|readback - setpoint|``.
-    :param unit: SI unit.
-    """
-
-    name: str
-    low: float
-    high: float
-    max_step: float
-    tolerance: float
-    unit: str = ""
+__all__ = [
+    "AbortReason",
+    "Clip",
+    "KnobLimit",
+    "Proposal",
+    "RollbackResult",
+    "SafetyAbort",
+    "SafetyLayer",
+    "WriteResult",
+    "effective_limits",
+]
 
 
 @dataclass(frozen=True)
@@ -140,7 +107,7 @@ class Clip:
 class Proposal:
     """What the safety layer makes of one policy action (no I/O done yet).
 
-    :param base: Setpoints the action applies to (the last written / initial ones).
+    :param base: Setpoints the action applies to (the commanded ones).
     :param requested: Setpoints the policy asked for (``base + action`` or ``action``).
     :param setpoints: The safe setpoints to write.
     :param clips: The limits that changed ``requested``.
@@ -152,78 +119,6 @@ class Proposal:
     clips: tuple[Clip, ...]
 
 
-@dataclass(frozen=True)
-class WriteResult:
-    """A verified write.
-
-    :param setpoints: Knob -> value written (only knobs that changed).
-    :param setpoints_read: Setpoints read back after settling.
-    :param readbacks: Readbacks that verified the write.
-    :param settled_at: Wall-clock time at which the write was verified [s since the epoch].
-    :param duration_s: Put to verification [s].
-    """
-
-    setpoints: dict[str, float]
-    setpoints_read: dict[str, float]
-    readbacks: dict[str, float]
-    settled_at: float
-    duration_s: float
-
-
-@dataclass
-class RollbackResult:
-    """Outcome of a rollback.
-
-    :param complete: The setpoints are back at the initial ones (within tolerance).
-    :param verified: Every ramp write's readbacks reached their setpoints.
-    :param writes: Every ramp write: ``{"setpoints", "ok", "error", "readbacks"}``.
-    :param detail: What stopped an incomplete rollback.
-    :param final_setpoints: Setpoints read at the end (``None`` if unreadable).
-    """
-
-    complete: bool
-    writes: list[dict[str, Any]] = field(default_factory=list)
-    verified: bool = True
-    detail: str = ""
-    final_setpoints: dict[str, float] | None = None
-
-
-def effective_limits(
-    config: MachineConfig,
-    bundle_knobs: Mapping[str, tuple[float, float]] | None = None,
-    bundle_max_step: Mapping[str, float] | None = None,
-) -> dict[str, KnobLimit]:
-    """Per-knob limits: the machine config's, intersected with the bundle's (never wider).
-
-    :param config: The machine config (owner of the hard limits).
-    :param bundle_knobs: Knob -> ``(low, high)`` the policy was trained within.
-    :param bundle_max_step: Knob -> largest change the policy can ask for per step.
-    :raises ValueError: If a bundle names a knob the machine lacks, or the intersection of
-        a knob's limits is empty.
-    """
-    bundle_knobs = dict(bundle_knobs or {})
-    bundle_max_step = dict(bundle_max_step or {})
-    unknown = sorted((set(bundle_knobs) | set(bundle_max_step)) - set(config.knob_names))
-    if unknown:
-        raise ValueError(f"bundle knobs {unknown} are not knobs of machine {config.name!r}")
-    out = {}
-    for k in config.knobs:
-        low, high = k.low, k.high
-        if k.name in bundle_knobs:
-            b_low, b_high = bundle_knobs[k.name]
-            low, high = max(low, float(b_low)), min(high, float(b_high))
-        if not low < high:
-            raise ValueError(
-                f"knob {k.name!r}: machine limits [{k.low}, {k.high}] and bundle limits "
-                f"{bundle_knobs.get(k.name)} do not overlap"
-            )
-        step = k.max_step
-        if k.name in bundle_max_step and bundle_max_step[k.name] > 0:
-            step = min(step, float(bundle_max_step[k.name]))
-        out[k.name] = KnobLimit(k.name, low, high, step, k.tolerance, k.unit)
-    return out
-
-
 class SafetyLayer:
     """Guards a machine (see the module documentation for the rules).
 
@@ -233,7 +128,9 @@ class SafetyLayer:
     :param bundle_max_step: Knob -> the policy's largest change per step (narrows
         ``max_step``).
     :param clock: Wall-clock function [s since the epoch], the time base of readings.
-    :param sleep: Sleep function [s] used while polling.
+    :param sleep: Sleep function [s] used while polling and waiting out an outage.
+    :param monotonic: Monotonic clock [s] of every deadline (settle, fresh readings, the
+        rollback's outage deadline); tests pass a fake one advanced by ``sleep``.
     """
 
     def __init__(
@@ -244,6 +141,7 @@ class SafetyLayer:
         bundle_max_step: Mapping[str, float] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if tuple(machine.knob_names) != config.knob_names:
             raise ValueError(
@@ -256,21 +154,22 @@ class SafetyLayer:
         self.names: tuple[str, ...] = config.knob_names
         self._clock = clock
         self._sleep = sleep
+        self._monotonic = monotonic
         self.steps = StepLimits(
             [self.limits[n].low for n in self.names],
             [self.limits[n].high for n in self.names],
             [self.limits[n].max_step for n in self.names],
         )
         self._low, self._high, self._step = self.steps.low, self.steps.high, self.steps.max_step
-        self._tol = np.array([self.limits[n].tolerance for n in self.names])
+        self._reach = self._step * config.rollback.ramp_steps_max
         #: Setpoints when :meth:`start` ran (the rollback target).
         self.initial: dict[str, float] | None = None
-        #: Setpoints last written and verified (or the initial ones).
-        self.commanded: dict[str, float] | None = None
+        #: What each knob may hold (set by :meth:`start`).
+        self.holdings: Holdings | None = None
         #: Wall-clock time of the last verified write (or of :meth:`start`).
         self.last_settled: float = -math.inf
         self._last_reading_time: float = -math.inf
-        #: Number of puts made.
+        #: Number of puts sent (a put that raised counts: it may have landed).
         self.writes = 0
         #: Longest time [s] since the answer of the health and setpoints read with the
         #: step's readbacks that :meth:`write` takes as its pre-write check (machines that
@@ -291,7 +190,7 @@ class SafetyLayer:
         the bundle's knob limits and, for delta actions, ``max_step`` narrowed to the
         policy's largest change per step.
 
-        :param kwargs: Forwarded to :class:`SafetyLayer` (``clock``, ``sleep``).
+        :param kwargs: Forwarded to :class:`SafetyLayer` (``clock``, ``sleep``, ...).
         :raises ValueError: If the bundle's knobs are not the machine's.
         """
         if tuple(manifest.knob_names) != config.knob_names:
@@ -325,20 +224,7 @@ class SafetyLayer:
         else:
             self._sleep(seconds)
 
-    def _machine_call(self, what: str, fn: Callable[[], Any]) -> Any:
-        """Run a machine call, turning machine errors into :class:`SafetyAbort`."""
-        try:
-            return fn()
-        except Disconnected as err:
-            raise SafetyAbort(AbortReason.disconnected, f"{what}: {err}") from err
-        except PutRejected as err:
-            raise SafetyAbort(AbortReason.put_rejected, f"{what}: {err}") from err
-        except SettleTimeout as err:
-            raise SafetyAbort(AbortReason.settle_timeout, f"{what}: {err}") from err
-        except MachineError as err:
-            raise SafetyAbort(
-                AbortReason.machine_error, f"{what}: {type(err).__name__}: {err}"
-            ) from err
+    _machine_call = staticmethod(machine_call)
 
     def _vector(self, values: Mapping[str, float]) -> np.ndarray:
         return np.array([float(values[n]) for n in self.names], np.float64)
@@ -349,7 +235,20 @@ class SafetyLayer:
     @property
     def reach(self) -> np.ndarray:
         """Largest distance from the initial settings rollback can undo, per knob (SI)."""
-        return self._step * self.config.rollback.ramp_steps_max
+        return self._reach
+
+    @property
+    def commanded(self) -> dict[str, float] | None:
+        """Per knob, the last value that may have reached the machine (the last put, or the
+        last setpoint read when nothing was put since); ``None`` before :meth:`start`."""
+        if self.holdings is None:
+            return None
+        return {n: self.holdings.latest(n) for n in self.names}
+
+    def _require_started(self) -> Holdings:
+        if self.holdings is None:
+            raise RuntimeError("call SafetyLayer.start() first")
+        return self.holdings
 
     # ------------------------------------------------------------------ health and reads
     def _read_state(self, what: str, knobs: bool, setpoints: bool, health: bool) -> State | None:
@@ -359,9 +258,16 @@ class SafetyLayer:
         read_state = getattr(self.machine, "read_state", None)
         if not callable(read_state):
             return None
-        return self._machine_call(
+        return machine_call(
             what, lambda: read_state(knobs=knobs, setpoints=setpoints, health=health)
         )
+
+    def read_setpoints(self, what: str = "read setpoints") -> Reading:
+        """The machine's setpoints (one request), as read -- not yet judged."""
+        state = self._read_state(what, False, True, False)
+        if state is None:
+            return machine_call(what, self.machine.read_setpoints)
+        return state.setpoints or Reading({}, -math.inf)
 
     def _recent_state(self) -> State | None:
         """The health and setpoints read with the last :meth:`read_knobs` ``(health=True)``,
@@ -371,7 +277,7 @@ class SafetyLayer:
         if recent is None:
             return None
         at, writes, state = recent
-        if writes != self.writes or time.monotonic() - at > self.state_reuse_s:
+        if writes != self.writes or self._monotonic() - at > self.state_reuse_s:
             return None
         if state.health is None or state.setpoints is None:
             return None
@@ -379,7 +285,7 @@ class SafetyLayer:
 
     def check_health(self) -> None:
         """Abort on disconnect, interlock, beam loss or a stale heartbeat."""
-        self._judge_health(self._machine_call("health", self.machine.health))
+        self._judge_health(machine_call("health", self.machine.health))
 
     def _judge_health(self, h: Health | None) -> None:
         """:meth:`check_health` of a health state just read."""
@@ -392,11 +298,12 @@ class SafetyLayer:
             raise SafetyAbort(AbortReason.interlock, detail or "interlock tripped")
         if h.beam_loss:
             raise SafetyAbort(AbortReason.beam_loss, detail or "beam loss above threshold")
-        max_age = self.config.heartbeat.max_age_s
-        if h.heartbeat_age_s is not None and not h.heartbeat_age_s <= max_age:
+        heartbeat = self.config.heartbeat
+        age = h.heartbeat_age_s
+        if not heartbeat.opted_out and age is not None and not age <= heartbeat.max_age_s:
             raise SafetyAbort(
                 AbortReason.stale_heartbeat,
-                f"heartbeat unchanged for {h.heartbeat_age_s} s (max {max_age} s)",
+                f"heartbeat unchanged for {age} s (max {heartbeat.max_age_s} s)",
             )
 
     def start(self) -> dict[str, float]:
@@ -407,10 +314,10 @@ class SafetyLayer:
             setpoint or readback is outside its hard bounds (nothing is written then).
         """
         timing = self.config.timing
-        self._machine_call("connect", lambda: self.machine.connect(timing.connect_timeout_s))
+        machine_call("connect", lambda: self.machine.connect(timing.connect_timeout_s))
         self.check_health()
-        sp = self._machine_call("read setpoints", self.machine.read_setpoints)
-        rb = self._machine_call("read knobs", self.machine.read_knobs)
+        sp = machine_call("read setpoints", self.machine.read_setpoints)
+        rb = machine_call("read knobs", self.machine.read_knobs)
         try:
             sp_v, rb_v = self._vector(sp.values), self._vector(rb.values)
         except KeyError as err:
@@ -432,15 +339,10 @@ class SafetyLayer:
                     f"bounds [{self._low[i]!r}, {self._high[i]!r}]; nothing written",
                 )
         self.initial = self._dict(sp_v)
-        self.commanded = dict(self.initial)
+        self.holdings = Holdings(self.initial, {n: self.limits[n].tolerance for n in self.names})
         self.last_settled = self._clock()
         self._last_reading_time = -math.inf
         return dict(self.initial)
-
-    def _require_started(self) -> dict[str, float]:
-        if self.commanded is None:
-            raise RuntimeError("call SafetyLayer.start() first")
-        return self.commanded
 
     def read_observation(self, names: Sequence[str] | None = None) -> Reading:
         """A fresh observation: newer than the last verified write and the previous one.
@@ -451,16 +353,16 @@ class SafetyLayer:
         :raises SafetyAbort: ``stale_reading`` on timeout, ``nonfinite_reading`` for NaN/inf.
         """
         timing = self.config.timing
-        deadline = time.monotonic() + timing.reading_timeout_s
+        deadline = self._monotonic() + timing.reading_timeout_s
         not_before = max(self.last_settled, self._last_reading_time)
         first = time.perf_counter()
         while True:
             attempt = time.perf_counter()
-            reading = self._machine_call("read observation", self.machine.read_observation)
+            reading = machine_call("read observation", self.machine.read_observation)
             if reading.timestamp > not_before:
                 self.wait_s += attempt - first  # polling for a fresh frame is waiting
                 break
-            if time.monotonic() >= deadline:
+            if self._monotonic() >= deadline:
                 raise SafetyAbort(
                     AbortReason.stale_reading,
                     f"no observation newer than {not_before:.3f} within "
@@ -491,7 +393,7 @@ class SafetyLayer:
             if reading is None:
                 raise SafetyAbort(AbortReason.machine_error, "the machine returned no readbacks")
         else:
-            reading = self._machine_call("read knobs", self.machine.read_knobs)
+            reading = machine_call("read knobs", self.machine.read_knobs)
         try:
             v = self._vector(reading.values)
         except KeyError as err:
@@ -502,7 +404,7 @@ class SafetyLayer:
             )
         if state is not None:
             self._judge_health(state.health)
-            self._pre_write = (time.monotonic(), self.writes, state)
+            self._pre_write = (self._monotonic(), self.writes, state)
         elif health:
             self.check_health()
         return reading
@@ -517,7 +419,7 @@ class SafetyLayer:
         :raises SafetyAbort: ``nonfinite_action`` if any component is NaN/inf.
         :raises ValueError: For a wrong size or mode.
         """
-        base_d = self._require_started()
+        holdings = self._require_started()
         if mode not in ("delta", "direct"):
             raise ValueError(f"mode must be 'delta' or 'direct', got {mode!r}")
         a = np.asarray(action, np.float64).reshape(-1)
@@ -530,6 +432,7 @@ class SafetyLayer:
                 "policy output is not finite: "
                 + ", ".join(f"{self.names[i]}={a[i]!r}" for i in np.flatnonzero(bad)),
             )
+        base_d = {n: holdings.latest(n) for n in self.names}
         base = self._vector(base_d)
         with np.errstate(over="ignore", invalid="ignore"):
             requested = base + a if mode == "delta" else a.copy()
@@ -537,43 +440,66 @@ class SafetyLayer:
         limited = self.steps.apply(
             requested, base, reach=(initial - self.reach, initial + self.reach)
         )
+        value = limited.value
+        if not all(holdings.known(n) for n in self.names):  # worst case of what it may hold
+            lo, hi = self._box()
+            value = np.minimum(np.maximum(value, lo), hi)
         clips = tuple(
             Clip(self.names[i], "rollback_reach" if rule == "reach" else rule, before, after)  # type: ignore[arg-type]
             for i, rule, before, after in limited.changes
         )
-        return Proposal(base_d.copy(), self._dict(requested), self._dict(limited.value), clips)
+        return Proposal(base_d, self._dict(requested), self._dict(value), clips)
+
+    def _box(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where one write may put each knob: within ``max_step`` of every value it may
+        hold, within the hard bounds."""
+        holdings = self._require_started()
+        spans = [holdings.span(n) for n in self.names]
+        return self.steps.box_of(np.array([s[0] for s in spans]), np.array([s[1] for s in spans]))
 
     # ------------------------------------------------------------------ writes
     def _check_setpoints(self, setpoints: Mapping[str, float]) -> dict[str, float]:
-        """Rule check of explicit setpoints (the last line of defence)."""
-        base = self._require_started()
+        """Rule check of explicit setpoints (the last line of defence): each within the
+        bounds and within ``max_step`` of every value its knob may hold; never a knob
+        another client wrote."""
+        holdings = self._require_started()
         unknown = sorted(set(setpoints) - set(self.names))
         if unknown:
             raise SafetyAbort(AbortReason.unsafe_setpoint, f"unknown knobs {unknown}")
         out = {n: float(v) for n, v in setpoints.items()}
-        x = np.array([out.get(n, base[n]) for n in self.names])
-        ok = self.steps.allows(x, self._vector(base))
-        for i in np.flatnonzero(~ok):
-            name, lim = self.names[i], self.limits[self.names[i]]
+        foreign = sorted(set(out) & set(holdings.foreign))
+        if foreign:
             raise SafetyAbort(
-                AbortReason.unsafe_setpoint,
-                f"{name} = {x[i]!r} violates [{lim.low}, {lim.high}] or max_step "
-                f"{lim.max_step} from {base[name]!r}",
+                AbortReason.setpoint_changed,
+                f"{foreign} were written by another client; this run does not write them",
             )
+        for name, x in out.items():
+            lim = self.limits[name]
+            least, most = holdings.span(name)
+            step = lim.max_step * (1 + STEP_SLACK)
+            if not (lim.low <= x <= lim.high and most - step <= x <= least + step):
+                raise SafetyAbort(
+                    AbortReason.unsafe_setpoint,
+                    f"{name} = {x!r} violates [{lim.low}, {lim.high}] or max_step "
+                    f"{lim.max_step} from {holdings.may_hold(name)}",
+                )
         return out
 
     def write(self, setpoints: Mapping[str, float]) -> WriteResult | None:
         """Write setpoints with full verification (rule 5).
 
-        Only knobs whose value changes are put; ``None`` when nothing changes.
+        Only knobs whose value changes (or whose setpoint is not known) are put; ``None``
+        when nothing changes.
 
         :param setpoints: Knob -> value (SI); must already satisfy rules 1-3 (use
             :meth:`propose`) -- otherwise ``unsafe_setpoint`` aborts before any I/O.
         :raises SafetyAbort: On any rule or machine failure.
         """
         values = self._check_setpoints(setpoints)
-        base = self._require_started()
-        changed = {n: v for n, v in values.items() if v != base[n]}
+        holdings = self._require_started()
+        changed = {
+            n: v for n, v in values.items() if v != holdings.latest(n) or not holdings.known(n)
+        }
         if not changed:
             return None
         state = self._recent_state()
@@ -581,188 +507,35 @@ class SafetyLayer:
             state = self._read_state("health and setpoints", False, True, True)
         if state is None:
             self.check_health()
-            current = self._machine_call("read setpoints", self.machine.read_setpoints)
+            current = machine_call("read setpoints", self.machine.read_setpoints)
         else:
             self._judge_health(state.health)
             current = state.setpoints or Reading({}, -math.inf)
-        for name in self.names:
-            have = float(current.values.get(name, math.nan))
-            if not abs(have - base[name]) <= self.limits[name].tolerance:
-                raise SafetyAbort(
-                    AbortReason.setpoint_changed,
-                    f"setpoint of {name} reads {have!r}, last written {base[name]!r}: "
-                    "changed by another client",
-                )
-        result, health = self._put_and_verify(changed, with_health=True)
+        reconcile(self, current, {})
+        result, health = put_and_verify(self, changed, with_health=True)
         if health is None:
             self.check_health()
         else:
             self._judge_health(health)
         return result
 
-    def _put_and_verify(
-        self, changed: dict[str, float], with_health: bool = False
-    ) -> tuple[WriteResult, Health | None]:
-        """Put, settle, verify the setpoints and wait for the readbacks; with ``with_health``, also
-        the health read together with the readbacks that verified the write (machines that
-        read them together; else ``None``: not read). The rollback reads no health here (a
-        fault of the protection channels must not stop its ramp)."""
-        timing = self.config.timing
-        start = time.monotonic()
-        self._machine_call("put", lambda: self.machine.put(changed))
-        self.writes += 1
-        names = list(changed)
-        settle_start = time.perf_counter()
-        try:
-            self._machine_call(
-                "settle", lambda: self.machine.settle(names, timing.settle_timeout_s)
-            )
-        finally:
-            self.wait_s += time.perf_counter() - settle_start
-        # The setpoints, readbacks and health after settling: one request where the machine
-        # reads them together (the readbacks are polled below if they lag).
-        state = self._read_state("read setpoints and knobs", True, True, with_health)
-        if state is None:
-            sp = self._machine_call("read setpoints", self.machine.read_setpoints)
-        else:
-            sp = state.setpoints or Reading({}, -math.inf)
-        for name, value in changed.items():
-            have = float(sp.values.get(name, math.nan))
-            if not abs(have - value) <= self.limits[name].tolerance:
-                raise SafetyAbort(
-                    AbortReason.put_rejected,
-                    f"setpoint of {name} reads {have!r} after writing {value!r}: the put was "
-                    "not applied",
-                )
-        # From here the machine holds the new setpoints: they are the base of the next step.
-        assert self.commanded is not None
-        self.commanded.update(changed)
-        deadline = start + timing.settle_timeout_s
-        first = time.perf_counter()
-        health = None if state is None else state.health
-        while True:
-            attempt = time.perf_counter()
-            if state is not None and state.knobs is not None:
-                rb, state = state.knobs, None
-            elif with_health and health is not None:
-                polled = self._read_state("read knobs and health", True, False, True)
-                assert polled is not None
-                rb = polled.knobs or Reading({}, -math.inf)
-                health = polled.health
-            else:
-                rb = self._machine_call("read knobs", self.machine.read_knobs)
-            off = {
-                n: float(rb.values.get(n, math.nan))
-                for n, v in changed.items()
-                if not abs(float(rb.values.get(n, math.nan)) - v) <= self.limits[n].tolerance
-            }
-            if not off:
-                self.wait_s += attempt - first  # polling for the readbacks is waiting
-                break
-            if time.monotonic() >= deadline:
-                raise SafetyAbort(
-                    AbortReason.put_unverified,
-                    "readbacks did not reach the setpoints within "
-                    f"{timing.settle_timeout_s} s: "
-                    + ", ".join(
-                        f"{n} reads {v!r}, set {changed[n]!r} (tolerance "
-                        f"{self.limits[n].tolerance})"
-                        for n, v in off.items()
-                    ),
-                )
-            self._poll_pause(timing.poll_interval_s)
-        settled = self._clock()
-        self.last_settled = settled
-        result = WriteResult(
-            setpoints=dict(changed),
-            setpoints_read={n: float(sp.values[n]) for n in changed},
-            readbacks={n: float(rb.values[n]) for n in self.names if n in rb.values},
-            settled_at=settled,
-            duration_s=time.monotonic() - start,
-        )
-        return result, health
-
     # ------------------------------------------------------------------ rollback
     def rollback(
         self,
-        retries: int = 2,
         on_write: Callable[[int, Mapping[str, Any]], None] | None = None,
+        on_note: Callable[[Mapping[str, Any]], None] | None = None,
+        outage_deadline_s: float | None = None,
     ) -> RollbackResult:
-        """Ramp from the last written setpoints back to the initial ones (rule 8); nothing
-        happens if this layer has not written (a shadow run never writes, not even here).
+        """Roll back to the initial setpoints (rule 8; :func:`accelrl.deploy.rollback.rollback`):
+        nothing happens if this layer has not put (a shadow run never writes, not even here).
 
-        Each ramp write changes every knob by at most its ``max_step`` and is verified;
-        health problems do not stop the ramp. A write that fails is retried ``retries``
-        times (after ``timing.poll_interval_s``); if it still fails the ramp stops there
-        (the machine is left where it is, never jumped).
-
-        :param retries: Attempts of a failed ramp write after the first.
-        :param on_write: Called with ``(index, record)`` right after every ramp write
-            attempt (e.g. to log it before the next one goes out).
-        :return: Whether the initial setpoints were restored, with every write.
+        :param on_write: Called with ``(index, record)`` right after every ramp write attempt
+            (to log it before the next one goes out): ``setpoints`` (knob -> value), ``attempt``,
+            ``may_hold`` (knob -> values it may have held before), ``ok``, ``error``,
+            ``readbacks``.
+        :param on_note: Called with every other event as it happens (a knob another client
+            wrote and that is left alone; an outage being waited out).
+        :param outage_deadline_s: Overrides ``rollback.outage_deadline_s`` [s].
+        :return: What was restored, what was left and why, and every write.
         """
-        if self.initial is None or self.commanded is None:
-            return RollbackResult(True, detail="nothing was started")
-        if self.writes == 0:  # only this layer's own writes are undone (shadow mode: none)
-            return RollbackResult(True, detail="nothing was written", final_setpoints=None)
-        target = self._vector(self.initial)
-        current = self._vector(self.commanded)
-        # Start from the machine's own setpoints where they are readable and sane (a put
-        # may have been applied without being verified); else from the last written ones.
-        try:
-            sp = self.machine.read_setpoints()
-            read = np.array([float(sp.values.get(n, math.nan)) for n in self.names])
-            sane = np.isfinite(read) & (read >= self._low) & (read <= self._high)
-            current = np.where(sane, read, current)
-        except MachineError:
-            pass
-        self.commanded = self._dict(current)
-        ramp = self.steps.ramp(target, current)
-        n = len(ramp)
-        result = RollbackResult(False)
-        for j, planned in enumerate(ramp, start=1):
-            # Never more than max_step from what was last written, never outside the bounds.
-            base = self._vector(self.commanded)
-            point = self.steps.move(planned, base)
-            changed = {
-                name: float(v) for name, v, b in zip(self.names, point, base, strict=True) if v != b
-            }
-            if not changed:
-                continue
-            for attempt in range(retries + 1):
-                record: dict[str, Any] = {"setpoints": changed, "attempt": attempt}
-                try:
-                    w, _ = self._put_and_verify(changed)
-                    record.update(ok=True, readbacks=w.readbacks)
-                    result.writes.append(record)
-                    if on_write is not None:
-                        on_write(len(result.writes) - 1, record)
-                    break
-                except SafetyAbort as err:
-                    record.update(ok=False, error=str(err))
-                    result.writes.append(record)
-                    if on_write is not None:
-                        on_write(len(result.writes) - 1, record)
-                    if err.reason is AbortReason.put_unverified:
-                        # The setpoints were applied; only the readbacks lag: go on.
-                        result.verified = False
-                        break
-                    self._wait(self.config.timing.poll_interval_s)
-            else:
-                result.detail = (
-                    f"ramp write {j} of {n} failed {retries + 1} times: {record['error']}"
-                )
-                break
-        try:
-            sp = self.machine.read_setpoints()
-            result.final_setpoints = {n: float(sp.values[n]) for n in self.names}
-        except (MachineError, KeyError) as err:
-            result.detail = result.detail or f"cannot read the setpoints back: {err}"
-            return result
-        result.complete = all(
-            abs(result.final_setpoints[n] - self.initial[n]) <= self.limits[n].tolerance
-            for n in self.names
-        )
-        if not result.complete and not result.detail:
-            result.detail = f"setpoints {result.final_setpoints} differ from {self.initial}"
-        return result
+        return run_rollback(self, on_write, on_note, outage_deadline_s)

@@ -14,6 +14,8 @@ beam_loss          :meth:`~SimMachine.health` reports beam loss
 disconnect         every call raises :class:`~accelrl.deploy.machine.Disconnected`;
                    ``health()`` reports ``connected=False``
 reject_put         ``put`` raises :class:`~accelrl.deploy.machine.PutRejected`
+lost_reply         ``put`` is applied, then raises
+                   :class:`~accelrl.deploy.machine.Disconnected` (the reply was lost)
 ignore_put         ``put`` returns normally but nothing changes (a refusal the client does
                    not report; only the readback shows it)
 readback_offset    the readback of ``knob`` (default: the first) is off by ``value`` (SI)
@@ -26,6 +28,13 @@ nan_reading        observations read NaN
 
 A fault becomes active once the machine has applied ``after_puts`` puts, and stays active
 for ``times`` calls of the functions it affects (``None``: for good).
+
+Protections: the simulation reports the interlock, beam loss and heartbeat of its faults.
+A machine config that opts out of one (``interlock: {none: <reason>}``) has no such signal:
+its fault cannot be injected (``ValueError``) and the heartbeat age is reported as ``None``.
+
+Another client's write (an operator at the console) is :meth:`SimMachine.external_put`: the
+setpoints change at once and nothing of it counts as this client's put.
 
 >>> from accelrl.deploy.config import load_machine_config
 >>> from accelrl.deploy.plant import Plant
@@ -59,6 +68,7 @@ FaultKind = Literal[
     "beam_loss",
     "disconnect",
     "reject_put",
+    "lost_reply",
     "ignore_put",
     "readback_offset",
     "settle_timeout",
@@ -67,6 +77,9 @@ FaultKind = Literal[
     "nan_reading",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+#: Fault kind -> the protection of the machine config it needs.
+PROTECTION_OF_FAULT = {"interlock": "interlock", "beam_loss": "beam_loss",
+                       "stale_heartbeat": "heartbeat"}  # fmt: skip
 
 
 @dataclass
@@ -129,6 +142,8 @@ class SimMachine:
             )
         self.plant = plant
         self.config = config
+        for fault in faults:
+            self._check_protection(fault)
         self.knob_names: tuple[str, ...] = config.knob_names
         self.observation_names: tuple[str, ...] = config.observation_names
         self.settle_delay_s = float(settle_delay_s)
@@ -146,8 +161,20 @@ class SimMachine:
         self.put_log: list[tuple[float, dict[str, float]]] = []
 
     # ------------------------------------------------------------------ faults
+    def _check_protection(self, fault: Fault) -> None:
+        key = PROTECTION_OF_FAULT.get(fault.kind)
+        if key is not None and getattr(self.config, key).opted_out:
+            raise ValueError(
+                f"fault {fault.kind!r}: machine {self.config.name!r} has no {key} "
+                f"({key}: none: {getattr(self.config, key).none!r})"
+            )
+
     def inject(self, fault: Fault) -> None:
-        """Add a fault while running (``after_puts`` counts from the machine's start)."""
+        """Add a fault while running (``after_puts`` counts from the machine's start).
+
+        :raises ValueError: For a protection the machine config opts out of.
+        """
+        self._check_protection(fault)
         with self._lock:
             self.faults.append(fault)
             self._remaining[id(fault)] = fault.times
@@ -244,15 +271,36 @@ class SimMachine:
                 raise PutRejected(f"put of {sorted(values)} rejected (injected)")
             if self._active("ignore_put"):
                 return
+            lost = self._active("lost_reply") is not None
             self._puts += 1
-            self._setpoints.update(values)
-            if self.settle_delay_s == 0 and not self._active("settle_timeout", consume=False):
-                for name in values:  # a new setpoint supersedes one still on its way
-                    self._pending.pop(name, None)
-                self.plant.set_knobs(values)
-            else:
-                due = self._now() + self.settle_delay_s
-                self._pending.update({n: (v, due) for n, v in values.items()})
+            self._apply(values)
+            if lost:
+                raise Disconnected(f"put of {sorted(values)} applied, reply lost (injected)")
+
+    def _apply(self, values: Mapping[str, float]) -> None:
+        """New setpoints: reach the plant after ``settle_delay_s``."""
+        self._setpoints.update(values)
+        if self.settle_delay_s == 0 and not self._active("settle_timeout", consume=False):
+            for name in values:  # a new setpoint supersedes one still on its way
+                self._pending.pop(name, None)
+            self.plant.set_knobs(values)
+        else:
+            due = self._now() + self.settle_delay_s
+            self._pending.update({n: (v, due) for n, v in values.items()})
+
+    def external_put(self, setpoints: Mapping[str, float]) -> None:
+        """Another client's write (e.g. an operator's): applied like a put, but not
+        counted as this client's (no ``put_log`` entry, no ``after_puts`` progress, no
+        fault).
+
+        :raises PutRejected: For unknown knobs or non-finite values.
+        """
+        with self._lock:
+            unknown = sorted(set(setpoints) - set(self.knob_names))
+            values = {n: float(v) for n, v in setpoints.items()}
+            if unknown or not all(math.isfinite(v) for v in values.values()):
+                raise PutRejected(f"invalid external write {dict(setpoints)}")
+            self._apply(values)
 
     def settle(self, names: Sequence[str], timeout: float) -> None:
         """Wait until the named knobs are not busy.
@@ -292,9 +340,11 @@ class SimMachine:
             if beam_loss:
                 detail.append("beam loss above threshold")
             hb = self._active("stale_heartbeat")
-            age = float(hb.value) if hb is not None else 0.0
+            age: float | None = float(hb.value) if hb is not None else 0.0
             if hb is not None:
                 detail.append(f"heartbeat unchanged for {age} s")
+            if self.config.heartbeat.opted_out:
+                age = None
             return Health(
                 connected=connected,
                 interlock=interlock,

@@ -277,4 +277,6 @@ class TaskSpec(_Model):
 
 def shipped_spec_path(name: str) -> Path:
     """Path of a spec shipped with the package (``accelrl/data/<name>.yaml``)."""
-    return Path(__file__).resolve().parent.parent / "data" / f"{name}.yaml"
+    from accelrl.resources import shipped
+
+    return shipped("envs", f"{name}.yaml")

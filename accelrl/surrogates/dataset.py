@@ -1,6 +1,7 @@
 """Simulation datasets on disk: a parquet scalar table, a JSON sidecar and the spec.
 
-A dataset ``NAME`` lives in the top-level ``surrogates/`` folder as
+A shipped dataset ``NAME`` lives in the top-level ``surrogates/`` folder (a new one is
+generated into ``runs/surrogates/`` unless another folder is given) as
 
 ``NAME.yaml``
     The :class:`~accelrl.surrogates.spec.DatasetSpec` it was generated from.
@@ -13,6 +14,10 @@ A dataset ``NAME`` lives in the top-level ``surrogates/`` folder as
     Inputs (bounds, units, scale), outputs (units), simulator name and version, fixed
     parameters, fidelity, seed, wall-time statistics, generation command, CPU count, start
     and end timestamps, and the full spec (so a table and its sidecar are self-contained).
+    A generation resumes a table only when this spec equals its own (see
+    :mod:`accelrl.surrogates.generate`); a table without it is never resumed.
+
+Tables and sidecars are written atomically (temporary file, ``fsync``, rename).
 
 >>> from accelrl.surrogates.dataset import load_dataset
 >>> ds = load_dataset("lpa_beamloading")  # doctest: +SKIP
@@ -23,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from accelrl.runs import atomic_write
 from accelrl.surrogates.spec import DatasetSpec
 
 #: Values of the ``status`` column.
@@ -50,14 +55,16 @@ class DatasetError(ValueError):
 def default_data_dirs() -> list[Path]:
     """Folders searched for a dataset given by name, in order.
 
-    ``$ACCELRL_SURROGATES_DIR``, ``./surrogates`` and the ``surrogates/`` folder of the
-    source checkout accelrl is imported from.
+    ``$ACCELRL_SURROGATES_DIR``, ``./surrogates`` and the ``surrogates/`` accelrl ships
+    (:func:`accelrl.resources.shipped`).
     """
+    from accelrl.resources import shipped
+
     dirs = []
     if os.environ.get(DATA_DIR_ENV):
         dirs.append(Path(os.environ[DATA_DIR_ENV]))
     dirs.append(Path.cwd() / "surrogates")
-    dirs.append(Path(__file__).resolve().parents[2] / "surrogates")
+    dirs.append(shipped("surrogates"))
     return dirs
 
 
@@ -163,31 +170,17 @@ def check_table(spec: DatasetSpec, frame: pd.DataFrame, source: str = "table") -
         raise DatasetError(f"{source}: duplicated sample indices, e.g. {dup}")
 
 
-# ---------------------------------------------------------------------------- atomic writing
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
+# ---------------------------------------------------------------------------- writing
 def write_table(table: pa.Table, path: str | Path) -> None:
-    """Write ``table`` to ``path`` (parquet) atomically: a reader sees the old or new file."""
-    _atomic_write_bytes(Path(path), lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    """Write ``table`` to ``path`` (parquet) atomically and flushed to disk: a reader, or a
+    generation killed at any moment, sees the old file or the new one."""
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def write_meta(meta: Mapping[str, Any], path: str | Path) -> None:
     """Write the sidecar ``meta`` to ``path`` (JSON) atomically."""
     text = json.dumps(meta, indent=2, sort_keys=False, default=_json_default) + "\n"
-    _atomic_write_bytes(Path(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _json_default(obj: Any) -> Any:

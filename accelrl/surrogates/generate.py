@@ -9,6 +9,17 @@ executor passed in) and writes the table and its sidecar atomically every
 ``checkpoint_every`` finished runs and at the end. Failed and beam-less runs are rows with
 their status and message, never dropped.
 
+What is already at ``out`` is resumed only when it is the same dataset: its sidecar
+(``<name>.meta.json``) must hold a spec with the same simulator, inputs (names, bounds,
+units, scales), outputs, fixed parameters, fidelity and design, the table must have that
+spec's columns, and its rows must lie on the spec's design. Anything else -- including a
+table without its sidecar -- is refused with a :class:`~accelrl.surrogates.dataset.
+DatasetError`; ``force=True`` starts over instead. The default ``out`` is
+``runs/surrogates/<name>.parquet`` in the working folder, never the shipped datasets.
+
+Ctrl-C or SIGTERM writes what finished (a final checkpoint) and ends the pool's workers:
+no process is left behind, even one busy in a simulation.
+
 >>> from accelrl.surrogates.generate import generate
 >>> report = generate("surrogates/lpa_beamloading.yaml", workers=16)  # doctest: +SKIP
 >>> report.status_counts  # doctest: +SKIP
@@ -38,13 +49,16 @@ import numpy as np
 import pandas as pd
 
 from accelrl.execution import executor_scope, limit_threads, one_thread
+from accelrl.interrupts import interrupt_on_sigterm, pool_initializer, stop_process_pool
 from accelrl.progress import progress_bar
 from accelrl.surrogates.dataset import (
     STATUSES,
     DatasetError,
+    check_table,
     dataset_paths,
     read_table,
     rows_to_table,
+    table_schema,
     write_meta,
     write_table,
 )
@@ -54,7 +68,9 @@ from accelrl.surrogates.simulators.base import FAILED
 from accelrl.surrogates.spec import DatasetSpec
 
 #: Spec fields that must agree between an existing table and the spec resuming it.
-_DESIGN_KEYS = ("simulator", "inputs", "fixed", "fidelity", "design")
+_DESIGN_KEYS = ("simulator", "inputs", "outputs", "fixed", "fidelity", "design")
+#: Default folder of new datasets, relative to the working folder.
+DEFAULT_OUT = Path("runs") / "surrogates"
 
 
 @dataclass
@@ -184,29 +200,81 @@ def _same_design(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetError(f"{path}: cannot be read ({err})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("spec"), dict):
+        raise DatasetError(f"{path}: not a dataset sidecar (no spec in it)")
+    return meta
+
+
+def _off_design(spec: DatasetSpec, frame: pd.DataFrame, design: pd.DataFrame) -> str | None:
+    """The first row of ``frame`` whose inputs are not the design's at its sample, or
+    ``None`` when every row lies on the design."""
+    points = design.set_index("sample")
+    for row in frame[["sample", *spec.input_names]].itertuples(index=False):
+        sample = int(row[0])
+        if sample not in points.index:
+            return f"sample {sample} is not in the design of {len(points)} samples"
+        expected = points.loc[sample, spec.input_names].to_numpy(np.float64)
+        if not np.array_equal(np.asarray(row[1:], np.float64), expected):
+            return f"sample {sample} has inputs {list(row[1:])}, the design {expected.tolist()}"
+    return None
+
+
 def load_existing(
     spec: DatasetSpec, table_path: Path, retry_failed: bool = False
 ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Rows and generation sessions already at ``table_path`` (empty if none).
 
-    :raises DatasetError: If the existing table was made from a different design.
+    :raises DatasetError: If the existing table has no sidecar, was made from a different
+        spec (simulator, inputs, outputs, fixed parameters, fidelity or design), has other
+        columns, or holds rows that are not on the spec's design.
     """
     paths = dataset_paths(table_path)
     if not table_path.exists():
         return pd.DataFrame(), []
-    meta: dict[str, Any] = {}
-    if paths["meta"].exists():
-        meta = json.loads(paths["meta"].read_text())
-        differ = _same_design(meta.get("spec", {}), spec.to_dict())
-        if differ:
-            raise DatasetError(
-                f"{table_path} was generated from a different spec ({', '.join(differ)} "
-                "differ); choose another --out or remove the old files"
-            )
+    if not paths["meta"].exists():
+        raise DatasetError(
+            f"{table_path} has no sidecar {paths['meta'].name}, so the spec that made it is "
+            "unknown and it is not resumed; choose another --out, or --force to replace it"
+        )
+    meta = _read_meta(paths["meta"])
+    differ = _same_design(meta["spec"], spec.to_dict())
+    if differ:
+        raise DatasetError(
+            f"{table_path} was generated from a different spec ({', '.join(differ)} differ, "
+            f"see {paths['meta'].name}); choose another --out, or --force to replace it"
+        )
     frame = read_table(table_path)
+    check_table(spec, frame, source=str(table_path))
+    extra = [c for c in frame.columns if c not in table_schema(spec).names]
+    if extra:
+        raise DatasetError(f"{table_path}: columns {extra} are not in the spec")
+    wrong = _off_design(spec, frame, sobol_design(spec))
+    if wrong is not None:
+        raise DatasetError(f"{table_path}: not this spec's design ({wrong})")
     if retry_failed:
         frame = frame[frame["status"] != FAILED]
     return frame.reset_index(drop=True), list(meta.get("generation", {}).get("sessions", []))
+
+
+def _start_over(table_path: Path, resume: bool, force: bool) -> None:
+    """Apply the rules for what is already at ``table_path`` (see :func:`generate`)."""
+    paths = dataset_paths(table_path)
+    found = [p for p in (paths["table"], paths["meta"]) if p.exists()]
+    if not found:
+        return
+    if force:
+        for p in paths.values():
+            p.unlink(missing_ok=True)
+    elif not resume:
+        raise DatasetError(
+            f"{table_path}: a dataset is already there ({', '.join(p.name for p in found)}); "
+            "pass --resume to run its missing samples or --force to replace it"
+        )
 
 
 def generate(
@@ -222,12 +290,14 @@ def generate(
     retry_failed: bool = False,
     progress: bool = True,
     command: str | None = None,
+    resume: bool = True,
+    force: bool = False,
 ) -> GenerateReport:
     """Run the design of ``spec`` and write the dataset table and sidecar.
 
     :param spec: Dataset spec or the path of its YAML file.
-    :param out: Table path (``.parquet``) or folder (default: ``surrogates/<name>.parquet``
-        beside the spec file, else in the working folder). The sidecar
+    :param out: Table path (``.parquet``) or folder (default:
+        ``runs/surrogates/<name>.parquet`` in the working folder). The sidecar
         ``<stem>.meta.json`` and a copy of the spec ``<stem>.yaml`` go beside it.
     :param workers: Worker processes (default: CPU count).
     :param executor: ``"process"`` (default), ``"serial"``, ``"dask"`` or an executor.
@@ -239,6 +309,12 @@ def generate(
     :param retry_failed: Rerun samples whose existing row is ``"failed"``.
     :param progress: Show a progress bar.
     :param command: Command line recorded in the sidecar (default: ``sys.argv``).
+    :param resume: Continue a dataset already at ``out`` (it must be this spec's: see the
+        module documentation); ``False``: refuse one.
+    :param force: Remove a dataset already at ``out`` and start over.
+    :raises DatasetError: For a dataset at ``out`` that is not resumed (see above).
+    :raises KeyboardInterrupt: On Ctrl-C (:class:`~accelrl.interrupts.Terminated` on
+        SIGTERM), after the finished runs were written.
     """
     spec_path: Path | None = None
     if not isinstance(spec, DatasetSpec):
@@ -249,8 +325,9 @@ def generate(
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
     make_simulator(spec)  # validates simulator, fixed parameters and fidelity early
-    table_path = _table_path(spec, out, spec_path)
+    table_path = _table_path(spec, out)
     paths = dataset_paths(table_path)
+    _start_over(table_path, resume, force)
     existing, sessions = load_existing(spec, table_path, retry_failed)
     design = sobol_design(spec)
     done = set(existing["sample"].astype(int)) if len(existing) else set()
@@ -299,8 +376,10 @@ def generate(
         for r in todo.to_dict(orient="records")
     ]
     futures: dict[cf.Future, tuple[int, dict[str, float]]] = {}
-    scope = executor_scope(executor, workers, dask_address, one_thread, init_here=True)
-    with scope as (pool, kind, n_workers):
+    local = executor in (None, "process") and dask_address is None
+    initializer = pool_initializer(one_thread) if local else one_thread
+    scope = executor_scope(executor, workers, dask_address, initializer, init_here=True)
+    with interrupt_on_sigterm(), scope as (pool, kind, n_workers):
         session.update(executor=kind, workers=n_workers)
         checkpoint()
         with _progress(progress, len(jobs), spec.name) as advance:
@@ -336,10 +415,10 @@ def generate(
                         if n_run % checkpoint_every == 0:
                             checkpoint()
             except BaseException:
-                # keep what finished; queued runs are dropped (running ones end on their own)
-                if isinstance(pool, cf.ProcessPoolExecutor):
-                    pool.shutdown(wait=False, cancel_futures=True)
-                elif pool is not None:
+                # keep what finished; queued runs are dropped, running ones ended (our pool)
+                if local:
+                    stop_process_pool(pool)
+                else:
                     for f in futures:
                         f.cancel()
                 checkpoint(final=True)
@@ -357,10 +436,9 @@ def generate(
     )
 
 
-def _table_path(spec: DatasetSpec, out: str | Path | None, spec_path: Path | None) -> Path:
+def _table_path(spec: DatasetSpec, out: str | Path | None) -> Path:
     if out is None:
-        folder = spec_path.parent if spec_path is not None else Path.cwd() / "surrogates"
-        return folder / f"{spec.name}.parquet"
+        return Path.cwd() / DEFAULT_OUT / f"{spec.name}.parquet"
     out = Path(out)
     if out.suffix == ".parquet":
         return out

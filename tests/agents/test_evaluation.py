@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import typer
+from proc_testlib import children, kill, left_alive
 from typer.testing import CliRunner
 
 from accelrl.agents.evaluation import (
@@ -541,3 +543,198 @@ def test_cli_module_imports_no_torch():
         cwd=Path(__file__).resolve().parents[2],
     )
     assert out.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- nothing lost
+class StopsAtReset(RandomSearch):
+    """Random search that raises KeyboardInterrupt (like Ctrl-C) at its ``stop_at``-th
+    reset of the process (never when ``stop_at`` is None); otherwise exactly RandomSearch."""
+
+    name = "random"
+    resets = 0
+    stop_at: int | None = None
+
+    def reset(self, problem: Problem) -> None:
+        StopsAtReset.resets += 1
+        if StopsAtReset.stop_at is not None and StopsAtReset.resets >= StopsAtReset.stop_at:
+            raise KeyboardInterrupt
+        super().reset(problem)
+
+
+def test_an_interrupt_keeps_finished_trials_and_resume_completes_identically(tmp_path, trials):
+    from accelrl.agents.evaluation.runner import EvaluationInterrupted
+
+    kwargs = dict(
+        trials=trials[20:28], max_steps=4, executor="serial", progress=False, chunk_size=2
+    )
+    optimisers = {"random": StopsAtReset, "nan": NaNAtStep3}
+    StopsAtReset.resets, StopsAtReset.stop_at = 0, None
+    full = evaluate_many(optimisers, out=tmp_path / "full", **kwargs)
+    StopsAtReset.resets, StopsAtReset.stop_at = 0, 5  # chunks 0 and 1 of 4 finish
+    with pytest.raises(EvaluationInterrupted) as caught:
+        evaluate_many(optimisers, out=tmp_path / "run", **kwargs)
+    partial = EvaluationResult.load(tmp_path / "run")
+    assert caught.value.result is not None and not caught.value.result.complete
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["status"] == "partial" and config["trials_done"] == {"random": 4, "nan": 0}
+    assert partial.trial_table("random")["trial"].tolist() == [20, 21, 22, 23]
+    first = pc.and_(
+        pc.is_in(full.records["trial"], pa.array([20, 21, 22, 23], pa.int32())),
+        pc.equal(full.records["optimiser"], "random"),
+    )
+    assert_tables_equal(_timing_free(partial.records), _timing_free(full.records.filter(first)))
+    assert (
+        json.loads((tmp_path / "run" / "summary.json").read_text())["random"]["all"]["n_trials"]
+        == 4
+    )
+
+    StopsAtReset.resets, StopsAtReset.stop_at = 0, None
+    resumed = evaluate_many(optimisers, out=tmp_path / "run", resume=True, **kwargs)
+    assert StopsAtReset.resets == 4  # only the missing trials ran (optimiser "random")
+    assert resumed.complete and resumed.config["chunks_resumed"] == 2
+    assert_tables_equal(_timing_free(resumed.records), _timing_free(full.records))
+    assert_tables_equal(_timing_free(resumed.trials), _timing_free(full.trials))
+    loaded = EvaluationResult.load(tmp_path / "run")
+    assert_tables_equal(_timing_free(loaded.records), _timing_free(full.records))
+
+    def untimed(summary: dict) -> dict:
+        return {
+            label: {s: {k: v for k, v in e.items() if "time" not in k} for s, e in per.items()}
+            for label, per in summary.items()
+        }
+
+    assert untimed(loaded.summary_json()) == untimed(full.summary_json())
+
+    with pytest.raises(ValueError, match=r"differs from this one.*max_steps: 4 there, 5 now"):
+        evaluate_many(optimisers, out=tmp_path / "run", resume=True, **{**kwargs, "max_steps": 5})
+    with pytest.raises(ValueError, match=r"already holds files .* --resume .* --force"):
+        evaluate_many(optimisers, out=tmp_path / "run", **kwargs)
+
+
+def _evaluate_app() -> typer.Typer:
+    from accelrl.cli.evaluate import evaluate_command
+
+    app = typer.Typer()
+    app.command("evaluate")(evaluate_command)
+    app.callback()(lambda: None)
+    return app
+
+
+def test_existing_out_is_refused_and_force_removes_the_old_figures(tmp_path):
+    runner = CliRunner(env={"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"})
+    out = tmp_path / "eval"
+    args = [
+        "evaluate",
+        "-o",
+        "do-nothing",
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "--limit",
+        "4",
+        "--executor",
+        "serial",
+        "--no-progress",
+        "--example",
+        "2",
+    ]
+    assert runner.invoke(_evaluate_app(), args).exit_code == 0
+    assert (out / "episode_trial2.png").is_file()
+    before = (out / "records.parquet").read_bytes()
+    res = runner.invoke(_evaluate_app(), args[:-2])
+    assert res.exit_code == 1
+    assert "already holds files" in res.output and "--force" in " ".join(res.output.split())
+    assert (out / "records.parquet").read_bytes() == before  # untouched
+    res = runner.invoke(_evaluate_app(), [*args[:-2], "--example", "1", "--force"])
+    assert res.exit_code == 0, res.output
+    assert not (out / "episode_trial2.png").exists() and (out / "episode_trial1.png").is_file()
+    res = runner.invoke(_evaluate_app(), [*args[:-2], "--resume", "--force"])
+    assert res.exit_code == 1 and "not both" in res.output
+    res = runner.invoke(
+        _evaluate_app(),
+        ["evaluate", "-o", "random", "--out", str(out), "--steps", "3", "--limit", "4", "--resume"],
+    )
+    assert res.exit_code == 1 and "cannot be resumed" in " ".join(res.output.split())
+
+
+#: Runs ``accelrl`` with one more optimiser, "slow-random": random search that sleeps
+#: $ASK_S seconds per answer.
+_SLOW_CLI = """
+import os, sys, time
+from accelrl.agents import registry
+from accelrl.agents.tuners.baselines import RandomSearch
+
+class SlowRandom(RandomSearch):
+    name = "slow-random"
+    def ask(self, observation):
+        time.sleep(float(os.environ.get("ASK_S", "0")))
+        return super().ask(observation)
+
+registry.OPTIMISERS["slow-random"] = SlowRandom
+from accelrl.cli import app
+app(sys.argv[1:], prog_name="accelrl")
+"""
+
+
+class SlowRandom(RandomSearch):
+    """Random search registered as "slow-random" (in the subprocess it sleeps per answer)."""
+
+    name = "slow-random"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize(("signum", "executor"), [(2, "process"), (15, "serial")])
+def test_a_signal_keeps_finished_trials_and_resume_matches(tmp_path, monkeypatch, signum, executor):
+    """Ctrl-C (SIGINT) or SIGTERM to a real ``accelrl evaluate``: the finished trials are
+    written as a partial result, no worker is left, and --resume completes the run as an
+    uninterrupted one would."""
+    import os
+    import subprocess
+    import time
+
+    from accelrl.agents import registry
+
+    script = tmp_path / "slow_cli.py"
+    script.write_text(_SLOW_CLI)
+    out = tmp_path / "eval"
+    args = ["evaluate", "-o", "slow-random", "--out", str(out), "--steps", "3", "--limit", "24",
+            "--executor", executor, "--workers", "2", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "ASK_S": "0.05", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while len(list((out / "parts").glob("*.trials.parquet"))) < 2:
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "no chunk finished"
+        time.sleep(0.05)
+    workers = children(proc.pid)
+    try:
+        proc.send_signal(signum)
+        output = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 128 + signum, output
+        assert "interrupted" in output and "--resume" in output, output
+        config = json.loads((out / "config.json").read_text())
+        assert config["status"] == "partial"
+        assert 2 <= config["trials_done"]["slow-random"] < 24
+        assert EvaluationResult.load(out).trials.num_rows == config["trials_done"]["slow-random"]
+        assert left_alive(workers) == [], "worker processes left behind"
+    finally:
+        kill(workers)  # whatever a failure left
+
+    monkeypatch.setitem(registry.OPTIMISERS, "slow-random", SlowRandom)
+    common = dict(max_steps=3, limit=24, executor="serial", progress=False)
+    if executor == "process":  # the command (which also writes the report)
+        resume = [*args[:-5], "--executor", "serial", "--no-progress", "--resume"]
+        res = CliRunner().invoke(_evaluate_app(), resume)
+        assert res.exit_code == 0, res.output
+    else:  # the library
+        evaluate_many(["slow-random"], None, out=out, resume=True, **common)
+    resumed = EvaluationResult.load(out)
+    assert (
+        resumed.complete
+        and resumed.config["chunks_resumed"] == config["trials_done"]["slow-random"]
+    )
+    reference = evaluate_many(["slow-random"], None, **common)
+    assert_tables_equal(_timing_free(resumed.records), _timing_free(reference.records))
+    assert_tables_equal(_timing_free(resumed.trials), _timing_free(reference.trials))

@@ -1,8 +1,13 @@
-"""Fixtures: the virtual accelerator (a caproto IOC subprocess on 127.0.0.1) for the EPICS,
-virtual-accelerator and end-to-end tests."""
+"""Fixtures: the virtual accelerator (an IOC subprocess on 127.0.0.1) for the EPICS,
+virtual-accelerator and end-to-end tests.
+
+The IOC is the config's server (``softioc``: EPICS 7 via pythonSoftIOC) unless the
+environment variable ``ACCELRL_VIRTUAL_SERVER`` names another (``caproto``).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,20 +18,27 @@ ROOT = Path(__file__).resolve().parents[2]
 VIRTUAL_CONFIG = ROOT / "deploy" / "virtual_ares_ea.yaml"
 MACHINE_CONFIG = ROOT / "deploy" / "virtual_ares_ea_machine.yaml"
 
-#: Fast dynamics for tests: short ramps, frequent frames and heartbeats.
+#: The server the tests run against (``None``: the config's).
+SERVER: str | None = os.environ.get("ACCELRL_VIRTUAL_SERVER") or None
+
+#: Fast dynamics for tests: short ramps, frequent frames and heartbeats; setpoint writes
+#: outside the limits are refused (the client's PutRejected path).
 FAST: dict[str, Any] = {
     "magnets": {"settle_time_s": 0.1, "update_rate_hz": 100.0},
     "screen": {"frame_rate_hz": 20.0, "reading_noise": 2.0e-6, "seed": 0, "image": True},
     "heartbeat_period_s": 0.1,
     "faults": {"stuck_knob": "Q1", "beam_loss_level": 1.0, "disconnect_s": 1.0},
+    "records": {"refusal": "reject"},
 }
 
 
 def start_ioc(**overrides: Any) -> Any:
-    """A fresh IOC (free port, unique prefix) with :data:`FAST` dynamics and ``overrides``."""
+    """A fresh IOC (free ports, unique prefix) with :data:`FAST` dynamics and ``overrides``
+    (``server=...`` chooses the server; default :data:`SERVER`)."""
     from accelrl.deploy.virtual import serve_in_subprocess, unique_prefix
 
     settings = {**FAST, **overrides}
+    settings.setdefault("server", SERVER)
     return serve_in_subprocess(VIRTUAL_CONFIG, prefix=unique_prefix(), **settings)
 
 
@@ -49,8 +61,9 @@ def shared_ioc() -> Iterator[Any]:
 
 @pytest.fixture
 def ioc(shared_ioc: Any) -> Any:
-    """The shared IOC, reset: no faults, counters zero, initial knob settings."""
-    shared_ioc.reset()
+    """The shared IOC, reset: no faults, counters zero, initial knob settings (waiting for it
+    to come back if a test left it in the ``disconnect`` fault)."""
+    shared_ioc.reset(timeout=30.0)
     return shared_ioc
 
 

@@ -42,8 +42,14 @@ def machine_config(
     limits: Mapping[str, tuple[float, float, float]] | None = None,
     tolerance: Mapping[str, float] | None = None,
     ramp_steps_max: int = 50,
+    outage_deadline_s: float = 5.0,
+    protections: Mapping[str, object] | None = None,
 ) -> MachineConfig:
-    """An ARES-EA machine config (fast timeouts for tests)."""
+    """An ARES-EA machine config (fast timeouts for tests).
+
+    :param protections: ``interlock``, ``beam_loss``, ``heartbeat`` entries; default for a
+        ``ca``/``pva`` transport: PVs ``T:INTERLOCK``, ``T:BEAM_LOSS``, ``T:HEARTBEAT``.
+    """
     limits = dict(limits or LIMITS)
     tolerance = dict(tolerance or {})
     knobs = []
@@ -57,8 +63,15 @@ def machine_config(
     observations = [
         {"name": n, "unit": "m", **({"pv": f"T:{n}"} if transport != "sim" else {})} for n in BEAM
     ]
+    if protections is None and transport != "sim":
+        protections = {
+            "interlock": {"pv": "T:INTERLOCK"},
+            "beam_loss": {"pv": "T:BEAM_LOSS"},
+            "heartbeat": {"pv": "T:HEARTBEAT"},
+        }
     return MachineConfig.model_validate(
         {
+            **dict(protections or {}),
             "name": "test-ares-ea",
             "env_id": "accelrl/AresEATransverseTuning-v0",
             "transport": transport,
@@ -70,7 +83,10 @@ def machine_config(
                 "poll_interval_s": poll_interval_s,
                 "connect_timeout_s": 1.0,
             },
-            "rollback": {"ramp_steps_max": ramp_steps_max},
+            "rollback": {
+                "ramp_steps_max": ramp_steps_max,
+                "outage_deadline_s": outage_deadline_s,
+            },
         }
     )
 

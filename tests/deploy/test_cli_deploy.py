@@ -98,3 +98,21 @@ def test_sim_machine_config_matches_the_task_and_the_policy() -> None:
     for knob, act, q in zip(config.knobs, spec["actuators"], manifest.action, strict=True):
         assert (knob.name, knob.low, knob.high) == (act["name"], act["low"], act["high"])
         assert knob.max_step == pytest.approx(q.high, rel=1e-7)  # the policy's delta limit
+
+
+def test_deploy_run_prints_and_logs_a_protection_opt_out(tmp_path: Path) -> None:
+    config = yaml.safe_load(SIM_CONFIG.read_text())
+    config["beam_loss"] = {"none": "no loss monitor in this simulation"}
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(config))
+    log = tmp_path / "run"
+    result = runner.invoke(
+        deploy_app,
+        [
+            "run", "--bundle", str(BUNDLE), "--machine", str(tmp_path / "m.yaml"),
+            "--steps", "1", "--log", str(log), "--no-plot",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "beam_loss: OFF (none: no loss monitor in this simulation)" in result.output
+    start = read_run(log)[0]
+    assert start["protections"]["beam_loss"] == {"none": "no loss monitor in this simulation"}

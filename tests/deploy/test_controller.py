@@ -177,6 +177,7 @@ ABORTS = [
     (Fault("beam_loss", after_puts=3), AbortReason.beam_loss),
     (Fault("disconnect", after_puts=3, times=3), AbortReason.disconnected),
     (Fault("reject_put", after_puts=3, times=1), AbortReason.put_rejected),
+    (Fault("lost_reply", after_puts=3, times=1), AbortReason.disconnected),
     (Fault("ignore_put", after_puts=3, times=1), AbortReason.put_rejected),
     (Fault("readback_offset", after_puts=2, knob="Q3", value=0.5), None),
     (Fault("settle_timeout", after_puts=2, times=1), AbortReason.settle_timeout),
@@ -201,6 +202,11 @@ def test_every_abort_rolls_back_to_the_initial_settings(policy, tmp_path, fault,
     records = read_run(tmp_path / "r")
     kinds = [r["type"] for r in records]
     assert kinds[0] == "start" and kinds[-1] == "end" and "rollback" in kinds
+    # Every rollback write attempt was logged as it went out: knobs, values, attempt, outcome.
+    ramp = [r for r in records if r["type"] == "rollback" and r["event"] == "write"]
+    assert [r["index"] for r in ramp] == list(range(result.rollback["writes"]))
+    for r in ramp:
+        assert {"setpoints", "attempt", "may_hold", "ok"} <= set(r)
     abort = [r for r in records if r.get("decision") == "abort"]
     assert len(abort) == 1 and abort[0]["abort"]["reason"] == reason.value
     assert records[-1]["abort"]["reason"] == reason.value
@@ -238,28 +244,65 @@ def test_nan_from_the_policy_aborts_and_rolls_back(policy, tmp_path):
 
 
 def test_persistent_disconnect_reports_an_incomplete_rollback(policy, tmp_path):
-    controller, _, plant = make(policy, faults=[Fault("disconnect", after_puts=2)], trial=0)
+    config = machine_config(settle_timeout_s=0.05, reading_timeout_s=0.05, outage_deadline_s=0.1)
+    faults = [Fault("disconnect", after_puts=2)]
+    controller, machine, plant = make(policy, faults=faults, trial=0, config=config)
     result = controller.run()
     assert result.abort_reason is AbortReason.disconnected
-    assert not result.rollback["complete"] and "failed" in result.rollback["detail"]
+    rollback = result.rollback
+    assert not rollback["complete"] and rollback["writes"] == 0  # nothing written blind
+    assert 0 < rollback["waited_s"] <= 0.1  # it waited, within the outage deadline
+    # Exactly which knobs were not restored, and every value each may hold: the value the
+    # first put verified, and the second put's (it landed; the outage began before it was
+    # read back).
+    first, second = (put for _, put in machine.put_log)
+    assert set(rollback["not_restored"]) == set(first) | set(second)
+    for name, values in rollback["not_restored"].items():
+        assert values == [first.get(name, START[name]), second[name]][-len(values) :]
+        assert values[-1] == plant.knobs()[name]
+        assert f"{name} may hold" in rollback["detail"]
+    assert "disconnected" in rollback["detail"]
     assert plant.knobs() != START  # left where it was, never jumped
 
 
-def test_another_client_moving_a_knob_aborts(policy):
+def test_another_clients_write_aborts_and_is_not_undone(policy, tmp_path):
     holder = {}
 
     def meddle() -> bool:
         m = holder["machine"]
         if m.puts_applied == 2 and not holder.get("done"):
             holder["done"] = True
-            m.put({"Q3": 20.0})
+            m.external_put({"Q3": 20.0})  # an operator sets Q3
         return False
 
-    controller, machine, plant = make(policy, trial=0, stop_callback=meddle)
+    controller, machine, plant = make(policy, trial=0, stop_callback=meddle, log=tmp_path / "o")
     holder["machine"] = machine
     result = controller.run()
-    assert result.abort_reason is AbortReason.setpoint_changed
-    assert result.rollback["complete"] and plant.knobs() == START
+    assert result.abort_reason is AbortReason.setpoint_changed and "Q3" in result.abort_detail
+    assert result.rollback["complete"] and result.rollback["foreign"] == {"Q3": 20.0}
+    assert plant.knobs() == {**START, "Q3": 20.0}  # the rest rolled back, Q3 left alone
+    assert all("Q3" not in put for _, put in machine.put_log[2:])
+    notes = [r for r in read_run(tmp_path / "o") if r.get("event") == "foreign_write"]
+    assert len(notes) == 1 and notes[0]["knob"] == "Q3" and notes[0]["value"] == 20.0
+
+
+def test_protections_are_announced_and_logged(policy, tmp_path):
+    config = machine_config(
+        settle_timeout_s=0.05,
+        reading_timeout_s=0.05,
+        protections={"heartbeat": {"none": "the test stand has no heartbeat"}},
+    )
+    lines = []
+    controller, _, _ = make(
+        policy, "shadow", config=config, log=tmp_path / "p", max_steps=1, announce=lines.append
+    )
+    controller.run()
+    assert lines[0] == "protections of test-ares-ea (sim):"
+    assert "  heartbeat: OFF (none: the test stand has no heartbeat)" in lines
+    start = read_run(tmp_path / "p")[0]
+    assert start["protections"]["heartbeat"] == {"none": "the test stand has no heartbeat"}
+    assert start["protections"]["interlock"] == {"simulated": True, "tripped_when": 1.0}
+    assert start["rollback_config"]["outage_deadline_s"] == 5.0
 
 
 def test_initial_settings_outside_the_hard_bounds_abort_without_writing(policy):

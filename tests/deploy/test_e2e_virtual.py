@@ -1,5 +1,6 @@
 """End to end: the shipped policy bundle, the runtime controller and the safety layer drive
-the virtual ARES-EA over Channel Access on 127.0.0.1.
+the virtual ARES-EA over Channel Access on 127.0.0.1 -- on both of its servers: the EPICS 7
+IOC (``softioc``) and the caproto server.
 
 Every fault of the virtual accelerator is switched on through its FAULT PV after the
 controller's first write; the run must abort for the right reason, roll the knobs back to
@@ -48,15 +49,15 @@ def policy(bundle: Path) -> OnnxPolicy:
     return OnnxPolicy(bundle)
 
 
-@pytest.fixture(scope="module")
-def e2e_ioc(start_ioc: Callable[..., Any]) -> Iterator[Any]:
-    with start_ioc(**E2E) as handle:
+@pytest.fixture(scope="module", params=["softioc", "caproto"])
+def e2e_ioc(request: pytest.FixtureRequest, start_ioc: Callable[..., Any]) -> Iterator[Any]:
+    with start_ioc(server=request.param, **E2E) as handle:
         yield handle
 
 
 @pytest.fixture
 def va(e2e_ioc: Any) -> Any:
-    e2e_ioc.reset()
+    e2e_ioc.reset(timeout=30.0)  # (it may be coming back from the disconnect test)
     return e2e_ioc
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -10,7 +12,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import typer
 from deploy_testlib import BUNDLE, ROOT
+from typer.testing import CliRunner
 
 from accelrl.agents.export.sb3 import sb3_physical_action
 from accelrl.agents.export.writer import (
@@ -141,6 +145,73 @@ def test_export_refuses_what_is_not_a_model(tmp_path: Path) -> None:
         export(tmp_path / "missing.pt", tmp_path / "out")
 
 
+class _Payload:
+    """Unpickling this creates ``marker``: proof that reading a file ran code from it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Path.touch, (self.marker,))
+
+
+def _hostile_sb3(folder: Path, marker: Path) -> Path:
+    """An SB3-looking TD3 zip whose cloudpickled policy class and vecnormalize.pkl would run
+    code (create ``marker``) when unpickled."""
+    payload = base64.b64encode(pickle.dumps(_Payload(marker))).decode()
+    data = {"policy_class": {":type:": "<class 'abc.ABCMeta'>", ":serialized:": payload},
+            "policy_delay": 2}  # fmt: skip
+    folder.mkdir()
+    with zipfile.ZipFile(folder / "model.zip", "w") as z:
+        z.writestr("data", json.dumps(data))
+        z.writestr("policy.pth", b"\0" * 64)
+    (folder / "vecnormalize.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    return folder / "model.zip"
+
+
+def test_sb3_export_needs_trust_pickle(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    model = _hostile_sb3(tmp_path / "run", marker)
+    with pytest.raises(ExportError, match=r"pickled Python objects and .*vecnormalize.pkl is a "
+                       r"pickle; .*--trust-pickle"):  # fmt: skip
+        export(model, tmp_path / "bundle")
+    with pytest.raises(ExportError, match="trust_pickle=True"):
+        load_sb3(model)
+    result = CliRunner().invoke(_export_app(), ["export", str(model), "--out",
+                                                str(tmp_path / "cli")])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "--trust-pickle" in " ".join(result.output.split())
+    assert not marker.exists() and not (tmp_path / "bundle").exists()
+
+
+def test_a_truncated_or_damaged_zip_is_refused_clearly(tmp_path: Path) -> None:
+    model = _hostile_sb3(tmp_path / "run", tmp_path / "marker")
+    data = model.read_bytes()
+    model.write_bytes(data[: len(data) // 2])
+    for trust in (False, True):
+        with pytest.raises(ExportError, match=r"model.zip: not a Stable-Baselines3 model zip "
+                           r"\(truncated, damaged or not a zip"):  # fmt: skip
+            export(model, tmp_path / "bundle", trust_pickle=trust)
+    with zipfile.ZipFile(model, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr("data", json.dumps({"policy_delay": 2}))
+        z.writestr("policy.pth", b"x" * 256)
+    raw = bytearray(model.read_bytes())
+    at = raw.index(b"x" * 256)
+    raw[at + 100] ^= 0xFF  # one flipped byte inside an entry
+    model.write_bytes(bytes(raw))
+    with pytest.raises(ExportError, match=r"damaged zip \(entry 'policy.pth' fails"):
+        export(model, tmp_path / "bundle", trust_pickle=True)
+
+
+def _export_app() -> typer.Typer:
+    from accelrl.cli.export import export_command
+
+    app = typer.Typer()
+    app.command("export")(export_command)
+    app.command("noop")(lambda: None)  # two commands: typer keeps the sub-command name
+    return app
+
+
 def test_export_refuses_a_policy_for_other_actuators(tmp_path: Path) -> None:
     policy = MLPPolicy.load(ROOT / "agents" / "apg-ares-ea")
     policy.meta.actuator_names = ["Q1", "Q2", "CH", "Q3", "CV"]
@@ -185,13 +256,14 @@ def sb3_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 def test_sb3_parity_with_predict_on_10k_observations(sb3_run, tmp_path: Path) -> None:
-    bundle = export(sb3_run.model_path, tmp_path / "bundle")  # finds vecnormalize.pkl
+    # finds vecnormalize.pkl; both files are this test's own training output
+    bundle = export(sb3_run.model_path, tmp_path / "bundle", trust_pickle=True)
     policy = OnnxPolicy(bundle)
     m = policy.manifest
     assert m.source == f"sb3-{sb3_run.algorithm}"
     assert m.provenance["recipe"]["algorithm"] == sb3_run.algorithm
     assert m.provenance["seed"] == 5
-    _, model, vecnormalize = load_sb3(sb3_run.model_path)
+    _, model, vecnormalize = load_sb3(sb3_run.model_path, trust_pickle=True)
     # What the environment can produce: float32 observations (SB3 acts in float32).
     obs = parity_observations().astype(np.float32).astype(np.float64)
     high = delta_bounds(TASKS[ENV_ID]())

@@ -135,3 +135,35 @@ def test_sim_machine_settle_timeout_and_ignored_put() -> None:
     assert m.read_setpoints().values["Q2"] == -11.0
     with pytest.raises(ValueError, match="unknown fault kind"):
         Fault("gremlins")  # type: ignore[arg-type]
+
+
+def test_sim_machine_lost_reply_and_another_clients_write() -> None:
+    m = SimMachine(
+        Plant.from_trial(30), machine_config(), faults=[Fault("lost_reply", after_puts=1, times=1)]
+    )
+    m.put({"Q1": 11.0})
+    with pytest.raises(Disconnected, match="applied, reply lost"):
+        m.put({"Q1": 12.0})
+    assert m.read_setpoints().values["Q1"] == 12.0 and m.read_knobs().values["Q1"] == 12.0
+    m.external_put({"Q2": -5.0})  # an operator: applied, not counted as this client's
+    assert m.read_setpoints().values["Q2"] == -5.0 and m.plant.knobs()["Q2"] == -5.0
+    assert m.puts_applied == 2 and len(m.put_log) == 2
+    with pytest.raises(PutRejected):
+        m.external_put({"Q9": 1.0})
+
+
+def test_sim_machine_honours_protection_opt_outs() -> None:
+    config = machine_config(
+        protections={
+            "interlock": {"none": "no interlock on this stand"},
+            "heartbeat": {"none": "no heartbeat on this stand"},
+        }
+    )
+    with pytest.raises(ValueError, match="has no interlock"):
+        SimMachine(Plant.from_trial(30), config, faults=[Fault("interlock")])
+    m = SimMachine(Plant.from_trial(30), config)
+    with pytest.raises(ValueError, match="has no heartbeat"):
+        m.inject(Fault("stale_heartbeat"))
+    m.inject(Fault("beam_loss"))  # not opted out: simulated
+    h = m.health()
+    assert h.beam_loss and not h.interlock and h.heartbeat_age_s is None

@@ -62,6 +62,17 @@ def test_shipped_configs_are_valid_and_match_the_task():
         ({"initial_knobs": {"Q7": 1.0}}, "unknown knobs"),
         ({"prefix": "has space"}, "prefix"),
         ({"colour": "red"}, "colour"),
+        ({"server": "pcaspy"}, "server"),
+        ({"pva_port": 5064}, "must differ"),
+        ({"beam_loss_level": float("nan")}, "beam_loss_level"),
+        ({"faults": {"beam_loss_level": float("inf")}}, "faults.beam_loss_level"),
+        ({"records": {"refusal": "maybe"}}, "records.refusal"),
+        ({"records": {"refusal_by_knob": {"Q9": "reject"}}}, "unknown knobs"),
+        ({"records": {"readback_deadband": {"Q1": -1.0}}}, "readback_deadband"),
+        ({"records": {"readback_deadband": {"Q1": float("nan")}}}, "readback_deadband"),
+        ({"records": {"observation_deadband": -2.0}}, "observation_deadband"),
+        ({"sim_prefix": "SIM :"}, "sim_prefix"),
+        ({"server": "caproto", "screen": {"image_dtype": "uint16"}}, "uint8 images only"),
     ],
 )
 def test_invalid_ioc_config_names_the_field(tmp_path, change, message):
@@ -88,13 +99,14 @@ def test_with_prefix_renames_every_pv():
     old, new = machine.pv_names, renamed.pv_names
     assert all(n.startswith("VB3:") for n in new)
     assert [n[len("VB3:") :] for n in new] == [n[len("VA:") :] for n in old]
+    assert renamed.frame_pv == "VB3:AREABSCR1:FRAME"  # not in pv_names, renamed as well
     assert with_prefix(machine, None) is machine
     assert unique_prefix() != unique_prefix()
 
 
 # ------------------------------------------------------------------------- the IOC
 def test_ioc_own_pvs(ioc):
-    assert ioc.caget(ioc.pv("TRIAL")) == 30
+    assert ioc.caget(ioc.sim_pv("TRIAL")) == 30
     assert ioc.faults() == set()
     assert ioc.put_count() == 0
     assert 0.0 < ioc.true_mae() < 5e-3
@@ -156,7 +168,7 @@ def test_reset_restores_the_initial_settings(ioc, machine):
 
 def test_unknown_fault_is_refused(ioc):
     with pytest.raises(PutRejected):
-        ioc.caput(ioc.pv("FAULT"), "meltdown")
+        ioc.caput(ioc.sim_pv("FAULT"), "meltdown")
     assert ioc.faults() == set()
     assert "unknown faults" in ioc.log()
     assert set(FAULTS) >= {"disconnect", "stale", "reject_put", "interlock", "beam_loss"}
@@ -217,7 +229,7 @@ def test_serve_virtual_command_serves_the_config(tmp_path):
 
         channels = CaChannels([f"127.0.0.1:{port}"])
         try:
-            names = [f"{prefix}TRIAL", f"{prefix}FAULT"]
+            names = [f"{prefix}SIM:TRIAL", f"{prefix}SIM:FAULT"]
             assert channels.connect(names, 3.0) == []
             values = channels.read(names, 2.0)
             assert values[names[0]].value == 57 and values[names[1]].value == "stale"
@@ -255,7 +267,7 @@ def test_fault_pv_counts_lost_writes(ioc, machine):
     assert machine.read_setpoints().values["Q1"] == 11.0
     assert machine.read_setpoints().values["Q2"] == -10.0
     with pytest.raises(PutRejected):
-        ioc.caput(ioc.pv("FAULT"), "stale:3")
+        ioc.caput(ioc.sim_pv("FAULT"), "stale:3")
 
 
 def test_screen_image_waveform(ioc, machine):

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
+from proc_testlib import children, kill, left_alive
 from typer.testing import CliRunner
 
 import accelrl.surrogates.generate as gen
@@ -61,6 +68,12 @@ class FakeSimulator:
         return RunResult("ok", {"charge": head * 1e-14, "energy_median": 1e9}, "", 0.01)
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in ``tmp_path``: the default output folder ``runs/surrogates`` is created there."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> type[FakeSimulator]:
     FakeSimulator.calls = []
@@ -94,7 +107,10 @@ def test_failed_and_beamless_runs_are_labelled_rows(
     assert meta["inputs"][1]["scale"] == "log" and meta["outputs"][0]["unit"] == "C"
     assert {"mean", "median", "max"} <= set(meta["wall_time_s"])
     assert (ds.table["fidelity"] == "resolution=0.5;stage_length=0.001").all()
-    assert spec_file.with_suffix(".meta.json").exists()
+    # the default output is runs/surrogates/ in the working folder, never beside the spec
+    assert report.table_path == spec_file.parents[1] / "runs" / "surrogates" / "tiny.parquet"
+    assert (report.table_path.parent / "tiny.meta.json").exists()
+    assert not spec_file.with_suffix(".meta.json").exists()
 
 
 def test_interrupted_generation_resumes_without_rerunning(
@@ -103,7 +119,7 @@ def test_interrupted_generation_resumes_without_rerunning(
     fake.interrupt_after = 5
     with pytest.raises(KeyboardInterrupt):
         gen.generate(spec_file, executor="serial", progress=False, checkpoint_every=2)
-    partial = load_dataset(spec_file.with_suffix(".parquet"))
+    partial = load_dataset(Path("runs/surrogates/tiny.parquet"))
     assert partial.table["sample"].tolist() == [0, 1, 2, 3, 4]
     done = set(partial.table["plasma_density"])
     fake.calls.clear()
@@ -141,11 +157,10 @@ def test_checkpoints_are_written_during_generation(
 def test_resume_refuses_a_different_design(
     spec_file: Path, fake: type[FakeSimulator], spec_dict: dict[str, Any]
 ) -> None:
-    gen.generate(spec_file, executor="serial", progress=False, limit=2)
+    table = gen.generate(spec_file, executor="serial", progress=False, limit=2).table_path
     spec_dict["inputs"][0]["high"] = 3e23
-    with pytest.raises(DatasetError, match="different spec"):
-        gen.generate(DatasetSpec.from_dict(spec_dict), spec_file.with_suffix(".parquet"),
-                     executor="serial", progress=False)  # fmt: skip
+    with pytest.raises(DatasetError, match=r"different spec \(inputs differ"):
+        gen.generate(DatasetSpec.from_dict(spec_dict), table, executor="serial", progress=False)
 
 
 def test_worker_errors_become_failed_rows(spec_file: Path, fake: type[FakeSimulator]) -> None:
@@ -190,3 +205,136 @@ def test_cli_generate(spec_file: Path, tmp_path: Path) -> None:
 def test_shipped_design_size() -> None:
     spec = load_spec(Path(__file__).resolve().parents[2] / "surrogates" / "lpa_beamloading.yaml")
     assert spec.design.n_samples >= 1000
+
+
+# ---------------------------------------------------------------------------- nothing lost
+def test_resume_with_fewer_outputs_is_refused(
+    spec_file: Path, fake: type[FakeSimulator], spec_dict: dict[str, Any], tmp_path: Path
+) -> None:
+    """The audit's case: a spec listing fewer outputs rewrote the table without the other
+    columns (30 -> 13) and reported the rows as kept."""
+    table = tmp_path / "data" / "tiny.parquet"
+    gen.generate(spec_file, table, executor="serial", progress=False, limit=4)
+    before = table.read_bytes(), table.with_name("tiny.meta.json").read_bytes()
+    spec_dict["outputs"] = spec_dict["outputs"][:1]
+    fewer = tmp_path / "fewer.yaml"
+    fewer.write_text(yaml.safe_dump(spec_dict))
+    with pytest.raises(DatasetError, match=r"different spec \(outputs differ"):
+        gen.generate(fewer, table, executor="serial", progress=False)
+    result = CliRunner().invoke(
+        surrogates_app, ["generate", str(fewer), "--out", str(table), "--resume", "--no-progress"]
+    )
+    assert result.exit_code == 1 and "outputs differ" in " ".join(result.output.split())
+    assert "rows kept" not in result.output
+    assert (table.read_bytes(), table.with_name("tiny.meta.json").read_bytes()) == before
+    for change in ({"fidelity": {"stage_length": 2e-3, "resolution": 0.5}},
+                   {"design": {"method": "sobol", "n_samples": 8, "seed": 9}},
+                   {"fixed": {**spec_dict["fixed"], "laser_energy": 11.0}}):  # fmt: skip
+        other = DatasetSpec.from_dict({**spec_dict, "outputs": SPEC_OUTPUTS, **change})
+        with pytest.raises(DatasetError, match=f"{next(iter(change))} differ"):
+            gen.generate(other, table, executor="serial", progress=False)
+    assert len(load_dataset(table).table.columns) == 2 + 2 + 5 + 1
+
+
+SPEC_OUTPUTS = [{"name": "charge", "unit": "C"}, {"name": "energy_median", "unit": "eV"}]
+
+
+def test_a_table_without_its_sidecar_or_off_the_design_is_refused(
+    spec_file: Path, fake: type[FakeSimulator], spec_dict: dict[str, Any], tmp_path: Path
+) -> None:
+    table = tmp_path / "a" / "tiny.parquet"
+    gen.generate(spec_file, table, executor="serial", progress=False, limit=3)
+    meta = table.with_name("tiny.meta.json")
+    sidecar = meta.read_bytes()
+    meta.unlink()
+    data = table.read_bytes()
+    with pytest.raises(DatasetError, match=r"tiny.parquet has no sidecar tiny.meta.json"):
+        gen.generate(spec_file, table, executor="serial", progress=False)
+    assert table.read_bytes() == data and not meta.exists()
+    # a table of another design under this spec's sidecar: not merged
+    spec_dict["design"]["seed"] = 2
+    other = gen.generate(DatasetSpec.from_dict(spec_dict), tmp_path / "b", executor="serial",
+                         progress=False, limit=3).table_path  # fmt: skip
+    table.write_bytes(other.read_bytes())
+    meta.write_bytes(sidecar)
+    with pytest.raises(DatasetError, match=r"not this spec's design \(sample 0 has inputs"):
+        gen.generate(spec_file, table, executor="serial", progress=False)
+    meta.write_text("{ truncated")
+    with pytest.raises(DatasetError, match=r"tiny.meta.json: cannot be read"):
+        gen.generate(spec_file, table, executor="serial", progress=False)
+    report = gen.generate(spec_file, table, executor="serial", progress=False, force=True)
+    assert report.n_existing == 0 and report.n_run == 8
+
+
+def test_cli_refuses_an_existing_dataset_without_resume_or_force(
+    spec_file: Path, fake: type[FakeSimulator], tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    args = ["generate", str(spec_file), "--workers", "1", "--no-progress"]
+    assert gen.generate(spec_file, executor="serial", progress=False, limit=2).n_run == 2
+    result = runner.invoke(surrogates_app, [*args, "--limit", "1"])
+    assert result.exit_code == 1
+    assert "already there" in result.output and "--resume" in result.output
+    result = runner.invoke(surrogates_app, [*args, "--limit", "1", "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "(2 rows kept)" in " ".join(result.output.split())
+    result = runner.invoke(surrogates_app, [*args, "--limit", "1", "--force"])
+    assert result.exit_code == 0, result.output
+    assert "(0 rows kept)" in " ".join(result.output.split())
+    assert len(load_dataset(Path("runs/surrogates/tiny.parquet")).table) == 1
+
+
+#: ``accelrl surrogates`` with a simulator whose runs sleep for ten minutes (each marks
+#: its start with a file named after its process id in the folder argv[1]).
+_SLEEPY_CLI = """
+import os, sys, time
+from pathlib import Path
+import accelrl.surrogates.generate as gen
+
+class Sleeper:
+    name, version = "wake-t", "test"
+    def __init__(self, spec):
+        pass
+    def run(self, inputs):
+        (Path(sys.argv[1]) / str(os.getpid())).touch()
+        time.sleep(600)
+
+gen.make_simulator = lambda spec, timeout_s=None: Sleeper(spec)
+from accelrl.cli.surrogates import surrogates_app
+surrogates_app(sys.argv[2:], prog_name="accelrl surrogates")
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_killed_generation_leaves_no_process(
+    spec_file: Path, tmp_path: Path, signum: signal.Signals
+) -> None:
+    script, marks = tmp_path / "sleepy.py", tmp_path / "marks"
+    script.write_text(_SLEEPY_CLI)
+    marks.mkdir()
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(marks), "generate", str(spec_file), "--workers", "2",
+         "--out", str(out), "--no-progress"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while len(list(marks.iterdir())) < 2:  # both workers inside a run
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "the workers never started a run"
+        time.sleep(0.05)
+    workers = children(proc.pid)
+    try:
+        assert {int(p.name) for p in marks.iterdir()} <= set(workers)
+        proc.send_signal(signum)
+        output = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 128 + signum, output
+        assert "interrupted" in output and "--resume" in output
+        assert left_alive(workers) == [], "worker processes left behind"
+    finally:
+        kill(workers)  # whatever a failure left
+    assert load_dataset(out / "tiny.parquet").meta["generation"]["sessions"][0]["finished"]

@@ -7,6 +7,7 @@
 * :mod:`~accelrl.agents.bo.acquisition`: LogEI / UCB and their optimisation.
 * :mod:`~accelrl.agents.bo.guard`: hard bounds, max step, trust region, safe returns.
 * :mod:`~accelrl.agents.bo.session`: the ask/tell session (persists and resumes).
+* :mod:`~accelrl.agents.bo.persistence`: the session's files and the checks of a load.
 * :mod:`~accelrl.agents.bo.optimiser`: the evaluation-protocol optimiser ``"bo"``.
 * :mod:`~accelrl.agents.bo.xopt_interop`: the prior as an Xopt ``mean_modules`` entry.
 * :mod:`~accelrl.agents.bo.plots`: figures of a session.
@@ -37,6 +38,7 @@ _LAZY = {
     "screen_result": "accelrl.agents.bo.problem",
     "TuningGuard": "accelrl.agents.bo.guard",
     "TrustRegionConfig": "accelrl.agents.bo.guard",
+    "SessionFileError": "accelrl.agents.bo.persistence",
     "SessionPaused": "accelrl.agents.bo.session",
     "TuningSession": "accelrl.agents.bo.session",
 }

@@ -5,7 +5,7 @@
 >>> setting = session.suggest()            # dict name -> SI value   # doctest: +SKIP
 >>> session.ingest(setting, {"mae": 3e-4, "on_screen": 1.0})        # doctest: +SKIP
 >>> session.save("runs/bo-session")                                 # doctest: +SKIP
->>> session = TuningSession.load("runs/bo-session")                 # doctest: +SKIP
+>>> TuningSession.load("runs/bo-session", limits=ares_ea_problem())  # doctest: +SKIP
 
 Each :meth:`TuningSession.suggest` fits a ``SingleTaskGP`` per modelled output (the
 objective, with the calibrated prior mean when one is given, and every ``modelled``
@@ -16,8 +16,6 @@ TuningGuard` allows and passes the result through its final check. Torch runs on
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import time
 from collections.abc import Mapping
@@ -40,12 +38,18 @@ from accelrl.agents.bo.model import (
     parameter_state,
     pearson,
 )
+from accelrl.agents.bo.persistence import (
+    FORMAT_VERSION,
+    Limits,
+    SessionFileError,
+    data_columns,
+    prior_spec,
+    read_session,
+    write_session,
+)
 from accelrl.agents.bo.problem import ProblemError, TuningProblem
 
-__all__ = ["SessionConfig", "SessionPaused", "TuningSession"]
-
-#: Version of the files written by :meth:`TuningSession.save`.
-FORMAT_VERSION = 1
+__all__ = ["SessionConfig", "SessionFileError", "SessionPaused", "TuningSession"]
 
 
 class SessionPaused(RuntimeError):
@@ -418,109 +422,83 @@ class TuningSession:
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path) -> Path:
-        """Write ``problem.json``, ``session.json``, ``data.csv`` and ``model.pt`` into
-        ``directory`` (created). :meth:`load` restores a session that makes the same next
-        suggestion (for the same seed, when the time budget is not hit)."""
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "problem.json").write_text(json.dumps(self.problem.model_dump(), indent=2))
-        prior_spec = None
-        if self.prior is not None:
-            describe = getattr(self.prior, "config", None)
-            prior_spec = (
-                describe()
-                if callable(describe)
-                else {
-                    "kind": "custom",
-                    "class": f"{type(self.prior).__module__}.{type(self.prior).__qualname__}",
-                }
-            )
+        """Write the session into ``directory`` (created): ``problem.json``,
+        ``session.json``, ``data.csv``, ``model.npz`` and ``manifest.json`` with their sha256
+        (see :mod:`accelrl.agents.bo.persistence`). :meth:`load` restores a session that
+        makes the same next suggestion (for the same seed, when the time budget is not hit).
+        """
         session = {
             "format_version": FORMAT_VERSION,
             "config": self.config.model_dump(),
-            "prior": prior_spec,
+            "prior": prior_spec(self.prior),
             "fixed_inputs": self.fixed_inputs,
             "safety": self.safety.state(),
             "readback": self.readback.tolist(),
             "pending": [m.tolist() for m in self._pending],
             "diagnostics": self.diagnostics(),
         }
-        (path / "session.json").write_text(json.dumps(session, indent=2, default=str))
-        columns = self._columns()
-        with open(path / "data.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns)
-            for row in self.rows:
-                writer.writerow(
-                    [repr(row[c]) if isinstance(row[c], float) else row[c] for c in columns]
-                )
-        torch.save(
-            {
-                "states": self._states,
-                # a calibrated prior's parameters; any other prior is never changed
-                "prior": self.prior.state_dict() if is_calibrated(self.prior) else None,
-            },
-            path / "model.pt",
+        # a calibrated prior's parameters; any other prior is never changed
+        prior_state = self.prior.state_dict() if is_calibrated(self.prior) else None
+        return write_session(
+            directory,
+            self.problem.model_dump(),
+            session,
+            data_columns(self.problem),
+            self.rows,
+            self._states,
+            prior_state,
         )
-        return path
-
-    def _columns(self) -> list[str]:
-        p = self.problem
-        outputs = [p.objective.name, *(c.name for c in p.constraints), *p.observables]
-        return [
-            "step",
-            *(f"setting.{n}" for n in self.names),
-            *(f"result.{o}" for o in outputs),
-            "safe",
-            "feasible",
-            "prior_prediction",
-            "suggest_s",
-        ]
 
     @classmethod
-    def load(cls, directory: str | Path, prior: nn.Module | None = None) -> TuningSession:
-        """Restore a session written by :meth:`save`.
+    def load(
+        cls,
+        directory: str | Path,
+        prior: nn.Module | None = None,
+        limits: Limits | None = None,
+    ) -> TuningSession:
+        """Restore a session written by :meth:`save`, after the checks of
+        :func:`~accelrl.agents.bo.persistence.read_session` (nothing in the files runs).
 
         :param prior: The prior module, required when the saved prior is not a built-in one
             (its saved parameters are loaded into it).
-        :raises ValueError: For a missing custom prior or an unknown format.
+        :param limits: The limits of the machine the session will drive: a machine config,
+            a :class:`~accelrl.agents.bo.problem.TuningProblem` or ``name -> (low, high[,
+            max_step])`` [SI]; bounds or a max step beyond them are refused.
+        :raises SessionFileError: For a changed, damaged or missing file, an invalid value
+            or bounds beyond ``limits`` (naming the file, field and value).
+        :raises ValueError: For a custom prior that is not passed.
         """
         path = Path(directory)
-        problem = TuningProblem.create(json.loads((path / "problem.json").read_text()))
-        meta = json.loads((path / "session.json").read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path}: session format {meta.get('format_version')}, expected {FORMAT_VERSION}"
-            )
+        files = read_session(path, limits)
+        meta = files.meta
         spec = meta["prior"]
         if spec is not None and prior is None:
-            if spec.get("kind") == "beamline":
+            if isinstance(spec, dict) and spec.get("kind") == "beamline":
                 from accelrl.agents.bo.prior import BeamlinePrior
 
-                prior = BeamlinePrior.from_config(spec)
+                try:
+                    prior = BeamlinePrior.from_config(spec)
+                except (TypeError, ValueError, KeyError) as err:
+                    raise SessionFileError(f"{path / 'session.json'}: prior: {err}") from None
             else:
+                cls_name = spec.get("class") if isinstance(spec, dict) else spec
                 raise ValueError(
-                    f"{path}: the session used a custom prior ({spec.get('class')}); pass "
-                    "prior= to load()"
+                    f"{path}: the session used a custom prior ({cls_name}); pass prior= to load()"
                 )
-        saved = torch.load(path / "model.pt", weights_only=False)
-        if prior is not None and saved["prior"] is not None:
-            prior.load_state_dict(saved["prior"])
-        session = cls(problem, prior, meta["config"], meta.get("fixed_inputs"))
-        with open(path / "data.csv", newline="") as f:
-            for raw in csv.DictReader(f):
-                row: dict[str, Any] = {}
-                for key, value in raw.items():
-                    if key == "step":
-                        row[key] = int(value)
-                    elif key in ("safe", "feasible"):
-                        row[key] = value == "True"
-                    else:
-                        row[key] = float(value)
-                session.rows.append(row)
-        session.safety.load_state(meta["safety"])
+        if prior is not None and files.prior_state is not None:
+            try:
+                prior.load_state_dict(files.prior_state)
+            except RuntimeError as err:
+                raise SessionFileError(f"{path / 'model.npz'}: prior parameters: {err}") from None
+        try:
+            session = cls(files.problem, prior, meta["config"], meta.get("fixed_inputs"))
+            session.safety.load_state(meta["safety"])
+        except (ValueError, TypeError, KeyError) as err:
+            raise SessionFileError(f"{path / 'session.json'}: {err}") from None
+        session.rows = files.rows
         session.readback = np.asarray(meta["readback"], np.float64)
         session._pending = [np.asarray(m, np.float64) for m in meta["pending"]]
-        session._states = saved["states"]
-        session._diag = {k: meta["diagnostics"].get(k) for k in ("mode", "suggest_s")}
+        session._states = files.states
+        diagnostics = meta["diagnostics"] if isinstance(meta["diagnostics"], dict) else {}
+        session._diag = {k: diagnostics.get(k) for k in ("mode", "suggest_s")}
         return session

@@ -6,6 +6,9 @@
   trial set, in parallel through an executor;
 * :mod:`~accelrl.agents.evaluation.result`: :class:`EvaluationResult` (records, per-trial
   metrics, summaries, files);
+* :mod:`~accelrl.agents.evaluation.store`: the parts an evaluation writes as it runs, and
+  resuming it;
+* :mod:`~accelrl.agents.evaluation.trialset`: the trial set, its provenance and chunks;
 * :mod:`~accelrl.agents.evaluation.metrics`: the published metrics and their summaries;
 * :mod:`~accelrl.agents.evaluation.report`: ``report.md`` and its figures.
 

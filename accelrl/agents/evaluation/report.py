@@ -146,6 +146,21 @@ def _q(values: np.ndarray, q: float, axis: int = 0) -> np.ndarray:
         return np.nanquantile(values, q, axis=axis)
 
 
+def _target_line(ax: Any, left: bool) -> None:
+    """The 20 um target as a dashed line, labelled at the left (below) or right (above)."""
+    ax.axhline(TARGET_MAE * UM, color="0.3", ls="--", lw=1)
+    ax.text(
+        0.01 if left else 0.99,
+        TARGET_MAE * UM,
+        "target 20 um" if left else "target 20 um ",
+        transform=ax.get_yaxis_transform(),
+        ha="left" if left else "right",
+        va="top" if left else "bottom",
+        fontsize=9,
+        color="0.3",
+    )
+
+
 def plot_mae_vs_step(result: EvaluationResult, path: str | Path, subset: str = "all") -> Path:
     """MAE and best-so-far MAE [um] against step: median and IQR band per optimiser."""
     plt = _pyplot()
@@ -165,17 +180,7 @@ def plot_mae_vs_step(result: EvaluationResult, path: str | Path, subset: str = "
             ax.fill_between(steps, _q(um, 0.25), _q(um, 0.75), color=colour, alpha=0.2, lw=0)
             ax.plot(steps, _q(um, 0.5), color=colour, lw=2, label=label)
     for ax, title in zip(axes, ("MAE", "best MAE so far"), strict=True):
-        ax.axhline(TARGET_MAE * UM, color="0.3", ls="--", lw=1)
-        ax.text(
-            0.01,
-            TARGET_MAE * UM,
-            "target 20 um",
-            transform=ax.get_yaxis_transform(),
-            ha="left",
-            va="top",
-            fontsize=9,
-            color="0.3",
-        )
+        _target_line(ax, left=True)
         ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(title)
@@ -236,17 +241,7 @@ def plot_mae_distributions(result: EvaluationResult, path: str | Path) -> Path:
             rotation=20 if len(labels) > 3 else 0,
             ha="right" if len(labels) > 3 else "center",
         )
-        ax.axhline(TARGET_MAE * UM, color="0.3", ls="--", lw=1)
-        ax.text(
-            0.99,
-            TARGET_MAE * UM,
-            "target 20 um ",
-            transform=ax.get_yaxis_transform(),
-            ha="right",
-            va="bottom",
-            fontsize=9,
-            color="0.3",
-        )
+        _target_line(ax, left=False)
         ax.set_yscale("log")
         ax.set_title(f"{title} per trial (box: quartiles, whiskers: 5-95%)")
         ax.grid(True, axis="y", which="major", alpha=0.3)

@@ -32,6 +32,17 @@ from accelrl.names import TRANSVERSE
 BEAM_KEYS: tuple[str, ...] = TRANSVERSE
 #: Version of the files written by :meth:`EvaluationResult.save`.
 FORMAT_VERSION = 1
+#: What an evaluation writes into its output folder (glob patterns): the result files, the
+#: report and its figures, and the parts of a run in progress. ``--force`` removes these.
+OUTPUT_FILES: tuple[str, ...] = (
+    "records.parquet",
+    "config.json",
+    "trial_metrics.csv",
+    "summary.json",
+    "report.md",
+    "*.png",
+    "parts",
+)
 
 
 # --------------------------------------------------------------------------- result
@@ -76,7 +87,9 @@ class EvaluationResult:
         ``failed``/``error`` ("" when none), ``reset_time_s``, ``ask_time_mean_s``,
         ``ask_time_max_s``, ``wall_s`` and the trial ``seed``.
     :param summaries: ``{optimiser: {"all" | "sigma_pos": Summary}}`` (SI).
-    :param config: Run configuration and provenance (JSON-serialisable).
+    :param config: Run configuration and provenance (JSON-serialisable); ``status`` is
+        ``"partial"`` for the finished trials of an interrupted run (``trials_done`` counts
+        them per optimiser), ``"complete"`` otherwise.
     """
 
     records: pa.Table
@@ -92,6 +105,11 @@ class EvaluationResult:
     def optimisers(self) -> list[str]:
         """Optimiser labels, in evaluation order."""
         return [o["label"] for o in self.config["optimisers"]]
+
+    @property
+    def complete(self) -> bool:
+        """Whether every trial ran (``False`` for the partial result of an interrupt)."""
+        return self.config.get("status", "complete") == "complete"
 
     @property
     def actuator_names(self) -> list[str]:
@@ -169,9 +187,12 @@ class EvaluationResult:
     # ---------------------------------------------------------------- files
     def save(self, directory: str | Path) -> Path:
         """Write ``records.parquet`` (config and summary in the file metadata),
-        ``config.json``, ``trial_metrics.csv`` and ``summary.json`` into ``directory``."""
+        ``config.json``, ``trial_metrics.csv`` and ``summary.json`` into ``directory``, each
+        atomically (a reader sees the old file or the new one)."""
         import pyarrow.csv as pcsv
         import pyarrow.parquet as pq
+
+        from accelrl.runs import atomic_write, atomic_write_text
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -179,12 +200,13 @@ class EvaluationResult:
         summary = json.dumps(self.summary_json(), indent=2, allow_nan=False)
         meta = dict(self.records.schema.metadata or {})
         meta.update({b"accelrl.config": config.encode(), b"accelrl.summary": summary.encode()})
-        pq.write_table(
-            self.records.replace_schema_metadata(meta), d / "records.parquet", compression="zstd"
+        records = self.records.replace_schema_metadata(meta)
+        atomic_write(
+            d / "records.parquet", lambda tmp: pq.write_table(records, tmp, compression="zstd")
         )
-        (d / "config.json").write_text(config + "\n")
-        (d / "summary.json").write_text(summary + "\n")
-        pcsv.write_csv(self.trials, d / "trial_metrics.csv")
+        atomic_write(d / "trial_metrics.csv", lambda tmp: pcsv.write_csv(self.trials, tmp))
+        atomic_write_text(d / "summary.json", summary + "\n")
+        atomic_write_text(d / "config.json", config + "\n")  # last: the run's status
         return d
 
     @classmethod

@@ -12,6 +12,14 @@ all of them at once when it is a :class:`~accelrl.protocol.BatchOptimiser` (the 
 steps as one vector environment). An optimiser must take all of a trial's randomness from
 ``Problem.seed``; then every executor gives identical records (timings aside).
 
+With ``out=``, every finished chunk is written to ``out/parts/`` at once
+(:mod:`~accelrl.agents.evaluation.store`) and the result to ``out`` at the end. Ctrl-C or
+SIGTERM stops the run, ends the pool's workers and writes the finished trials as a partial
+result (``config["status"] == "partial"``) before :class:`EvaluationInterrupted` is raised;
+``resume=True`` continues it, running only the missing chunks, and gives the result an
+uninterrupted run gives (timings aside). An ``out`` that holds files is refused unless
+``resume`` or ``force`` (replace: the earlier run's files, figures included, are removed).
+
 On a SLURM cluster, start a ``dask_jobqueue.SLURMCluster`` (``[cluster]`` extra), scale it,
 and pass ``dask_address=cluster.scheduler_address`` (or ``executor=client.get_executor()``);
 the workers need accelrl installed and the optimiser factories importable.
@@ -25,8 +33,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import datetime as dt
-import hashlib
-import math
 import pickle
 import platform
 import time
@@ -36,21 +42,31 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
 
 from accelrl.agents.evaluation.loop import TRIAL_SEED_RULE, StepHook, evaluation_env, run_trials
 from accelrl.agents.evaluation.result import (
     FORMAT_VERSION,
+    OUTPUT_FILES,
     EvaluationResult,
     records_table,
     summarise_trials,
     trials_table,
 )
+from accelrl.agents.evaluation.store import ChunkTables, EvaluationStore
+from accelrl.agents.evaluation.trialset import chunk_trials, resolve_trials, trials_digest
 from accelrl.execution import (
     ExecutorArg,
     executor_scope,
     git_state,
     one_thread,
     package_versions,
+)
+from accelrl.interrupts import (
+    deferred_interrupts,
+    interrupt_on_sigterm,
+    pool_initializer,
+    stop_process_pool,
 )
 from accelrl.names import ARES_EA_ID
 from accelrl.progress import progress_bar
@@ -68,6 +84,21 @@ _VERSIONED = ("accelrl", "torch", "numpy", "cheetah-accelerator", "gymnasium", "
 
 #: A picklable zero-argument callable returning a fresh optimiser.
 MakeOptimiser = Callable[[], Optimiser]
+
+
+class EvaluationInterrupted(KeyboardInterrupt):
+    """An evaluation stopped by Ctrl-C or SIGTERM.
+
+    :param result: The finished trials as a partial result (``config["status"] ==
+        "partial"``), or ``None`` when no chunk had finished.
+    :param out: Where it was written (``None`` without ``out=``).
+    """
+
+    def __init__(self, result: EvaluationResult | None, out: Path | None) -> None:
+        done = 0 if result is None else result.trials.num_rows
+        super().__init__(f"evaluation interrupted; {done} finished trial(s) kept")
+        self.result = result
+        self.out = out
 
 
 # --------------------------------------------------------------------------- optimiser specs
@@ -169,43 +200,7 @@ def _git() -> dict[str, Any]:
     return {"commit": commit or None, "dirty": dirty}
 
 
-def _resolve_trials(
-    trials: Sequence[Trial] | str | Path | None, limit: int | None = None
-) -> tuple[list[Trial], dict]:
-    from accelrl.envs.trials import DEFAULT_TRIALS, load_trials
-
-    if trials is None or isinstance(trials, (str, Path)):
-        path = Path(trials) if trials is not None else DEFAULT_TRIALS
-        out = load_trials(path)
-        source = {
-            "source": str(path),
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "default": trials is None,
-        }
-    else:
-        out, source = list(trials), {"source": "in-memory", "sha256": None, "default": False}
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        out = out[:limit]
-    if not out:
-        raise ValueError("no trials to evaluate")
-    idx = [int(t.index) for t in out]
-    if len(set(idx)) != len(idx):
-        raise ValueError("trial indices must be unique within one evaluation")
-    source.update(n=len(out), limit=limit, indices=idx)
-    return out, source
-
-
 # --------------------------------------------------------------------------- entry points
-def _chunks(trials: list[Trial], chunk_size: int | None) -> list[list[Trial]]:
-    if chunk_size is None:
-        chunk_size = max(1, math.ceil(len(trials) / 64))
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return [trials[i : i + chunk_size] for i in range(0, len(trials), chunk_size)]
-
-
 def evaluate_many(
     optimisers: Sequence[str | MakeOptimiser] | Mapping[str, str | MakeOptimiser],
     trials: Sequence[Trial] | str | Path | None = None,
@@ -221,6 +216,9 @@ def evaluate_many(
     chunk_size: int | None = None,
     limit: int | None = None,
     on_step: StepHook | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
 ) -> EvaluationResult:
     """Evaluate several optimisers on the same trials, as one comparative result.
 
@@ -251,8 +249,17 @@ def evaluate_many(
     :param limit: Evaluate only the first ``limit`` trials (the source stays recorded).
     :param on_step: Called with ``(trial index, step, info)`` after every recorded step of
         every trial (``executor="serial"`` only), e.g. for a live display.
-    :raises ValueError: For invalid arguments; errors of the simulation or of an optimiser
-        factory propagate; errors of ``reset``/``ask`` fail only their trial.
+    :param out: Output folder: each finished chunk is written there as it finishes, the
+        result at the end (:meth:`EvaluationResult.save`), a partial result on an interrupt.
+    :param resume: Continue the evaluation in ``out`` (same settings required), running
+        only the chunks it does not hold.
+    :param force: Replace what ``out`` holds (the earlier run's files are removed first).
+    :raises ValueError: For invalid arguments, an ``out`` that holds files without
+        ``resume``/``force``, or one whose evaluation differs from this one when resuming;
+        errors of the simulation or of an optimiser factory propagate; errors of
+        ``reset``/``ask`` fail only their trial.
+    :raises EvaluationInterrupted: On Ctrl-C or SIGTERM, after the finished trials were
+        kept (and written, with ``out``).
     """
     if max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
@@ -268,29 +275,74 @@ def evaluate_many(
     if on_step is not None and executor != "serial":
         raise ValueError("on_step needs executor='serial' (it runs in this process)")
     spec = TASKS[env_id]()
-    trial_list, trial_source = _resolve_trials(trials, limit)
+    trial_list, trial_source = resolve_trials(trials, limit)
     entries = _entries(optimisers)
-    chunks = _chunks(trial_list, chunk_size)
+    chunks = chunk_trials(trial_list, chunk_size)
+    keys = ("name", "element", "attribute", "unit", "low", "high")
+    actuators = [{k: getattr(a, k) for k in keys} for a in spec.actuators]
+    plan = {
+        "format_version": FORMAT_VERSION,
+        "env_id": env_id,
+        "backend": backend,
+        "max_steps": max_steps,
+        "seed": seed,
+        "trial_seed": TRIAL_SEED_RULE,
+        "optimisers": [{"label": e.label, "spec": e.spec, "name": e.name} for e in entries],
+        "trials": {
+            "content_sha256": trials_digest(trial_list),
+            "indices": trial_source["indices"],
+        },
+        "chunk_size": len(chunks[0]),
+    }
+    order = [(i, j) for i in range(len(entries)) for j in range(len(chunks))]
+    local = executor in (None, "process") and dask_address is None  # a pool started here
+    if local:  # checked before anything is written
+        for e in entries:
+            try:
+                pickle.dumps(e.factory)
+            except Exception as err:
+                raise TypeError(
+                    f"optimiser {e.spec} cannot be pickled for a process pool ({err}); use "
+                    "a spec string, a module-level class/function or functools.partial, "
+                    "or executor='serial'"
+                ) from err
+    store: EvaluationStore | None = None
+    done: dict[tuple[int, int], ChunkTables] = {}
+    if out is not None:
+        from accelrl.runs import prepare_output
+
+        mode = prepare_output(out, resume=resume, force=force, owned=OUTPUT_FILES)
+        store = EvaluationStore(out, plan, resume=mode == "resume")
+        done = store.finished(order)
+    elif resume or force:
+        raise ValueError("resume and force need out=")
+    n_loaded = len(done)
+
+    def finish(i: int, j: int, records: list[dict[str, Any]]) -> None:
+        e = entries[i]
+        tables = ChunkTables(
+            records_table([(e.label, records)], actuators),
+            trials_table([(e.label, e.name, records)]),
+        )
+        with deferred_interrupts():  # written and recorded, or neither
+            if store is not None:
+                store.write(i, j, tables)
+            done[i, j] = tables
+
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
-    with executor_scope(executor, workers, dask_address, one_thread) as (pool, kind, n_workers):
-        if kind == "process":
-            for e in entries:
-                try:
-                    pickle.dumps(e.factory)
-                except Exception as err:
-                    raise TypeError(
-                        f"optimiser {e.spec} cannot be pickled for a process pool ({err}); use "
-                        "a spec string, a module-level class/function or functools.partial, "
-                        "or executor='serial'"
-                    ) from err
+    initializer = pool_initializer(one_thread) if local else one_thread
+    interrupted: KeyboardInterrupt | None = None
+    with (
+        interrupt_on_sigterm(),
+        executor_scope(executor, workers, dask_address, initializer) as (pool, kind, n_workers),
+    ):
         args = (max_steps, backend, seed, env_id)
         jobs = [
-            (i, j, (e.factory, e.batched, c))
-            for i, e in enumerate(entries)
-            for j, c in enumerate(chunks)
+            (i, j, (entries[i].factory, entries[i].batched, chunks[j]))
+            for i, j in order
+            if (i, j) not in done
         ]
-        done: dict[tuple[int, int], list[dict[str, Any]]] = {}
         # Submit before the progress bar starts its thread (a fork-started pool forks here).
         futures = (
             {}
@@ -299,61 +351,64 @@ def evaluate_many(
         )
         with progress_bar(middle=["trials"], transient=True, enabled=progress) as bar:
             tasks = [bar.add_task(f"{e.label} ({kind})", total=len(trial_list)) for e in entries]
+            for i, j in done:
+                bar.advance(tasks[i], len(chunks[j]))
             try:
                 if pool is None:
                     for i, j, job in jobs:
-                        done[i, j] = _run_chunk(*job, *args, on_step=on_step)
+                        finish(i, j, _run_chunk(*job, *args, on_step=on_step))
                         bar.advance(tasks[i], len(chunks[j]))
                 else:
                     for fut in cf.as_completed(futures):
                         i, j = futures[fut]
-                        done[i, j] = fut.result()
+                        finish(i, j, fut.result())
                         bar.advance(tasks[i], len(chunks[j]))
+            except KeyboardInterrupt as err:
+                interrupted = err
+                if local:
+                    stop_process_pool(pool)
+                else:  # not a pool of ours: cancel what is queued
+                    for fut in futures:
+                        fut.cancel()
             except BaseException:
                 for fut in futures:
                     fut.cancel()
                 raise
-    wall = time.perf_counter() - t0
-    runs = [(e, [r for j in range(len(chunks)) for r in done[i, j]]) for i, e in enumerate(entries)]
-    actuators = [
-        {
-            "name": a.name,
-            "element": a.element,
-            "attribute": a.attribute,
-            "unit": a.unit,
-            "low": a.low,
-            "high": a.high,
-        }
-        for a in spec.actuators
-    ]
     low = np.array([a.low for a in spec.actuators])
     high = np.array([a.high for a in spec.actuators])
     config = {
-        "format_version": FORMAT_VERSION,
-        "env_id": env_id,
-        "backend": backend,
-        "max_steps": max_steps,
-        "seed": seed,
-        "trial_seed": TRIAL_SEED_RULE,
-        "optimisers": [{"label": e.label, "spec": e.spec, "name": e.name} for e in entries],
-        "trials": trial_source,
+        **plan,
+        "status": "complete" if interrupted is None else "partial",
+        "trials": {**trial_source, **plan["trials"]},
+        "trials_done": {
+            e.label: sum(len(chunks[j]) for (i, j) in done if i == k) for k, e in enumerate(entries)
+        },
+        "chunks_resumed": n_loaded,
         "actuators": actuators,
         "max_delta": (spec.delta_fraction * np.maximum(np.abs(low), np.abs(high))).tolist(),
         "start": list(spec.start),
         "screen": {"element": spec.screen.element, "half_extent_m": list(spec.screen.half_extent)},
         "executor": kind,
         "workers": n_workers,
-        "chunk_size": len(chunks[0]),
         "started_utc": started.isoformat(timespec="seconds"),
-        "wall_s": wall,
+        "wall_s": time.perf_counter() - t0,
         "versions": package_versions(_VERSIONED, missing=None),
         "git": _git(),
         "platform": platform.platform(),
     }
-    records = records_table([(e.label, r) for e, r in runs], actuators)
-    table = trials_table([(e.label, e.name, r) for e, r in runs])
-    labels = [e.label for e in entries]
-    return EvaluationResult(records, table, summarise_trials(table, labels), config)
+    finished = [key for key in order if key in done]
+    result = None
+    if finished:
+        records = pa.concat_tables([done[k].records for k in finished]).combine_chunks()
+        table = pa.concat_tables([done[k].trials for k in finished]).combine_chunks()
+        labels = [e.label for e in entries]
+        result = EvaluationResult(records, table, summarise_trials(table, labels), config)
+        if out is not None:
+            result.save(out)
+    if interrupted is not None:
+        raise EvaluationInterrupted(result, None if out is None else Path(out)) from interrupted
+    assert result is not None  # every chunk finished
+    return result
 
 
 def evaluate(
@@ -372,6 +427,9 @@ def evaluate(
     limit: int | None = None,
     label: str | None = None,
     on_step: StepHook | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
 ) -> EvaluationResult:
     """Evaluate one optimiser on every trial (see the module docs for the protocol).
 
@@ -407,4 +465,7 @@ def evaluate(
         chunk_size=chunk_size,
         limit=limit,
         on_step=on_step,
+        out=out,
+        resume=resume,
+        force=force,
     )

@@ -7,6 +7,13 @@ its ``VecNormalize`` statistics; an SB3 model is first converted to the portable
 :func:`accelrl.agents.export.sb3.to_mlp_policy` (its deterministic actor, observation
 normalisation and action rescaling).
 
+**An SB3 model runs code when it is read.** The zip's ``data`` entry holds cloudpickled
+Python objects (policy class, spaces, schedules) and ``vecnormalize.pkl`` is a pickle:
+unpickling either runs whatever code the file names. :func:`load_sb3` therefore refuses
+unless called with ``trust_pickle=True`` (``accelrl export --trust-pickle``): export only
+files that you (or your own training run) wrote. An MLPPolicy directory needs no trust: its
+weights are read with ``torch.load(weights_only=True)``.
+
 The graph is written op by op from the policy's weights (:mod:`accelrl.agents.export.onnx_graph`).
 Before anything is written, the graph is checked against the torch policy on 10 000
 observations, a fifth of them far outside the observation ranges; the largest difference
@@ -96,12 +103,26 @@ def _task(env_id: str) -> TaskSpec:
 
 
 def _sb3_algorithm(path: Path) -> str:
-    """``"td3"``, ``"sac"`` or ``"ppo"`` from the ``data`` entry of an SB3 zip."""
+    """``"td3"``, ``"sac"`` or ``"ppo"`` from the ``data`` entry of an SB3 zip (read as
+    JSON; nothing is unpickled). Every entry's checksum is verified first.
+
+    :raises ExportError: For a file that is not a zip, a truncated or damaged one, or a zip
+        without an SB3 ``data`` entry.
+    """
     try:
         with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+            if bad is not None:
+                raise ExportError(f"{path}: damaged zip (entry {bad!r} fails its checksum)")
             data = json.loads(z.read("data"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as err:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as err:
+        raise ExportError(
+            f"{path}: not a Stable-Baselines3 model zip (truncated, damaged or not a zip: {err})"
+        ) from None
+    except (KeyError, json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
         raise ExportError(f"{path}: not a Stable-Baselines3 model zip ({err})") from None
+    if not isinstance(data, dict):
+        raise ExportError(f"{path}: not a Stable-Baselines3 model zip (data is not a mapping)")
     module = str(data.get("policy_class", {}).get("__module__", ""))
     for algo in ("td3", "sac", "ppo"):
         if f".{algo}." in module:
@@ -127,6 +148,8 @@ def load_sb3(
     model_path: str | Path,
     vecnormalize_path: str | Path | None = None,
     env_id: str | None = None,
+    *,
+    trust_pickle: bool = False,
 ) -> tuple[MLPPolicy, Any, Any]:
     """An SB3 model zip as ``(MLPPolicy, model, vecnormalize)``.
 
@@ -135,6 +158,10 @@ def load_sb3(
         to the zip (``None`` there: no observation normalisation).
     :param env_id: Training environment; default: the ``recipe.yaml`` next to the zip, else
         ARES-EA.
+    :param trust_pickle: Allow unpickling the zip's Python objects and the VecNormalize
+        pickle, which runs code named in those files. Default ``False``: refused.
+    :raises ExportError: Without ``trust_pickle``, for a file that is not an SB3 zip
+        (truncated, damaged), or one that cannot be read.
     """
     from stable_baselines3 import PPO, SAC, TD3
 
@@ -145,20 +172,34 @@ def load_sb3(
     if not model_path.is_file():
         raise ExportError(f"{model_path}: model file not found")
     algo = _sb3_algorithm(model_path)
+    if vecnormalize_path is None and (model_path.parent / "vecnormalize.pkl").is_file():
+        vecnormalize_path = model_path.parent / "vecnormalize.pkl"
+    if not trust_pickle:
+        also = f" and {vecnormalize_path} is a pickle" if vecnormalize_path is not None else ""
+        raise ExportError(
+            f"{model_path}: a Stable-Baselines3 zip holds pickled Python objects{also}; "
+            "reading them runs code named in the files. Export only files you trust, with "
+            "--trust-pickle (library: trust_pickle=True)"
+        )
     recipe = _recipe_next_to(model_path)
     if env_id is None:
         env_id = str(((recipe or {}).get("env") or {}).get("id") or ARES_EA_ID)
     spec = _task(env_id)
-    model = {"td3": TD3, "sac": SAC, "ppo": PPO}[algo].load(model_path, device="cpu")
-    if vecnormalize_path is None and (model_path.parent / "vecnormalize.pkl").is_file():
-        vecnormalize_path = model_path.parent / "vecnormalize.pkl"
+    try:
+        model = {"td3": TD3, "sac": SAC, "ppo": PPO}[algo].load(model_path, device="cpu")
+    except (zipfile.BadZipFile, EOFError, KeyError, ValueError, RuntimeError, OSError) as err:
+        raise ExportError(f"{model_path}: cannot read the {algo.upper()} model: {err}") from None
     vecnormalize = None
     if vecnormalize_path is not None:
         try:
             with Path(vecnormalize_path).open("rb") as fh:
-                vecnormalize = pickle.load(fh)  # noqa: S301 - the user's own training output
-        except (OSError, pickle.UnpicklingError, EOFError) as err:
+                vecnormalize = pickle.load(fh)  # noqa: S301 - trust_pickle was given
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as err:
             raise ExportError(f"{vecnormalize_path}: cannot read VecNormalize: {err}") from None
+        if not hasattr(vecnormalize, "obs_rms"):
+            raise ExportError(
+                f"{vecnormalize_path}: holds a {type(vecnormalize).__name__}, not VecNormalize"
+            )
         vecnormalize.training = False
     high = delta_bounds(spec)
     provenance: dict[str, Any] = {"algorithm": algo, "model": str(model_path)}
@@ -188,12 +229,16 @@ def load_model(
     model: str | Path,
     vecnormalize: str | Path | None = None,
     env_id: str | None = None,
+    *,
+    trust_pickle: bool = False,
 ) -> tuple[MLPPolicy, str]:
     """The policy to export from ``model`` and a short name of its source.
 
     :param model: An MLPPolicy directory or an SB3 model zip.
     :param vecnormalize: For an SB3 zip: its VecNormalize pickle (see :func:`load_sb3`).
     :param env_id: For an SB3 zip: its training environment.
+    :param trust_pickle: For an SB3 zip: allow the unpickling it needs (see
+        :func:`load_sb3`).
     :raises ExportError: If ``model`` is neither, or cannot be read.
     """
     path = Path(model)
@@ -209,7 +254,7 @@ def load_model(
             raise ExportError(f"{path} was trained on {policy.meta.env_id!r}, not {env_id!r}")
         return policy, "mlp-policy"
     if path.suffix == ".zip":
-        policy, sb3_model, _ = load_sb3(path, vecnormalize, env_id)
+        policy, sb3_model, _ = load_sb3(path, vecnormalize, env_id, trust_pickle=trust_pickle)
         return policy, f"sb3-{type(sb3_model).__name__.lower()}"
     raise ExportError(
         f"{path}: expected an MLPPolicy directory (policy.pt + policy.json) or an SB3 model .zip"
@@ -447,6 +492,8 @@ def export(
     vecnormalize: str | Path | None = None,
     env_id: str | None = None,
     seed: int = 0,
+    *,
+    trust_pickle: bool = False,
 ) -> Path:
     """Export ``model`` (MLPPolicy directory or SB3 zip) as a bundle in ``out_dir``.
 
@@ -455,6 +502,8 @@ def export(
     :param vecnormalize: For an SB3 zip, its VecNormalize pickle.
     :param env_id: For an SB3 zip, its training environment.
     :param seed: Seed of the self-test and parity observations.
+    :param trust_pickle: For an SB3 zip: allow unpickling the zip's objects and the
+        VecNormalize pickle, which runs code named in them (default ``False``: refused).
     """
-    policy, source = load_model(model, vecnormalize, env_id)
+    policy, source = load_model(model, vecnormalize, env_id, trust_pickle=trust_pickle)
     return export_policy(policy, out_dir, source=source, seed=seed)

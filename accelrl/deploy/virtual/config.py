@@ -8,7 +8,8 @@ gives clients the machine config with the renamed PVs.
 Faults (names accepted by ``faults.active``, ``faults.schedule`` and the ``<prefix>FAULT`` PV):
 
 * ``disconnect``: the IOC drops every client circuit and answers nothing for
-  ``faults.disconnect_s`` seconds.
+  ``faults.disconnect_s`` seconds (the ``softioc`` server restarts its IOC process: see
+  :mod:`accelrl.deploy.virtual.supervisor`).
 * ``stale``: the screen PVs stop updating (values and timestamps frozen).
 * ``reject_put``: setpoint writes are refused with an error (``ECA_PUTFAIL``);
   ``reject_put:N`` (FAULT PV) or ``writes: N`` (schedule): only the next N writes.
@@ -17,6 +18,12 @@ Faults (names accepted by ``faults.active``, ``faults.schedule`` and the ``<pref
 * ``beam_loss``: the beam-loss PV reads ``faults.beam_loss_level``.
 * ``stuck``: the readback of ``faults.stuck_knob`` freezes (busy still clears).
 * ``heartbeat``: the heartbeat counter stops.
+
+Servers (``server``): ``softioc`` (default), an EPICS 7 IOC built with pythonSoftIOC that
+serves Channel Access and PV Access from EPICS base's own servers, with real records
+(``ao``/``ai``/``bi``/``longin``/``waveform``), fields and alarms; or ``caproto``, a pure-Python
+Channel Access server (no compiled dependencies, plain PVs without record fields). See
+``docs/virtual_accelerator.md``.
 
 This module needs pydantic and PyYAML only (the trial set is checked with
 :mod:`accelrl.trialset`, without the simulation).
@@ -47,6 +54,10 @@ FaultName = Literal[
 ]
 #: Faults the virtual accelerator can inject.
 FAULTS: tuple[str, ...] = get_args(FaultName)
+#: The servers that can serve the virtual accelerator.
+ServerName = Literal["softioc", "caproto"]
+#: How a setpoint write outside a knob's limits (DRVL/DRVH) is answered.
+Refusal = Literal["clamp", "reject"]
 
 
 class VirtualConfigError(ValueError):
@@ -82,6 +93,8 @@ class ScreenConfig(_Model):
     :param image: Also serve the screen image (a 2-D Gaussian of the read beam) as a
         waveform PV ``<prefix>AREABSCR1:IMAGE`` with ``:WIDTH``/``:HEIGHT``.
     :param image_shape: ``(width, height)`` of that image [px].
+    :param image_dtype: Pixel type of the image waveform (``uint8``: 0..255, ``uint16``:
+        0..65535; the caproto server serves ``uint8`` only).
     """
 
     frame_rate_hz: float = Field(10.0, gt=0.0, le=1000.0)
@@ -89,6 +102,7 @@ class ScreenConfig(_Model):
     seed: int = Field(0, ge=0, lt=2**63)
     image: bool = False
     image_shape: tuple[int, int] = (128, 96)
+    image_dtype: Literal["uint8", "uint16"] = "uint8"
 
     @model_validator(mode="after")
     def _check(self) -> ScreenConfig:
@@ -157,6 +171,41 @@ class FaultsConfig(_Model):
         return self
 
 
+class RecordsConfig(_Model):
+    """EPICS record settings: how setpoint writes outside the limits are answered and the
+    monitor deadbands.
+
+    :param refusal: Every knob's answer to a setpoint write outside its limits (DRVL/DRVH
+        of the ``ao`` record): ``"clamp"`` (what an EPICS ``ao`` record does: the value is
+        clamped to the limit and the write reports success) or ``"reject"`` (the write is
+        refused: ``ECA_PUTFAIL``, the setpoint keeps its value).
+    :param refusal_by_knob: Knob name -> ``"clamp"``/``"reject"``, overriding ``refusal``.
+    :param readback_deadband: Knob name -> monitor deadband of its readback (``ai`` fields
+        MDEL and ADEL, in the knob's unit): a monitor gets an update only when the value
+        moved by more than this since the last one (knobs not named: 0, every change).
+    :param observation_deadband: MDEL/ADEL of the screen readings [m]; -1 (default): every
+        frame is posted, even with unchanged values (a camera frame is a new measurement).
+    """
+
+    refusal: Refusal = "clamp"
+    refusal_by_knob: dict[str, Refusal] = Field(default_factory=dict)
+    readback_deadband: dict[str, float] = Field(default_factory=dict)
+    observation_deadband: float = Field(-1.0, ge=-1.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _check(self) -> RecordsConfig:
+        for knob, value in self.readback_deadband.items():
+            if not (math.isfinite(value) and value >= 0.0):
+                raise ValueError(
+                    f"readback_deadband[{knob!r}] must be a finite value >= 0, got {value}"
+                )
+        return self
+
+    def refusal_of(self, knob: str) -> Refusal:
+        """The refusal mode of ``knob``."""
+        return self.refusal_by_knob.get(knob, self.refusal)
+
+
 class VirtualConfig(_Model):
     """A whole IOC config (see ``deploy/virtual_ares_ea.yaml``).
 
@@ -165,25 +214,46 @@ class VirtualConfig(_Model):
     :param trials_file: Trial-set YAML (default: the published ARES-EA set of accelrl).
     :param initial_knobs: ``"standard"`` (the task's start settings), ``"trial"`` (the
         trial's stored settings) or knob name -> setting (SI).
+    :param server: ``"softioc"`` (EPICS base IOC, Channel Access and PV Access) or
+        ``"caproto"`` (pure-Python Channel Access server).
     :param port: Channel Access server port (``EPICS_CA_SERVER_PORT``).
+    :param pva_port: PV Access server port, TCP and UDP search (``softioc`` only).
+    :param repeater_port: Port of the CA repeater that receives the IOC's beacons
+        (``EPICS_CA_REPEATER_PORT``); the ``softioc`` server starts one on the interface if
+        none runs there, so that clients learn at once when the IOC is back after an outage.
     :param prefix: Serve the PVs with this common prefix instead of the machine config's.
+    :param sim_prefix: The test-only PVs (``FAULT``, ``PUT_COUNT``, ``RESET``, ``TRIAL``,
+        ``TRUE:MAE``) are served as ``<prefix><sim_prefix>FAULT``, ... (``VA:SIM:FAULT``).
     :param interface: Network interface (address) to serve on.
     :param heartbeat_period_s: The heartbeat counter increments with this period [s].
     :param beam_loss_level: Beam-loss reading in normal operation (machine units, >= 0).
+    :param records: EPICS record settings (refusal mode, deadbands).
     """
 
     machine: Path
     trial: int = Field(0, ge=0)
     trials_file: Path | None = None
     initial_knobs: Literal["standard", "trial"] | dict[str, float] = "standard"
+    server: ServerName = "softioc"
     port: int = Field(5064, ge=1024, le=65535)
+    pva_port: int = Field(5075, ge=1024, le=65535)
+    repeater_port: int = Field(5065, ge=1024, le=65535)
     prefix: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9_:\-.]+$")
+    sim_prefix: str = Field("SIM:", min_length=1, pattern=r"^[A-Za-z0-9_:\-.]+$")
     interface: str = "127.0.0.1"
     magnets: MagnetsConfig = MagnetsConfig()
     screen: ScreenConfig = ScreenConfig()
     heartbeat_period_s: float = Field(0.5, gt=0.0, le=60.0)
     beam_loss_level: float = Field(0.05, ge=0.0)
     faults: FaultsConfig = FaultsConfig()
+    records: RecordsConfig = RecordsConfig()
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> VirtualConfig:
+        used = {"port": self.port, "pva_port": self.pva_port, "repeater_port": self.repeater_port}
+        if len(set(used.values())) < len(used):
+            raise ValueError(f"port, pva_port and repeater_port must differ, got {used}")
+        return self
 
 
 def common_prefix(machine: MachineConfig) -> str:
@@ -223,6 +293,7 @@ def with_prefix(machine: MachineConfig, prefix: str | None) -> MachineConfig:
         obs["pv"] = rename(obs["pv"])
     for key in ("interlock", "beam_loss", "heartbeat"):
         data[key]["pv"] = rename(data[key]["pv"])
+    data["frame_pv"] = rename(data.get("frame_pv"))
     return MachineConfig.model_validate(data)
 
 
@@ -241,12 +312,32 @@ class LoadedConfig:
     """
 
     def __init__(self, config: VirtualConfig, machine: MachineConfig, source: str = "") -> None:
-        if machine.transport != "ca":
+        served = ("ca", "pva") if config.server == "softioc" else ("ca",)
+        if machine.transport not in served:
             raise VirtualConfigError(
-                f"{source}: the virtual accelerator serves Channel Access; machine config "
-                f"{machine.name!r} has transport {machine.transport!r}"
+                f"{source}: the {config.server} server of the virtual accelerator serves "
+                f"{' and '.join(served)}; machine config {machine.name!r} has transport "
+                f"{machine.transport!r}"
             )
         names = set(machine.knob_names)
+        for field_name in ("refusal_by_knob", "readback_deadband"):
+            unknown = sorted(set(getattr(config.records, field_name)) - names)
+            if unknown:
+                raise VirtualConfigError(
+                    f"{source}: records.{field_name} names unknown knobs {unknown} "
+                    f"(knobs: {list(machine.knob_names)})"
+                )
+        limit = machine.beam_loss.max
+        if not math.isfinite(limit):
+            raise VirtualConfigError(
+                f"{source}: machine config {machine.name!r}: beam_loss.max must be finite "
+                f"(the IOC's HIHI alarm limit), got {limit}"
+            )
+        if machine.interlock.tripped_when not in (0.0, 1.0):
+            raise VirtualConfigError(
+                f"{source}: machine config {machine.name!r}: interlock.tripped_when must be "
+                f"0 or 1 (a binary input), got {machine.interlock.tripped_when}"
+            )
         stuck = config.faults.stuck_knob
         if stuck is not None and stuck not in names:
             raise VirtualConfigError(
@@ -260,8 +351,12 @@ class LoadedConfig:
                     f"{source}: initial_knobs names unknown knobs {unknown} "
                     f"(knobs: {list(machine.knob_names)})"
                 )
-        if config.prefix is not None:
-            common_prefix(machine)
+        if config.server == "caproto" and config.screen.image_dtype != "uint8":
+            raise VirtualConfigError(
+                f"{source}: screen.image_dtype {config.screen.image_dtype!r}: the caproto "
+                "server serves uint8 images only"
+            )
+        common_prefix(machine)  # the IOC's own PVs go under the common prefix
         _check_plant(config, machine, source)
         self.config = config
         self.base_machine = machine
@@ -271,6 +366,11 @@ class LoadedConfig:
     def machine(self) -> MachineConfig:
         """The machine config with the PV names the IOC serves (``prefix`` applied)."""
         return with_prefix(self.base_machine, self.config.prefix)
+
+    @property
+    def sim_prefix(self) -> str:
+        """Full prefix of the test-only PVs (e.g. ``"VA:SIM:"``)."""
+        return common_prefix(self.machine) + self.config.sim_prefix
 
     def replace(self, **changes: object) -> LoadedConfig:
         """A copy with top-level IOC config fields changed (e.g. ``port=..., prefix=...``),

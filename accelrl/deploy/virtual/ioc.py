@@ -1,12 +1,20 @@
-"""The virtual accelerator: a caproto Channel Access soft IOC backed by a
-:class:`~accelrl.deploy.plant.Plant`.
+"""The virtual accelerator on caproto (``server: caproto``): a pure-Python Channel Access
+server backed by a :class:`~accelrl.deploy.plant.Plant`.
 
-PVs (names from the machine config; ``<P>`` is its common prefix, e.g. ``VA:``):
+It serves plain PVs (values with time stamps, alarm status, units and limits in ``DBR_CTRL``)
+but no EPICS record fields (``.DESC``, ``.DRVH``, ...), no PV Access and no beacons: use the
+``softioc`` server (:mod:`accelrl.deploy.virtual.softioc_ioc`) for those. It needs no compiled
+EPICS libraries.
+
+PVs (names from the machine config; ``<P>`` is its common prefix, e.g. ``VA:``; ``<S>`` the
+test-only prefix ``<P><sim_prefix>``, e.g. ``VA:SIM:``; the test-only PVs are also served
+under their former names ``<P>FAULT``, ... for existing clients):
 
 ======================================  =======================================================
-knob setpoint (``setpoint``)            writable, SI; DRVL/DRVH = the plant's limits; a write
-                                        outside them, NaN, or under ``reject_put`` fails with
-                                        ``ECA_PUTFAIL``
+knob setpoint (``setpoint``)            writable, SI; control limits = the knob's limits; a
+                                        write outside them is clamped (``records.refusal:
+                                        clamp``) or fails with ``ECA_PUTFAIL`` (``reject``); NaN
+                                        or a write under ``reject_put`` fails
 knob readback (``readback``)            ramps linearly to the setpoint over
                                         ``magnets.settle_time_s``
 knob busy (``busy``)                    1 from the accepted write until the ramp ends
@@ -15,11 +23,12 @@ screen observations (``observations``)  beam parameters [m] with reading noise, 
 ``interlock.pv``                        0 normal, 1 tripped
 ``beam_loss.pv``                        beam-loss monitor reading (machine units)
 ``heartbeat.pv``                        counter, +1 every ``heartbeat_period_s``
-``<P>FAULT``                            active faults, comma separated (``"none"``); writable
-``<P>PUT_COUNT``                        setpoint writes received (accepted or not)
-``<P>RESET``                            write 1: clear faults and counters, restore the
+``frame_pv`` (optional)                 the observations of one frame, one array
+``<S>FAULT``                            active faults, comma separated (``"none"``); writable
+``<S>PUT_COUNT``                        setpoint writes received (accepted or not)
+``<S>RESET``                            write 1: clear faults and counters, restore the
                                         initial knob settings at once
-``<P>TRIAL``, ``<P>TRUE:MAE``           trial index; true mean absolute error to the trial's
+``<S>TRIAL``, ``<S>TRUE:MAE``           trial index; true mean absolute error to the trial's
                                         target [m] (diagnostics a real machine lacks)
 ``<P>AREABSCR1:IMAGE``                  screen image (uint8 waveform, with ``screen.image``)
 ======================================  =======================================================
@@ -184,13 +193,12 @@ class VirtualAccelerator:
         self._frame_due = False
         self._dirty = False
 
-        limits = plant.limits
         knobs_now = plant.knobs()
         self.initial = dict(knobs_now)
         self.knobs: dict[str, _Knob] = {}
         self.pvdb: dict[str, ChannelData] = {}
         for kc in machine.knobs:
-            low, high = limits[kc.name]
+            low, high = kc.low, kc.high
             k = _Knob(kc, low, high, knobs_now[kc.name], knobs_now[kc.name])
             self.knobs[kc.name] = k
             sp = _HookedDouble(
@@ -218,7 +226,13 @@ class VirtualAccelerator:
             pv = _RODouble(value=0.0, units=oc.unit, precision=9)
             self.screen[oc.name] = pv
             self.pvdb[oc.pv] = pv  # type: ignore[index]
+        self.frame_pv: ChannelDouble | None = None
+        if machine.frame_pv:
+            n = len(machine.observations)
+            self.frame_pv = _RODouble(value=[0.0] * n, max_length=n, units="m", precision=9)
+            self.pvdb[machine.frame_pv] = self.frame_pv
         p = self.prefix
+        s = loaded.sim_prefix
         self.interlock = self._maybe(machine.interlock.pv, _ROInteger(value=0))
         self.beam_loss = self._maybe(
             machine.beam_loss.pv,
@@ -230,15 +244,16 @@ class VirtualAccelerator:
         self.reset_pv = _HookedInteger(hook=self._reset_hook, value=0)
         self.mae_pv = _RODouble(value=0.0, units="m", precision=9)
         trial = getattr(getattr(plant, "trial", None), "index", -1)
-        self.pvdb.update(
-            {
-                f"{p}FAULT": self.fault_pv,
-                f"{p}PUT_COUNT": self.put_count_pv,
-                f"{p}RESET": self.reset_pv,
-                f"{p}TRIAL": _ROInteger(value=int(trial)),
-                f"{p}TRUE:MAE": self.mae_pv,
-            }
-        )
+        own = {
+            "FAULT": self.fault_pv,
+            "PUT_COUNT": self.put_count_pv,
+            "RESET": self.reset_pv,
+            "TRIAL": _ROInteger(value=int(trial)),
+            "TRUE:MAE": self.mae_pv,
+        }
+        for name, pv in own.items():
+            self.pvdb[f"{s}{name}"] = pv
+            self.pvdb.setdefault(f"{p}{name}", pv)  # the former names, same PVs
         self.image_pv: _ROByte | None = None
         if cfg.screen.image:
             w, h = cfg.screen.image_shape
@@ -269,6 +284,8 @@ class VirtualAccelerator:
                 raise WriteRefused(f"{name}: write of {v} refused (fault reject_put)")
             if not math.isfinite(v):
                 raise WriteRefused(f"{name}: write of {v} refused: not a finite number")
+            if self.config.records.refusal_of(name) == "clamp":
+                v = min(max(v, knob.low), knob.high)  # what an EPICS ao does with DRVL/DRVH
             if not knob.low <= v <= knob.high:
                 raise WriteRefused(
                     f"{name}: write of {v} {unit} refused: outside the limits "
@@ -444,6 +461,9 @@ class VirtualAccelerator:
         if "stale" in self.faults:
             return
         reading = self.plant.observe()
+        if self.frame_pv is not None:
+            values = [float(reading[o.name]) for o in self.machine.observations]
+            await self.frame_pv.write(values, timestamp=now)
         for name, pv in self.screen.items():
             await pv.write(float(reading[name]), timestamp=now)
         await self.mae_pv.write(float(self.plant.mae()), timestamp=now)
@@ -490,11 +510,19 @@ class VirtualAccelerator:
             self.plant.set_knobs({k.config.name: k.readback for k in self.knobs.values()})
             self._dirty = False
         all_settled = not any(k.busy for k in self.knobs.values())
-        if (settled_now and all_settled) or now >= self._next_frame:
+        period = 1.0 / self.config.screen.frame_rate_hz
+        if settled_now and all_settled and now < self._next_frame:
+            await self._publish_frame(now)  # an extra frame as soon as the magnets settled
+        if now >= self._next_frame:
             await self._publish_frame(now)
-            self._next_frame = now + 1.0 / self.config.screen.frame_rate_hz
+            # absolute deadlines: the configured rate on average; no bursts after a stall
+            self._next_frame += period
+            if self._next_frame <= now:
+                self._next_frame = now + period
         if now >= self._next_beat:
-            self._next_beat = now + self.config.heartbeat_period_s
+            self._next_beat += self.config.heartbeat_period_s
+            if self._next_beat <= now:
+                self._next_beat = now + self.config.heartbeat_period_s
             if "heartbeat" not in self.faults and self.heartbeat is not None:
                 self._beat += 1
                 await self.heartbeat.write(self._beat, timestamp=now)
@@ -505,14 +533,19 @@ class VirtualAccelerator:
         await self._set_faults(set(self.faults), now)
         await self._publish_frame(now)
         period = 1.0 / self.config.magnets.update_rate_hz
-        period = min(period, 1.0 / self.config.screen.frame_rate_hz)
+        self._next_frame = now + 1.0 / self.config.screen.frame_rate_hz
+        self._next_beat = now + self.config.heartbeat_period_s
         print(f"READY {self.context_port} {self.prefix}", flush=True)
         while True:
             try:
                 await self.tick()
             except Exception:  # noqa: BLE001 - one bad tick must not stop the machine
                 log.exception("update failed")
-            await asyncio.sleep(period)
+            now = time.time()
+            due = min(self._next_frame, self._next_beat)
+            if any(k.busy for k in self.knobs.values()):
+                due = min(due, now + period)
+            await asyncio.sleep(max(0.0, due - now))
 
     @property
     def context_port(self) -> int:
@@ -559,19 +592,10 @@ def configure_server_environment(port: int) -> None:
 
 def build_plant(loaded: LoadedConfig) -> Any:
     """The :class:`~accelrl.deploy.plant.Plant` of the IOC config (trial, initial knobs,
-    reading noise, seed)."""
-    from accelrl.deploy.plant import Plant
+    reading noise, seed): :func:`accelrl.deploy.virtual.core.build_plant`."""
+    from accelrl.deploy.virtual.core import build_plant as build
 
-    cfg = loaded.config
-    initial: Any = None if cfg.initial_knobs == "standard" else cfg.initial_knobs
-    return Plant.from_trial(
-        cfg.trial,
-        trials_path=cfg.trials_file,
-        env_id=loaded.machine.env_id,
-        initial_knobs=initial,
-        reading_noise=cfg.screen.reading_noise,
-        seed=cfg.screen.seed,
-    )
+    return build(loaded)
 
 
 async def serve(loaded: LoadedConfig, plant: Any | None = None) -> None:

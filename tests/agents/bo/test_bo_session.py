@@ -79,7 +79,7 @@ def test_save_load_gives_the_same_next_suggestion(toy_problem: TuningProblem, tm
     _run(session, 5)
     session.ingest({"a": 0.3, "b": 1.0}, {"f": 0.4, "ok": 1.0})
     session.save(tmp_path / "s")
-    for name in ("problem.json", "session.json", "data.csv", "model.pt"):
+    for name in ("problem.json", "session.json", "data.csv", "model.npz", "manifest.json"):
         assert (tmp_path / "s" / name).is_file()
     with pytest.raises(ValueError, match="custom prior"):
         TuningSession.load(tmp_path / "s")

@@ -1,0 +1,1 @@
+"""The dashboard's pages (Bokeh layouts that update themselves from a follower)."""
