@@ -24,7 +24,7 @@ THREADS_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 .PHONY: help venv test demo lint bench clean distclean
 
 help:
-	@echo "make venv       create $(VENV) and install accelrl[$(EXTRAS)] (torch==$(TORCH_VERSION) first)"
+	@echo "make venv       create $(VENV) and install accelrl[$(EXTRAS)] (torch==$(TORCH_VERSION) first, then constraints.txt)"
 	@echo "make demo       run 'accelrl demo' (sets up $(VENV) on first use)"
 	@echo "make test       run the test suite (sets up $(VENV) on first use)"
 	@echo "make lint       ruff check"
@@ -36,11 +36,12 @@ venv: $(STAMP)
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
 
-# Re-runs when pyproject.toml changes; otherwise a no-op.
-$(STAMP): pyproject.toml | $(VPY)
+# Re-runs when pyproject.toml or constraints.txt changes; otherwise a no-op. The direct
+# dependencies are installed at the tested versions of constraints.txt.
+$(STAMP): pyproject.toml constraints.txt | $(VPY)
 	$(VPY) -m pip install --upgrade pip
 	$(VPY) -m pip install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(VPY) -m pip install -e ".[$(EXTRAS)]"
+	$(VPY) -m pip install -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 # pytest exit code 5 ("no tests collected") is a failure, like any other non-zero code.

@@ -24,9 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from accelrl.config import format_validation_error
@@ -245,7 +247,11 @@ def read_manifest(bundle: str | Path) -> Manifest:
     except FileNotFoundError:
         raise BundleError(f"{path} not found: {bundle} is not a policy bundle") from None
     except json.JSONDecodeError as err:
-        raise BundleError(f"{path}: not valid JSON: {err}") from None
+        raise BundleError(f"{path}: not valid JSON (truncated or modified?): {err}") from None
+    except UnicodeDecodeError as err:
+        raise BundleError(f"{path}: not UTF-8 text (truncated or modified?): {err}") from None
+    except OSError as err:
+        raise BundleError(f"{path}: cannot be read: {err}") from None
     try:
         return Manifest.model_validate(data)
     except ValidationError as err:
@@ -279,3 +285,23 @@ def verify_files(bundle: str | Path, manifest: Manifest) -> None:
                 )
     if problems:
         raise BundleError(f"bundle {bundle} failed verification:\n  " + "\n  ".join(problems))
+
+
+def read_selftest(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The reference ``(observation, action)`` arrays of a ``selftest.npz`` (float64).
+
+    :raises BundleError: Naming the file, when it is missing, truncated, not an ``.npz``
+        archive, lacks either array or holds non-numeric data.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k], np.float64) for k in data.files}
+    except (zipfile.BadZipFile, EOFError) as err:
+        raise BundleError(f"{path}: not a complete .npz archive (truncated?): {err}") from None
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise BundleError(f"{path}: cannot read the self-test data: {err}") from None
+    missing = [k for k in ("observation", "action") if k not in arrays]
+    if missing:
+        raise BundleError(f"{path}: the self-test data lacks the arrays {missing}")
+    return arrays["observation"], arrays["action"]

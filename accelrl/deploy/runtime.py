@@ -35,6 +35,7 @@ from accelrl.bundle import (
     BundleError,
     Manifest,
     read_manifest,
+    read_selftest,
     verify_files,
 )
 from accelrl.protocol import Observation, ObservationBatch, Problem
@@ -159,12 +160,7 @@ class OnnxPolicy:
         """
         m = self.manifest
         path = self.path / m.selftest.file
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                obs = np.asarray(data["observation"], np.float64)
-                ref = np.asarray(data["action"], np.float64)
-        except (OSError, KeyError, ValueError) as err:
-            raise BundleError(f"{path}: cannot read the self-test data: {err}") from None
+        obs, ref = read_selftest(path)
         if obs.shape != (m.selftest.count, m.n_obs) or ref.shape != (m.selftest.count, m.n_act):
             raise BundleError(
                 f"{path}: shapes {obs.shape}, {ref.shape}; the manifest says "

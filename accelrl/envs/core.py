@@ -15,10 +15,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from accelrl.envs import rng
+from accelrl.envs import rng, validation
 from accelrl.envs.rewards import Reward, RewardInputs
 from accelrl.envs.spec import TaskSpec
-from accelrl.envs.trials import Trial
 from accelrl.physics.backends import Beamline
 from accelrl.physics.beam import INCOMING
 
@@ -177,11 +176,15 @@ class TuningCore:
         explicitly are validated against the limits; the random draws are made regardless,
         so a stream's future does not depend on the options.
         """
-        options = dict(options or {})
-        unknown = set(options) - {"trial", "incoming", "misalignments", "target", "magnets"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}")
+        options = validation.reset_options(options)
         n = len(index)
+        trial = options.get("trial")
+        trials = None if trial is None else validation.trial_option(trial, n)
+        if trial is not None:
+            names = [a.name for a in self.spec.actuators]
+            initial = validation.wants_trial_settings(options)
+            for t in trials if trials is not None else [trial]:
+                validation.check_trial_fits(t, self.misalignment_names, names, initial)
         K, M = len(self.low), len(self.misalignment_names)
         u = self._uniform(index, self._n_reset)
         r = self.spec.randomisation
@@ -205,14 +208,8 @@ class TuningCore:
         fail_step = np.where(fails, lo + np.floor(u[:, o + 1] * (hi - lo + 1)).astype(np.int64), -1)
         fail_index = np.floor(u[:, o + 2] * K).astype(np.int64)
 
-        trial = options.get("trial")
-        trials: list[Trial] | None = None
-        if isinstance(trial, (list, tuple)):
-            if len(trial) != n:
-                raise ValueError(
-                    f"reset option 'trial' holds {len(trial)} trials for {n} environments"
-                )
-            trials, trial = list(trial), None
+        if trials is not None:
+            trial = None
         if trial is not None:
             incoming = np.broadcast_to(trial.incoming, (n, 11))
             mis = np.broadcast_to(trial.misalignment_vector(self.misalignment_names), (n, M))
@@ -222,21 +219,29 @@ class TuningCore:
             mis = np.stack([t.misalignment_vector(self.misalignment_names) for t in trials])
             target = np.stack([t.target for t in trials])
         if "incoming" in options:
-            incoming = np.broadcast_to(self._vector(options["incoming"], 11, "incoming"), (n, 11))
+            value = self._vector(options["incoming"], 11, "incoming")
+            validation.check_incoming(value, "reset option 'incoming'")
+            incoming = np.broadcast_to(value, (n, 11))
         if "misalignments" in options:
             mis = np.broadcast_to(
                 self._vector(options["misalignments"], M, "misalignments"), (n, M)
             )
         if "target" in options:
-            target = np.broadcast_to(self._vector(options["target"], 4, "target"), (n, 4))
+            value = self._vector(options["target"], 4, "target")
+            validation.check_target(value, "reset option 'target'")
+            target = np.broadcast_to(value, (n, 4))
         magnets = (
             random_start if self.start == "random" else np.broadcast_to(self.standard_start, (n, K))
         )
         if "magnets" in options:
             value = options["magnets"]
             if isinstance(value, str):
+                if value != "trial":
+                    raise ValueError(
+                        f"reset option 'magnets' must be {K} settings or 'trial', got {value!r}"
+                    )
                 chosen = trials if trials is not None else [trial] if trial is not None else []
-                if value != "trial" or not chosen or not all(t.initial for t in chosen):
+                if not chosen or not all(t.initial for t in chosen):
                     raise ValueError("magnets='trial' needs trials with initial settings")
                 value = np.array([[t.initial[a.name] for a in self.spec.actuators] for t in chosen])
             else:
@@ -263,12 +268,7 @@ class TuningCore:
 
     @staticmethod
     def _vector(value: Any, n: int, name: str) -> np.ndarray:
-        arr = np.asarray(value, dtype=np.float64).reshape(-1)
-        if arr.shape != (n,):
-            raise ValueError(f"reset option {name!r} needs {n} values, got shape {np.shape(value)}")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"reset option {name!r} contains NaN or inf: {arr.tolist()}")
-        return arr
+        return validation.finite_vector(value, n, f"reset option {name!r}")
 
     # ------------------------------------------------------------------ dynamics
     def _measure(self, index: np.ndarray | slice) -> None:
@@ -304,11 +304,13 @@ class TuningCore:
         self.on_screen = _put(self.on_screen, index, on, fresh=True)
 
     def validate_actions(self, actions: Any) -> np.ndarray:
-        """Check shape and finiteness, then clip to the action bounds (documented behaviour).
+        """Check type, shape and finiteness, then clip to the action bounds (documented
+        behaviour).
 
-        :raises ValueError: For a wrong shape or NaN/inf entries, naming the problem.
+        :raises ValueError: For complex or non-numeric actions, a wrong shape or NaN/inf
+            entries, naming the problem.
         """
-        a = np.asarray(actions, dtype=np.float64)
+        a = validation.real_array(actions, "action")
         K = len(self.low)
         if a.shape != (self.num_envs, K):
             raise ValueError(f"actions must have shape {(self.num_envs, K)}, got {a.shape}")

@@ -10,10 +10,12 @@ the allowed range.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from accelrl.config import format_validation_error, load_yaml_mapping
+from accelrl.envs import validation
 from accelrl.physics.beam import INCOMING
 
 
@@ -22,7 +24,12 @@ class SpecError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every float must be finite: NaN and +-inf are refused with the field named.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+#: A threshold or size that must be > 0 (SI).
+Positive = Annotated[float, Field(gt=0.0)]
 
 
 class Uniform(_Model):
@@ -119,11 +126,17 @@ class ActuatorFailure(_Model):
     """An actuator freezes at its current value from a random step on.
 
     :param probability: Probability per episode that one (uniformly chosen) actuator fails.
-    :param step: Range of the failure step (inclusive).
+    :param step: Range of the failure step (inclusive, ``1 <= first <= last``; within the
+        episode, ``last <= max_episode_steps``, when ``probability > 0``).
     """
 
     probability: float = Field(0.0, ge=0.0, le=1.0)
     step: tuple[int, int] = (1, 50)
+
+    @field_validator("step")
+    @classmethod
+    def _ordered_steps(cls, v: tuple[int, int]) -> tuple[int, int]:
+        return validation.check_step_range(v, "failure step")
 
 
 class Randomisation(_Model):
@@ -165,8 +178,17 @@ class Randomisation(_Model):
     @classmethod
     def _nonneg(cls, v: dict[str, float]) -> dict[str, float]:
         for name, half in v.items():
+            if not name:
+                raise ValueError("misalignments: element names must not be empty")
             if half < 0:
                 raise ValueError(f"misalignments.{name} must be >= 0 m, got {half}")
+        return v
+
+    @field_validator("target_sigma")
+    @classmethod
+    def _sizes(cls, v: Uniform) -> Uniform:
+        if v.low < 0:
+            raise ValueError(f"target_sigma.low = {v.low}: target sizes must be >= 0 m")
         return v
 
 
@@ -174,7 +196,7 @@ class Termination(_Model):
     """Target reached when all four errors are below ``thresholds`` [m] for ``hold`` steps."""
 
     enabled: bool = True
-    thresholds: tuple[float, float, float, float] = (2e-5, 2e-5, 2e-5, 2e-5)
+    thresholds: tuple[Positive, Positive, Positive, Positive] = (2e-5, 2e-5, 2e-5, 2e-5)
     hold: int = Field(1, ge=1)
 
 
@@ -204,8 +226,24 @@ class TaskSpec(_Model):
     max_episode_steps: int = Field(50, ge=1)
     reward: str | list[dict] = "icml"
 
+    @field_validator("reward")
+    @classmethod
+    def _known_reward(cls, v: str | list[dict]) -> str | list[dict]:
+        return validation.check_reward(v)
+
     @model_validator(mode="after")
     def _consistent(self) -> TaskSpec:
+        if self.randomisation.failure.probability > 0:
+            validation.check_within_episode(
+                self.randomisation.failure.step,
+                self.max_episode_steps,
+                "randomisation.failure.step",
+            )
+        validation.check_within_episode(
+            (self.termination.hold, self.termination.hold),
+            self.max_episode_steps,
+            "termination.hold",
+        )
         if len(self.start) != len(self.actuators):
             raise ValueError(
                 f"start has {len(self.start)} values but there are {len(self.actuators)} actuators"

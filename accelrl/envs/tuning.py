@@ -10,7 +10,8 @@ beamline is a Cheetah ``Segment`` evaluated by the compiled fast map (default), 
 ``Box(K)`` in the actuators' SI units. ``action_mode="delta"`` (default): the change of each
 setting, bounded by ``delta_fraction`` (10%) of the actuator's largest magnitude; the result
 is clipped to the operator limits. ``"direct"``: the absolute settings within the limits.
-Actions outside the box are clipped; NaN/inf or a wrong shape raise ``ValueError``.
+Actions outside the box are clipped; NaN/inf, complex or non-numeric values or a wrong
+shape raise ``ValueError``.
 
 ## Observation space
 ``Dict``: ``beam`` Box(4) = the screen reading ``(mu_x, sigma_x, mu_y, sigma_y)`` [m];
@@ -53,6 +54,7 @@ from accelrl.envs.batched import reset_core, single_action
 from accelrl.envs.core import ActionMode, StartMode, TuningCore
 from accelrl.envs.render import screen_image
 from accelrl.envs.spec import Actuator, Randomisation, ScreenSpec, TaskSpec, shipped_spec_path
+from accelrl.envs.validation import real_array
 from accelrl.physics.backends import make_beamline
 from accelrl.physics.beam import INCOMING
 
@@ -183,7 +185,7 @@ class TransverseTuningEnv(gym.Env):
         return self._obs(), self._info()
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        a = single_action(action, self.action_space)
+        a = single_action(real_array(action, "action"), self.action_space)
         reward, terminated = self.core.step(self.core.validate_actions(a))
         return self._obs(), float(reward[0]), bool(terminated[0]), False, self._info()
 

@@ -14,13 +14,15 @@ and the problem.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -51,7 +53,8 @@ class DatasetSpecError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every float must be finite: NaN and +-inf are refused with the field named.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _check_column_name(name: str) -> str:
@@ -136,6 +139,46 @@ class DesignSpec(_Model):
 Scalar = float | int | str | bool
 
 
+def _finite_scalar(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+#: A fixed parameter or fidelity setting: a number (finite), a string or a flag.
+FiniteScalar = Annotated[Scalar, BeforeValidator(_finite_scalar)]
+
+#: Physical parameters whose allowed range is not simply ``> 0``: name -> (low, low
+#: included, high) (SI; ``high`` included, ``None``: unbounded).
+_RANGES: dict[str, tuple[float, bool, float | None]] = {
+    "beam_energy_spread": (0.0, True, None),
+    "min_charge_fraction": (0.0, True, 1.0),
+    "intact_charge_fraction": (0.0, False, 1.0),
+}
+
+
+def parameter_problem(name: str, value: float) -> str | None:
+    """Why ``value`` is not a meaningful value of the physical parameter ``name`` (every
+    parameter of :data:`~accelrl.surrogates.simulators.lpa.PARAMETERS` is > 0 unless listed
+    in ``_RANGES``), or ``None``."""
+    low, closed, high = _RANGES.get(name, (0.0, False, None))
+    if (value < low if closed else value <= low) or (high is not None and value > high):
+        allowed = f"{'[' if closed else '('}{low:g}, {'inf)' if high is None else f'{high:g}]'}"
+        return f"{name} must be in {allowed}"
+    return None
+
+
+def _simulator_fidelity(simulator: str) -> tuple[Any, dict[str, Any]]:
+    """The fidelity check and the defaults of ``simulator``'s adapter."""
+    if simulator == "fbpic":
+        from accelrl.surrogates.simulators.fbpic_sim import FBPIC_FIDELITY, FBPICSimulator
+
+        return FBPICSimulator.fidelity_settings, FBPIC_FIDELITY
+    from accelrl.surrogates.simulators.waket import WAKET_FIDELITY, WakeTSimulator
+
+    return WakeTSimulator.fidelity_settings, WAKET_FIDELITY
+
+
 class Columns:
     """Names and bounds of the ``inputs`` (each with ``name``, ``low``, ``high``) and
     ``outputs`` (each with ``name``) of a dataset spec or a model trained on one."""
@@ -167,9 +210,11 @@ class DatasetSpec(_Model, Columns):
     :param simulator: ``"wake-t"`` or ``"fbpic"``.
     :param inputs: Varied inputs (at least one; unique names).
     :param outputs: Outputs (at least one; unique names, distinct from the inputs).
-    :param fixed: Fixed physical parameters (SI), read by the simulator adapter.
-    :param fidelity: Numerical settings (resolution, stage length, ...), read by the adapter;
-        ``label`` (optional) is the fidelity label written in each row.
+    :param fixed: Fixed physical parameters (SI; names and ranges of
+        :data:`~accelrl.surrogates.simulators.lpa.PARAMETERS`), read by the simulator adapter.
+    :param fidelity: Numerical settings (resolution, stage length, ...) known to the
+        simulator's adapter, checked by it; ``label`` (optional) is the fidelity label
+        written in each row.
     :param design: Design of experiments.
     """
 
@@ -178,8 +223,8 @@ class DatasetSpec(_Model, Columns):
     simulator: Literal["wake-t", "fbpic"]
     inputs: list[InputSpec] = Field(min_length=1)
     outputs: list[OutputSpec] = Field(min_length=1)
-    fixed: dict[str, Scalar] = Field(default_factory=dict)
-    fidelity: dict[str, Scalar] = Field(default_factory=dict)
+    fixed: dict[str, FiniteScalar] = Field(default_factory=dict)
+    fidelity: dict[str, FiniteScalar] = Field(default_factory=dict)
     design: DesignSpec
 
     @field_validator("name")
@@ -195,7 +240,59 @@ class DatasetSpec(_Model, Columns):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"input and output names must be unique, repeated: {dup}")
+        both = sorted(set(self.input_names) & set(self.fixed))
+        if both:
+            raise ValueError(f"{both} are given both as inputs and as fixed parameters")
+        self._check_fixed()
+        self._check_inputs()
+        self._check_fidelity()
         return self
+
+    def _check_fixed(self) -> None:
+        """Fixed values: known physical parameters, numbers in their allowed ranges."""
+        from accelrl.surrogates.simulators.lpa import PARAMETERS
+
+        for name, value in self.fixed.items():
+            where = f"fixed.{name} = {value!r}"
+            if name not in PARAMETERS:
+                raise ValueError(
+                    f"{where}: unknown physical parameter; known: {sorted(PARAMETERS)}"
+                )
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{where}: must be a number (SI)")
+            problem = parameter_problem(name, float(value))
+            if problem:
+                raise ValueError(f"{where}: {problem}")
+
+    def _check_inputs(self) -> None:
+        """Inputs that are physical parameters of the stage: bounds in the allowed range."""
+        from accelrl.surrogates.simulators.lpa import PARAMETERS
+
+        for i, spec in enumerate(self.inputs):
+            if spec.name in PARAMETERS:
+                for side in ("low", "high"):
+                    value = getattr(spec, side)
+                    problem = parameter_problem(spec.name, value)
+                    if problem:
+                        raise ValueError(f"inputs.{i}.{side} = {value!r}: {problem}")
+
+    def _check_fidelity(self) -> None:
+        """Fidelity settings: known to the simulator, numbers where the default is one
+        (integers where it is an integer), in range (the adapter's own check)."""
+        check, defaults = _simulator_fidelity(self.simulator)
+        for key, value in self.fidelity.items():
+            default = defaults.get(key)
+            if isinstance(default, bool) or not isinstance(default, (int, float)):
+                continue
+            if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"fidelity.{key} = {value!r}: must be an integer")
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"fidelity.{key} = {value!r}: must be a number")
+        try:
+            check(dict(self.fidelity))
+        except (TypeError, ValueError) as err:
+            msg = str(err)
+            raise ValueError(msg if msg.startswith("fidelity") else f"fidelity: {msg}") from None
 
     # ------------------------------------------------------------------ convenience
     @property

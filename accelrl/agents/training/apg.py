@@ -16,7 +16,7 @@ same portable form as the SB3 policies.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,40 +24,13 @@ import numpy as np
 import torch
 
 from accelrl.agents.policy import MLPPolicy, PolicyMeta, default_normalisation
+from accelrl.agents.training.recipes import APGConfig, APGRecipe, RecipeError
+from accelrl.config import load_yaml_mapping
 from accelrl.envs.ares_ea import ENV_ID, ares_ea_spec
 from accelrl.envs.spec import TaskSpec
 from accelrl.names import INCOMING
 from accelrl.physics.compiled import CompiledBeamline
 from accelrl.physics.lattices import ares_ea_segment
-
-
-@dataclass
-class APGConfig:
-    """Hyperparameters of differentiable-simulation training (SI units).
-
-    :param iterations: Gradient steps.
-    :param batch_size: Rollouts per gradient step.
-    :param horizon: Steps per rollout.
-    :param learning_rate: Adam learning rate (cosine-decayed to 5%).
-    :param hidden: Hidden layer widths of the policy.
-    :param eps: Floor inside ``log(MAE + eps)`` [m]: precision below it is not rewarded.
-    :param random_start_fraction: Fraction of rollouts starting from uniformly random settings
-        (the rest from the standard start), for robustness.
-    :param error_scale: Scale of the beam-error input of the policy [m] (``None``: off).
-    :param grad_clip: Gradient-norm clip.
-    :param seed: Seed of the initial weights and the domain randomisation.
-    """
-
-    iterations: int = 3000
-    batch_size: int = 256
-    horizon: int = 15
-    learning_rate: float = 1e-3
-    hidden: list[int] = field(default_factory=lambda: [128, 128])
-    eps: float = 2e-7
-    random_start_fraction: float = 0.25
-    error_scale: float | None = 1e-4
-    grad_clip: float = 1.0
-    seed: int = 0
 
 
 @dataclass
@@ -196,7 +169,7 @@ def train_apg(
     wall = time.perf_counter() - start_time
     policy.meta.provenance = {
         "method": "apg",
-        "config": asdict(config),
+        "config": config.model_dump(mode="json"),
         "train_wall_s": wall,
         "env_id": ENV_ID,
         "torch": torch.__version__,
@@ -210,31 +183,51 @@ def train_apg(
 
 
 def config_from_dict(data: dict[str, Any]) -> APGConfig:
-    """:class:`APGConfig` from a mapping, rejecting unknown keys by name."""
-    known = set(APGConfig.__dataclass_fields__)
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"unknown APG settings {sorted(unknown)}; allowed: {sorted(known)}")
-    return APGConfig(**data)
+    """:class:`APGConfig` from a mapping (the ``apg:`` section of a recipe).
+
+    :raises RecipeError: Naming unknown settings and values outside their ranges.
+    """
+    return APGRecipe.from_dict({"algorithm": "apg", "apg": data}, source="APG settings").apg
 
 
-def train_apg_recipe(path: str | Path, out_dir: str | Path, seed: int | None = None) -> APGResult:
+def load_apg_recipe(path: str | Path) -> APGRecipe:
+    """Load and validate an ``algorithm: apg`` recipe.
+
+    :raises RecipeError: For a recipe of another algorithm, or naming the file, the field, the
+        value and the allowed range.
+    """
+    data = load_yaml_mapping(path, RecipeError, "recipe")
+    if data.get("algorithm") != "apg":
+        raise RecipeError(
+            f"{path}: not an APG recipe (needs 'algorithm: apg', got {data.get('algorithm')!r})"
+        )
+    return APGRecipe.from_dict(data, source=str(path))
+
+
+def train_apg_recipe(
+    recipe: APGRecipe | str | Path,
+    out_dir: str | Path,
+    seed: int | None = None,
+    progress: bool = True,
+) -> APGResult:
     """Train from an ``algorithm: apg`` recipe (``agents/apg.yaml``) into ``out_dir``.
 
-    :raises ValueError: For a recipe that is not an APG recipe or has unknown settings.
+    The recipe and the seed are validated before anything is written; ``out_dir`` receives
+    ``policy/`` and the resolved ``recipe.yaml``.
+
+    :param recipe: An :class:`APGRecipe` or the path of its YAML.
+    :param out_dir: Run directory.
+    :param seed: Overrides the recipe's seed.
+    :param progress: Show a progress bar.
+    :raises RecipeError: For a recipe that is not an APG recipe or has invalid settings.
     """
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text())
-    if not isinstance(data, dict) or data.get("algorithm") != "apg":
-        raise ValueError(f"{path}: not an APG recipe (needs 'algorithm: apg')")
-    env_id = data.get("env", {}).get("id", ENV_ID)
-    if env_id != ENV_ID:
-        raise ValueError(f"{path}: APG training supports {ENV_ID}, got {env_id!r}")
-    settings = dict(data.get("apg", {}))
-    settings["seed"] = int(seed if seed is not None else data.get("seed", settings.get("seed", 0)))
-    config = config_from_dict(settings)
+    if not isinstance(recipe, APGRecipe):
+        recipe = load_apg_recipe(recipe)
+    if seed is not None:
+        recipe = recipe.replace(seed=seed)
     out_dir = Path(out_dir)
-    result = train_apg(config, out_dir=out_dir / "policy")
-    (out_dir / "recipe.yaml").write_text(Path(path).read_text())
+    result = train_apg(recipe.config, out_dir=out_dir / "policy", progress=progress)
+    (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     return result

@@ -1,11 +1,13 @@
-"""Training recipes: validated YAML for Stable-Baselines3 training (top-level ``agents/``).
+"""Training recipes: validated YAML for training runs (top-level ``agents/``).
 
 A recipe fixes everything a training run depends on: the algorithm (``td3``, ``sac``,
-``ppo``) and its hyperparameters, the environment and its arguments, the number of
-parallel environments, the step budget, the seed, observation/reward normalisation,
-periodic evaluation on a held-out slice of the published trials, checkpoints and logging.
-Invalid input fails with a :class:`RecipeError` naming the field, the value and the
-allowed range.
+``ppo`` with Stable-Baselines3: :class:`Recipe`; ``apg``, backpropagation through the
+differentiable simulation: :class:`APGRecipe`) and its hyperparameters, the environment
+and its arguments, the number of parallel environments, the step budget, the seed,
+observation/reward normalisation, periodic evaluation on a held-out slice of the published
+trials, checkpoints and logging. Invalid input fails with a :class:`RecipeError` naming
+the field, the value and the allowed range; every number must be finite.
+:func:`load_recipe` reads either kind.
 
 Actions are presented to the algorithm in normalised units ``[-1, 1]`` (the environment's
 SI bounds rescaled linearly), so action-noise scales are in those units.
@@ -42,7 +44,8 @@ class RecipeError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every float must be finite: NaN and +-inf are refused with the field named.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 Width = Annotated[int, Field(ge=1, le=4096)]
@@ -234,9 +237,36 @@ class EnvConfig(_Model):
     start: Literal["standard", "random"] = "standard"
     backend: Literal["fast", "cheetah", "cheetah-particles"] = "fast"
 
+    @field_validator("id")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        return check_training_env_id(v)
+
+    @field_validator("reward")
+    @classmethod
+    def _known_reward(cls, v: str | list[dict[str, Any]] | None) -> Any:
+        if v is None:
+            return v
+        from accelrl.envs.validation import check_reward
+
+        return check_reward(v)
+
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`accelrl.envs.make_vec` (all but ``id``)."""
         return self.model_dump(exclude={"id"})
+
+
+def check_training_env_id(env_id: str) -> str:
+    """``env_id`` if it is a registered transverse-tuning task (the environments training
+    builds from a task spec).
+
+    :raises ValueError: Naming the id and the registered ones.
+    """
+    from accelrl.registration import ENVIRONMENTS
+
+    if env_id not in ENVIRONMENTS:
+        raise ValueError(f"unknown environment id; training supports {sorted(ENVIRONMENTS)}")
+    return env_id
 
 
 class VecNormalizeConfig(_Model):
@@ -359,9 +389,9 @@ class Recipe(_Model):
             algo = data.get("algorithm")
             if algo not in ALGORITHMS:
                 raise ValueError(
-                    f"algorithm = {algo!r}: must be one of {', '.join(ALGORITHMS)}"
+                    f"algorithm = {algo!r}: must be one of {', '.join(ALL_ALGORITHMS)}"
                     if "algorithm" in data
-                    else f"algorithm is required: one of {', '.join(ALGORITHMS)}"
+                    else f"algorithm is required: one of {', '.join(ALL_ALGORITHMS)}"
                 )
             hp = data.get("hyperparameters")
             if hp is None:
@@ -407,17 +437,145 @@ class Recipe(_Model):
         except ValidationError as err:
             raise RecipeError(_format_errors(err, source)) from None
 
-    def replace(self, **changes: Any) -> Recipe:
-        """A validated copy with top-level fields changed (e.g. ``seed``, ``total_timesteps``)."""
+    def replace(self, source: str = "recipe override", **changes: Any) -> Recipe:
+        """A validated copy with top-level fields changed (e.g. ``seed``, ``total_timesteps``).
+
+        :param source: Name of the changed recipe in error messages.
+        """
         data = self.model_dump(mode="json")
         data.update(changes)
-        return Recipe.from_dict(data, source="recipe override")
+        return Recipe.from_dict(data, source=source)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible mapping (the hyperparameters without their tag)."""
         data = self.model_dump(mode="json")
         data["hyperparameters"].pop("algorithm", None)
         return data
+
+
+# ---------------------------------------------------------------------------- APG
+class APGConfig(_Model):
+    """Hyperparameters of differentiable-simulation training (SI units).
+
+    :param iterations: Gradient steps (>= 1).
+    :param batch_size: Rollouts per gradient step (>= 1).
+    :param horizon: Steps per rollout (>= 1).
+    :param learning_rate: Adam learning rate (cosine-decayed to 5%), in ``(0, 1]``.
+    :param hidden: Hidden layer widths of the policy (1 to 8 layers of 1 to 4096).
+    :param eps: Floor inside ``log(MAE + eps)`` [m], > 0: precision below it is not rewarded.
+    :param random_start_fraction: Fraction of rollouts starting from uniformly random
+        settings (the rest from the standard start), in ``[0, 1]``.
+    :param error_scale: Scale of the beam-error input of the policy [m], > 0 (``None``: off).
+    :param grad_clip: Gradient-norm clip, > 0.
+    :param seed: Seed of the initial weights and the domain randomisation.
+    """
+
+    iterations: int = Field(3000, ge=1)
+    batch_size: int = Field(256, ge=1)
+    horizon: int = Field(15, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    hidden: list[Width] = Field(default_factory=lambda: [128, 128], min_length=1, max_length=8)
+    eps: float = Field(2e-7, gt=0.0)
+    random_start_fraction: float = Field(0.25, ge=0.0, le=1.0)
+    error_scale: float | None = Field(1e-4, gt=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    seed: int = Field(0, ge=0, lt=2**31)
+
+
+class APGEnvConfig(_Model):
+    """The environment of APG training: the registered ARES-EA task (the compiled lattice
+    the gradient flows through).
+
+    :param id: Environment id.
+    """
+
+    id: str = ARES_EA_ID
+
+    @field_validator("id")
+    @classmethod
+    def _ares_ea(cls, v: str) -> str:
+        if v != ARES_EA_ID:
+            raise ValueError(f"unknown environment id; APG training supports {ARES_EA_ID!r}")
+        return v
+
+
+class APGRecipe(_Model):
+    """A complete, validated APG training run (``agents/apg.yaml``).
+
+    :param algorithm: ``"apg"``.
+    :param description: Free text.
+    :param env: The environment.
+    :param seed: Seed of the weights and the domain randomisation (overrides ``apg.seed``;
+        give it in one place).
+    :param apg: The hyperparameters.
+    """
+
+    algorithm: Literal["apg"]
+    description: str = ""
+    env: APGEnvConfig = APGEnvConfig()
+    seed: int = Field(0, ge=0, lt=2**31)
+    apg: APGConfig = APGConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_seed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("apg"), dict) and "seed" in data["apg"]:
+            data = dict(data)
+            apg = dict(data["apg"])
+            if "seed" in data and data["seed"] != apg["seed"]:
+                raise ValueError(
+                    f"seed ({data['seed']!r}) and apg.seed ({apg['seed']!r}) differ; give one"
+                )
+            data["seed"] = apg.pop("seed")
+            data["apg"] = apg
+        return data
+
+    @property
+    def config(self) -> APGConfig:
+        """The hyperparameters with the recipe's seed."""
+        return self.apg.model_copy(update={"seed": self.seed})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> APGRecipe:
+        """Validate an APG recipe given as a mapping.
+
+        :raises RecipeError: Naming the source, the field, the value and the allowed range.
+        """
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise RecipeError(_format_errors(err, source)) from None
+
+    def replace(self, source: str = "recipe override", **changes: Any) -> APGRecipe:
+        """A validated copy with top-level fields changed (e.g. ``seed``).
+
+        :param source: Name of the changed recipe in error messages.
+        """
+        data = self.to_dict()
+        data.update(changes)
+        return APGRecipe.from_dict(data, source=source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible mapping (the seed given once, at the top level)."""
+        data = self.model_dump(mode="json")
+        data["apg"].pop("seed")
+        return data
+
+
+#: Every algorithm a recipe can name.
+ALL_ALGORITHMS: tuple[str, ...] = (*ALGORITHMS, "apg")
+
+
+def load_recipe(path: str | Path) -> Recipe | APGRecipe:
+    """Load and validate a recipe file of any algorithm (``apg``: :class:`APGRecipe`; else
+    :class:`Recipe`).
+
+    :raises RecipeError: Naming the file, the field, the value and the allowed range.
+    """
+    data = load_yaml_mapping(path, RecipeError, "recipe")
+    if data.get("algorithm") == "apg":
+        return APGRecipe.from_dict(data, source=str(path))
+    return Recipe.from_dict(data, source=str(path))
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

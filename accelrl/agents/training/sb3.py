@@ -45,9 +45,15 @@ from stable_baselines3.common.vec_env import VecNormalize
 from accelrl.agents.export.sb3 import to_mlp_policy
 from accelrl.agents.policy import MLPPolicy
 from accelrl.agents.training.monitor import TrainingMonitor, evaluate_policy, plot_learning_curve
-from accelrl.agents.training.recipes import PPOParams, Recipe, SACParams, TD3Params
+from accelrl.agents.training.recipes import (
+    PPOParams,
+    Recipe,
+    RecipeError,
+    SACParams,
+    TD3Params,
+)
 from accelrl.agents.training.wrappers import make_training_env
-from accelrl.envs import TASKS, load_trials
+from accelrl.envs import TASKS, Trial, load_trials
 from accelrl.execution import package_versions
 
 
@@ -204,6 +210,28 @@ def _check_tensorboard() -> None:
         ) from err
 
 
+def evaluation_trials(recipe: Recipe) -> list[Trial]:
+    """Check what a recipe needs beyond its own fields (its environment is registered, the
+    TensorBoard package when asked for, its evaluation trial file and selection) and return
+    the evaluation trials.
+
+    :raises RecipeError: Naming the field, the value and the problem.
+    :raises RuntimeError: When ``tensorboard: true`` and the package is missing.
+    """
+    if recipe.env.id not in TASKS:
+        raise RecipeError(
+            f"env.id = {recipe.env.id!r}: unknown environment; registered: {sorted(TASKS)}"
+        )
+    if recipe.tensorboard:
+        _check_tensorboard()
+    ev = recipe.evaluation
+    try:
+        all_trials = load_trials(ev.trial_file)
+    except (OSError, ValueError) as err:
+        raise RecipeError(f"evaluation.trial_file = {str(ev.trial_file)!r}: {err}") from None
+    return [all_trials[i] for i in ev.select(len(all_trials))]
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
@@ -224,21 +252,20 @@ def train(
     ``recipe.seed``; sets ``torch.set_num_threads(recipe.torch_threads)``.
 
     :param recipe: A :class:`Recipe` or the path of its YAML.
-    :param out_dir: Run directory (created; existing files are overwritten).
+    :param out_dir: Run directory (created; existing files are overwritten: ``accelrl
+        train`` refuses an existing run directory without ``--force``).
     :param progress: Show a progress bar on stderr.
     :param time_limit_s: Stop early after this wall time [s] (recorded in the result).
     :return: Paths, timings and evaluation summaries (also in ``train_summary.json``).
-    :raises RecipeError: For an invalid recipe or evaluation trial selection.
+    :raises RecipeError: For an invalid recipe, environment or evaluation trial selection,
+        before anything is written.
     """
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.utils import set_random_seed
 
     if not isinstance(recipe, Recipe):
         recipe = Recipe.from_yaml(recipe)
-    if recipe.env.id not in TASKS:
-        raise ValueError(f"unknown environment {recipe.env.id!r}; registered: {sorted(TASKS)}")
-    if recipe.tensorboard:
-        _check_tensorboard()
+    trials = evaluation_trials(recipe)  # everything is checked before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
@@ -247,8 +274,6 @@ def train(
     set_random_seed(recipe.seed)
 
     ev = recipe.evaluation
-    all_trials = load_trials(ev.trial_file)
-    trials = [all_trials[i] for i in ev.select(len(all_trials))]
     evaluator = functools.partial(
         evaluate_policy, trials=trials, steps=ev.steps, seed=ev.seed, backend=recipe.env.backend,
         env_id=recipe.env.id,

@@ -25,7 +25,8 @@ serves Channel Access and PV Access from EPICS base's own servers, with real rec
 Channel Access server (no compiled dependencies, plain PVs without record fields). See
 ``docs/virtual_accelerator.md``.
 
-This module needs pydantic and PyYAML only.
+This module needs pydantic and PyYAML only (the trial set is checked with
+:mod:`accelrl.trialset`, without the simulation).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from accelrl.config import format_validation_error, load_yaml_mapping
 from accelrl.deploy.config import MachineConfig, load_machine_config
+from accelrl.trialset import DEFAULT_TRIALS, TrialSetError, read_trial_set
 
 #: A fault the virtual accelerator can inject.
 FaultName = Literal[
@@ -63,7 +65,8 @@ class VirtualConfigError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every float must be finite: NaN and +-inf are refused with the field named.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MagnetsConfig(_Model):
@@ -96,7 +99,7 @@ class ScreenConfig(_Model):
 
     frame_rate_hz: float = Field(10.0, gt=0.0, le=1000.0)
     reading_noise: float = Field(0.0, ge=0.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     image: bool = False
     image_shape: tuple[int, int] = (128, 96)
     image_dtype: Literal["uint8", "uint16"] = "uint8"
@@ -147,14 +150,14 @@ class FaultsConfig(_Model):
 
     :param active: Faults on from the start (``disconnect`` only at run time or scheduled).
     :param stuck_knob: Knob whose readback ``stuck`` freezes (default: the first knob).
-    :param beam_loss_level: Beam-loss reading while ``beam_loss`` is on (machine units).
+    :param beam_loss_level: Beam-loss reading while ``beam_loss`` is on (machine units, >= 0).
     :param disconnect_s: How long ``disconnect`` keeps the IOC silent [s].
     :param schedule: Faults the IOC switches on by itself.
     """
 
     active: tuple[FaultName, ...] = ()
     stuck_knob: str | None = None
-    beam_loss_level: float = Field(1.0, allow_inf_nan=False)
+    beam_loss_level: float = Field(1.0, ge=0.0)
     disconnect_s: float = Field(3.0, gt=0.0, le=600.0)
     schedule: tuple[FaultEvent, ...] = ()
 
@@ -223,7 +226,7 @@ class VirtualConfig(_Model):
         ``TRUE:MAE``) are served as ``<prefix><sim_prefix>FAULT``, ... (``VA:SIM:FAULT``).
     :param interface: Network interface (address) to serve on.
     :param heartbeat_period_s: The heartbeat counter increments with this period [s].
-    :param beam_loss_level: Beam-loss reading in normal operation (machine units).
+    :param beam_loss_level: Beam-loss reading in normal operation (machine units, >= 0).
     :param records: EPICS record settings (refusal mode, deadbands).
     """
 
@@ -241,7 +244,7 @@ class VirtualConfig(_Model):
     magnets: MagnetsConfig = MagnetsConfig()
     screen: ScreenConfig = ScreenConfig()
     heartbeat_period_s: float = Field(0.5, gt=0.0, le=60.0)
-    beam_loss_level: float = Field(0.05, allow_inf_nan=False)
+    beam_loss_level: float = Field(0.05, ge=0.0)
     faults: FaultsConfig = FaultsConfig()
     records: RecordsConfig = RecordsConfig()
 
@@ -304,7 +307,8 @@ class LoadedConfig:
     :param config: The IOC config.
     :param machine: The machine config as written in its file.
     :param source: Where the IOC config came from (messages).
-    :raises VirtualConfigError: If the two disagree (transport, stuck knob, initial knobs).
+    :raises VirtualConfigError: If the two disagree (transport, stuck knob, initial knobs
+        outside the knob limits) or the trial is not in its trial set.
     """
 
     def __init__(self, config: VirtualConfig, machine: MachineConfig, source: str = "") -> None:
@@ -353,6 +357,7 @@ class LoadedConfig:
                 "server serves uint8 images only"
             )
         common_prefix(machine)  # the IOC's own PVs go under the common prefix
+        _check_plant(config, machine, source)
         self.config = config
         self.base_machine = machine
         self.source = source
@@ -377,6 +382,44 @@ class LoadedConfig:
         except ValidationError as err:
             raise VirtualConfigError(_format(err, self.source)) from None
         return LoadedConfig(config, self.base_machine, self.source)
+
+
+def _check_plant(config: VirtualConfig, machine: MachineConfig, source: str) -> None:
+    """Check what the plant will be built from: the trial exists in its (valid) trial set and
+    every initial knob setting lies within the machine config's knob limits.
+
+    :raises VirtualConfigError: Naming the file, the field, the value and the allowed range.
+    """
+    path = config.trials_file if config.trials_file is not None else DEFAULT_TRIALS
+    try:
+        trials = read_trial_set(path)
+    except TrialSetError as err:
+        raise VirtualConfigError(f"{source}: trials_file: {err}") from None
+    if not 0 <= config.trial < len(trials):
+        raise VirtualConfigError(
+            f"{source}: trial = {config.trial}: out of range; the trial set {path} has "
+            f"{len(trials)} trials (0..{len(trials) - 1})"
+        )
+    if config.initial_knobs == "standard":
+        return
+    if config.initial_knobs == "trial":
+        index, record = trials[config.trial]
+        settings = record.initial_by_actuator()
+        missing = [n for n in machine.knob_names if n not in settings]
+        if missing:
+            raise VirtualConfigError(
+                f"{source}: initial_knobs = 'trial': trial {index} stores no setting for {missing}"
+            )
+        field = f"initial_knobs ('trial': trial {index})"
+    else:
+        settings, field = dict(config.initial_knobs), "initial_knobs"
+    for knob in machine.knobs:
+        value = settings.get(knob.name)
+        if value is not None and not knob.low <= value <= knob.high:
+            raise VirtualConfigError(
+                f"{source}: {field}.{knob.name} = {value}: outside the knob limits "
+                f"[{knob.low}, {knob.high}] of machine {machine.name!r}"
+            )
 
 
 def load_virtual_config(path: str | Path, **overrides: object) -> LoadedConfig:
