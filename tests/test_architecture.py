@@ -24,6 +24,11 @@ FOUNDATION = {
     "accelrl.names": set(),
     "accelrl.limits": {"numpy"},
     "accelrl.units": set(),
+    "accelrl.resources": set(),
+    "accelrl.runs": set(),
+    "accelrl.interrupts": set(),
+    "accelrl.runfiles": set(),
+    "accelrl.trialset": {"yaml", "pydantic", "accelrl.config", "accelrl.resources"},
 }
 
 
