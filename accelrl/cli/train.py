@@ -33,6 +33,7 @@ def default_out(recipe: Path, seed: int) -> Path:
 #: What a training run writes into its run directory (``--force`` replaces these only).
 SB3_FILES = (
     "policy",
+    "progress.jsonl",
     "model.zip",
     "vecnormalize.pkl",
     "recipe.yaml",
@@ -43,7 +44,7 @@ SB3_FILES = (
     "logs",
     "checkpoints",
 )
-APG_FILES = ("policy", "recipe.yaml")
+APG_FILES = ("policy", "recipe.yaml", "progress.jsonl")
 
 #: Recipe field -> the command-line option that overrides it.
 _OPTION = {"total_timesteps": "timesteps", "seed": "seed"}

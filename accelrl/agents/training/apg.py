@@ -15,7 +15,9 @@ same portable form as the SB3 policies.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from accelrl.envs.spec import TaskSpec
 from accelrl.names import INCOMING
 from accelrl.physics.compiled import CompiledBeamline
 from accelrl.physics.lattices import ares_ea_segment
+from accelrl.runfiles import ProgressLog
 
 
 @dataclass
@@ -91,11 +94,22 @@ def screen_reading(beam: torch.Tensor, half_extent: tuple[float, float]) -> torc
     return torch.where(on[:, None], beam, torch.minimum(torch.maximum(beam, low), high))
 
 
+@contextlib.contextmanager
+def _ended(bar: Any) -> Iterator[None]:
+    """Stop the progress display ``bar`` (if any) however the block ends."""
+    try:
+        yield
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
 def train_apg(
     config: APGConfig | None = None,
     spec: TaskSpec | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    log_dir: str | Path | None = None,
 ) -> APGResult:
     """Train a delta-action policy by backpropagation through the compiled beamline.
 
@@ -103,6 +117,10 @@ def train_apg(
     :param spec: Task (default ARES-EA).
     :param out_dir: If given, the policy is saved there (``policy.pt``, ``policy.json``).
     :param progress: Show a progress bar.
+    :param log_dir: Where the live ``progress.jsonl`` goes (:class:`accelrl.runfiles.
+        ProgressLog`: the start record, one record per iteration with its loss, learning rate
+        and gradient norm, the end), which ``accelrl dashboard`` follows; default
+        ``out_dir`` (none without either).
     """
     config = config or APGConfig()
     spec = spec or ares_ea_spec()
@@ -140,8 +158,22 @@ def train_apg(
         bar = progress_bar(transient=True)
         bar.start()
         task = bar.add_task("APG training", total=config.iterations)
-    try:
-        for _ in range(config.iterations):
+    log_dir = log_dir if log_dir is not None else out_dir
+    log = (
+        ProgressLog(
+            log_dir,
+            "apg",
+            env_id=spec.id,
+            iterations=config.iterations,
+            batch_size=config.batch_size,
+            horizon=config.horizon,
+            config=config.model_dump(mode="json"),
+        )  # fmt: skip
+        if log_dir is not None
+        else contextlib.nullcontext()
+    )
+    with log, _ended(bar):
+        for i in range(config.iterations):
             incoming, mis, target, magnets = sampler.sample(
                 config.batch_size, config.random_start_fraction
             )
@@ -157,15 +189,20 @@ def train_apg(
             loss = loss / config.horizon
             optimiser.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
+            rate = schedule.get_last_lr()[0]
             optimiser.step()
             schedule.step()
             losses.append(float(loss.detach()))
             if bar is not None:
                 bar.update(task, advance=1, description=f"APG loss {losses[-1]:.3f}")
-    finally:
-        if bar is not None:
-            bar.stop()
+            if isinstance(log, ProgressLog):
+                log.iteration(
+                    iteration=i, loss=losses[-1], learning_rate=rate, grad_norm=float(norm),
+                    wall_s=time.perf_counter() - start_time,
+                )  # fmt: skip
+        if isinstance(log, ProgressLog):
+            log.end("completed", final_loss=losses[-1] if losses else None)
     wall = time.perf_counter() - start_time
     policy.meta.provenance = {
         "method": "apg",
@@ -213,7 +250,7 @@ def train_apg_recipe(
     """Train from an ``algorithm: apg`` recipe (``agents/apg.yaml``) into ``out_dir``.
 
     The recipe and the seed are validated before anything is written; ``out_dir`` receives
-    ``policy/`` and the resolved ``recipe.yaml``.
+    the resolved ``recipe.yaml``, the live ``progress.jsonl`` and ``policy/``.
 
     :param recipe: An :class:`APGRecipe` or the path of its YAML.
     :param out_dir: Run directory.
@@ -228,6 +265,6 @@ def train_apg_recipe(
     if seed is not None:
         recipe = recipe.replace(seed=seed)
     out_dir = Path(out_dir)
-    result = train_apg(recipe.config, out_dir=out_dir / "policy", progress=progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    return result
+    return train_apg(recipe.config, out_dir=out_dir / "policy", progress=progress, log_dir=out_dir)
