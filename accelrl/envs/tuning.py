@@ -41,7 +41,8 @@ See :class:`TransverseTuningEnv`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import cheetah
@@ -53,6 +54,7 @@ from accelrl.envs._common import reset_core, single_action
 from accelrl.envs.core import ActionMode, StartMode, TuningCore
 from accelrl.envs.render import screen_image
 from accelrl.envs.spec import Actuator, Randomisation, ScreenSpec, TaskSpec, shipped_spec_path
+from accelrl.envs.world.spec import WorldSpec
 from accelrl.physics.backends import make_beamline
 from accelrl.physics.beam import INCOMING
 
@@ -127,6 +129,11 @@ class TransverseTuningEnv(gym.Env):
     :param start: ``"standard"`` or ``"random"`` start settings.
     :param terminate_on_target: Default the spec's ``termination.enabled``.
     :param render_mode: ``"rgb_array"`` or ``None``.
+    :param world: The world between the agent and the beam (:mod:`accelrl.envs.world`): a
+        shipped name (``"ideal"``, ``"ares-realistic"``, ``"harsh"``, with scenario
+        overlays as ``"ares-realistic+q3-failure"``), a YAML path, a mapping or a
+        :class:`~accelrl.envs.world.WorldSpec`; default the spec's ``world`` (ideal when it
+        names none).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
@@ -142,6 +149,7 @@ class TransverseTuningEnv(gym.Env):
         start: StartMode = "standard",
         terminate_on_target: bool | None = None,
         render_mode: str | None = None,
+        world: WorldSpec | str | Path | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(spec, TaskSpec):
@@ -159,6 +167,7 @@ class TransverseTuningEnv(gym.Env):
             reward=reward,
             start=start,
             terminate_on_target=terminate_on_target,
+            world=world,
         )
         self.backend = backend
         self.render_mode = render_mode
@@ -195,6 +204,8 @@ class TransverseTuningEnv(gym.Env):
         info["mae"] = float(info["mae"])
         info["on_screen"] = bool(info["on_screen"])
         info["step"] = int(info["step"])
+        if "readout_on_screen" in info:
+            info["readout_on_screen"] = bool(info["readout_on_screen"])
         return info
 
     def render(self) -> np.ndarray | None:

@@ -168,6 +168,13 @@ def test_no_world_matches_recording(golden, no_world):
     _compare(no_world, golden, exact=False)
 
 
+@pytest.mark.parametrize("world", ["ideal"])
+def test_ideal_world_is_the_environment_without_world(world, golden, no_world, trials):
+    ideal = run(world, trials)
+    _compare(ideal, golden, exact=False)
+    _compare(ideal, no_world, exact=True)
+
+
 if __name__ == "__main__":  # record the golden file from the code as it is
     GOLDEN.parent.mkdir(exist_ok=True)
     arrays = run(None, E.load_trials())
