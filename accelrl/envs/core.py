@@ -128,6 +128,9 @@ class TuningCore:
         self.low = np.array([a.low for a in spec.actuators])
         self.high = np.array([a.high for a in spec.actuators])
         self.standard_start = np.array(spec.start, dtype=np.float64)
+        names = [a.name for a in spec.actuators]
+        failing = spec.randomisation.failure.actuator
+        self._fail_actuator = names.index(failing) if failing is not None else -1
         step = spec.delta_fraction * np.maximum(np.abs(self.low), np.abs(self.high))
         self.action_low, self.action_high = (
             (-step, step) if action_mode == "delta" else (self.low, self.high)
@@ -244,6 +247,8 @@ class TuningCore:
         lo, hi = r.failure.step
         fail_step = np.where(fails, lo + np.floor(u[:, o + 1] * (hi - lo + 1)).astype(np.int64), -1)
         fail_index = np.floor(u[:, o + 2] * K).astype(np.int64)
+        if r.failure.actuator is not None:  # a named actuator fails (the draw is made anyway)
+            fail_index = np.full(n, self._fail_actuator, dtype=np.int64)
 
         trial = options.get("trial")
         trials: list[Trial] | None = None

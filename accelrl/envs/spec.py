@@ -231,6 +231,20 @@ class TaskSpec(_Model):
         names = [a.name for a in self.actuators]
         if len(set(names)) != len(names):
             raise ValueError(f"actuator names must be unique, got {names}")
+        failure = self.randomisation.failure
+        if failure.actuator is not None and failure.actuator not in names:
+            raise ValueError(
+                f"randomisation.failure.actuator = {failure.actuator!r}: no such actuator; "
+                f"the task has {names}"
+            )
+        if failure.value is not None:
+            failing = [a for a in self.actuators if failure.actuator in (None, a.name)]
+            for act in failing:
+                if not act.low <= failure.value <= act.high:
+                    raise ValueError(
+                        f"randomisation.failure.value = {failure.value!r}: outside the limits "
+                        f"of {act.name} [{act.low}, {act.high}]"
+                    )
         if self.world is not None:
             problems = check_world(self.world, self)
             if problems:

@@ -52,7 +52,7 @@ from gymnasium import spaces
 
 from accelrl.envs._common import reset_core, single_action
 from accelrl.envs.core import ActionMode, StartMode, TuningCore
-from accelrl.envs.render import screen_image
+from accelrl.envs.render import camera_image, screen_image
 from accelrl.envs.spec import Actuator, Randomisation, ScreenSpec, TaskSpec, shipped_spec_path
 from accelrl.envs.world.spec import WorldSpec
 from accelrl.physics.backends import make_beamline
@@ -211,10 +211,21 @@ class TransverseTuningEnv(gym.Env):
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
             return None
-        c = self.core
-        return screen_image(
-            c.reading[0], c.target[0], self.task.screen.half_extent, on_screen=bool(c.on_screen[0])
+        return render_core(self.core, 0)
+
+
+def render_core(core: TuningCore, i: int) -> np.ndarray:
+    """RGB image of environment ``i`` of a core: the camera's expected processed image in a
+    camera world, else a Gaussian spot drawn from the reading (with the target)."""
+    w = core.world
+    half = core.spec.screen.half_extent
+    if w is not None and w.camera is not None:
+        cam = w.camera
+        image = cam.expected_image(core.beam[i : i + 1])[0]
+        return camera_image(
+            image, cam.spec.full_scale, core.target[i], cam.geometry.half_extent, core.reading[i]
         )
+    return screen_image(core.reading[i], core.target[i], half, on_screen=bool(core.on_screen[i]))
 
 
 def make_tuning_env(

@@ -22,9 +22,8 @@ from gymnasium.vector.utils import batch_space
 
 from accelrl.envs._common import CoreVectorEnv, step_with_autoreset
 from accelrl.envs.core import ActionMode, StartMode
-from accelrl.envs.render import screen_image
 from accelrl.envs.spec import TaskSpec
-from accelrl.envs.tuning import build_core, observation_space
+from accelrl.envs.tuning import build_core, observation_space, render_core
 from accelrl.envs.world.spec import WorldSpec
 
 
@@ -124,9 +123,4 @@ class TransverseTuningVectorEnv(CoreVectorEnv):
     def render(self) -> tuple[np.ndarray, ...] | None:
         if self.render_mode != "rgb_array":
             return None
-        c = self.core
-        hx = self.task.screen.half_extent
-        return tuple(
-            screen_image(c.reading[i], c.target[i], hx, on_screen=bool(c.on_screen[i]))
-            for i in range(self.num_envs)
-        )
+        return tuple(render_core(self.core, i) for i in range(self.num_envs))

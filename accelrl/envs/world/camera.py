@@ -263,14 +263,23 @@ def profile(edges: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     return np.abs(np.diff(c, axis=1))
 
 
+def _window(
+    centre: np.ndarray, width: np.ndarray, n: float | np.ndarray, blocks: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """First pixel and block size (integers, [px]) of ``blocks`` blocks covering the part of
+    ``centre +- (WINDOW * width + 1)`` that lies on the ``n`` pixels of the screen."""
+    lo = np.clip(np.floor(centre - WINDOW * width - 1.0), 0.0, n)
+    hi = np.clip(np.ceil(centre + WINDOW * width + 1.0), 0.0, n)
+    return lo, np.maximum(1.0, np.ceil((hi - lo) / blocks))
+
+
 def _blocks(
     n: int, centre: np.ndarray, width: np.ndarray, blocks: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Blocks of the pixels ``0..n-1`` (in pixel units) around a Gaussian of ``centre`` and
     ``width`` [px]: ``(weight [B, Q], mean fraction per pixel [B, Q], far pixels [B])``."""
     blocks = BLOCKS if blocks is None else blocks
-    size = np.maximum(1.0, np.ceil((2.0 * WINDOW * width + 2.0) / blocks))
-    start = np.floor(centre - blocks * size / 2.0)
+    start, size = _window(centre, width, float(n), blocks)
     e = start[:, None] + size[:, None] * np.arange(blocks + 1)
     e = np.clip(e, 0.0, float(n))
     w = np.diff(e, axis=1)
@@ -480,8 +489,7 @@ class Camera:
         # blocks of rows (for the x projection) and of columns (for the y projection)
         centre = np.stack([cy, cx], axis=1)  # [B, 2]: the summed axis of each projection
         width = np.stack([sy, sx], axis=1)
-        size = np.maximum(1.0, np.ceil((2.0 * WINDOW * width + 2.0) / Q))
-        start = np.floor(centre - Q * size / 2.0)
+        start, size = _window(centre, width, np.array([H, W], dtype=np.float64), Q)
         edges = start[:, :, None] + size[:, :, None] * np.arange(Q + 1)  # [B, 2, Q + 1]
         edges = np.minimum(np.maximum(edges, 0.0), np.array([H, W], dtype=np.float64)[:, None])
         # standardised edges of columns, rows, row blocks, column blocks -> one erf
@@ -589,6 +597,12 @@ class Camera:
         """Mean spot signal per pixel ``[B, H, W]`` [DN] of Gaussian beams ``[B, 4]`` [m]."""
         gx, gy = self.profiles(beam)
         return self.amplitude * gy[:, :, None] * gx[:, None, :]
+
+    def expected_image(self, beam: np.ndarray) -> np.ndarray:
+        """Expected processed image ``[B, H, W]`` [DN] of beams ``[B, 4]`` [m]: the mean over
+        the camera noise of each processed pixel (pedestal, saturation and all)."""
+        m, _ = self.table.lookup(self.signal_image(beam))
+        return m.astype(np.float64)
 
     def signal_from_particles(
         self, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None
