@@ -11,9 +11,9 @@ For each actuator (SI unit of its setting: 1/m^2 for a quadrupole, rad for a ste
    ``H(x) = x + sum_m w_m (P_m - x)``, each play operator ``P_m`` following ``x`` with a
    backlash of half-width ``r_m`` (``P_m <- clip(P_m, x - r_m, x + r_m)``). The half-widths
    are spread evenly, ``r_m = R m / M`` (``m = 1..M``, equal weights ``1/M``), with ``R =
-   width M / (M + 1)``, so that after an excursion beyond ``width`` the descending and
-   ascending branches differ by ``width``: the same setpoint gives fields up to ``width``
-   apart depending on the history. The history at the start of an episode is unknown: the
+   width M / (M + 1)``, so that once the output has moved ``2 R`` (less than twice the
+   width) since its last reversal, the descending and ascending branches differ by
+   ``width``: the same setpoint gives fields up to ``width`` apart depending on the history. The history at the start of an episode is unknown: the
    plays start at a uniformly random point of the loop.
 4. **Calibration.** ``field = (1 + g) H(x) + o`` with a gain error ``g`` and an offset
    ``o`` drawn uniformly per episode within ``+-gain_error`` and ``+-offset_error``.

@@ -190,7 +190,8 @@ class Hysteresis(_Model):
 
     :param width: Full width of the major loop [SI unit of the actuator]: the difference of
         the field between the descending and the ascending branch at the same power-supply
-        output, once an excursion has exceeded the width. Must be below the actuator range.
+        output, once the output has moved ``2 * width * plays / (plays + 1)`` (less than
+        twice the width) since its last reversal. Must be below the actuator range.
     :param plays: Number of play operators; their half-widths are spread evenly up to
         ``width * plays / (plays + 1)``, so the loop closes smoothly.
     """
