@@ -18,7 +18,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -26,10 +26,12 @@ from accelrl.envs import rng
 from accelrl.envs.rewards import Reward, RewardInputs
 from accelrl.envs.spec import TaskSpec
 from accelrl.envs.trials import Trial
-from accelrl.envs.world.model import WorldModel
 from accelrl.envs.world.spec import WorldSpec, load_world
 from accelrl.physics.backends import Beamline
 from accelrl.physics.beam import INCOMING
+
+if TYPE_CHECKING:  # the world models (and scipy) load only when a world needs them
+    from accelrl.envs.world.model import WorldModel
 
 ActionMode = Literal["delta", "direct"]
 StartMode = Literal["standard", "random"]
@@ -180,9 +182,11 @@ class TuningCore:
         world.check(spec, max_episode_steps)
         self.world_spec: WorldSpec = world
         #: The world's runtime; ``None`` in the ideal world.
-        self.world: WorldModel | None = (
-            None if world.is_ideal else WorldModel(world, spec, B, max_episode_steps)
-        )
+        self.world: WorldModel | None = None
+        if not world.is_ideal:
+            from accelrl.envs.world.model import WorldModel
+
+            self.world = WorldModel(world, spec, B, max_episode_steps)
         #: The camera's verdict on the beam being on the screen (the reward's ``on_screen``).
         self.readout_on_screen = self.on_screen
 
@@ -538,9 +542,11 @@ class TuningCore:
 
         ``beam`` is the reading; ``magnets`` what the power supplies report (the settings,
         or in a world with magnets their readbacks)."""
+        w = self.world
+        magnets = self.magnets if w is None or w.magnets is None else w.magnets.readback
         return {
             "beam": self.reading[index].astype(np.float32),
-            "magnets": self.readback[index].astype(np.float32),
+            "magnets": magnets[index].astype(np.float32),
             "target": self.target[index].astype(np.float32),
         }
 

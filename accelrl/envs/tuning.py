@@ -4,28 +4,48 @@
 Set a list of actuators (quadrupole strengths, steering angles, ...) so that the beam read
 on a screen reaches a target centroid and size ``(mu_x, sigma_x, mu_y, sigma_y)``. The
 beamline is a Cheetah ``Segment`` evaluated by the compiled fast map (default), by Cheetah's
-``ParameterBeam`` tracking or by ``ParticleBeam`` tracking (``backend=``).
+``ParameterBeam`` tracking or by ``ParticleBeam`` tracking (``backend=``). Between the agent
+and the beam sits a world (``world=``, :mod:`accelrl.envs.world`, ``docs/worlds.md``): the
+camera and image processing that produce the reading, magnets with calibration errors,
+hysteresis and settling, a jittering and drifting incoming beam, scripted scenarios. The
+default is the task spec's world (``ideal`` for the shipped tasks).
 
 ## Action space
 ``Box(K)`` in the actuators' SI units. ``action_mode="delta"`` (default): the change of each
-setting, bounded by ``delta_fraction`` (10%) of the actuator's largest magnitude; the result
-is clipped to the operator limits. ``"direct"``: the absolute settings within the limits.
-Actions outside the box are clipped; NaN/inf or a wrong shape raise ``ValueError``.
+setting, bounded by ``delta_fraction`` (10%) of the actuator's largest magnitude, added to
+the power supplies' readback (the settings, in a world without magnet imperfections); the
+result is clipped to the operator limits. ``"direct"``: the absolute settings within the
+limits. Actions outside the box are clipped; NaN/inf or a wrong shape raise ``ValueError``.
+No world moves a setting or a readback outside the limits.
 
 ## Observation space
 ``Dict``: ``beam`` Box(4) = the screen reading ``(mu_x, sigma_x, mu_y, sigma_y)`` [m];
-``magnets`` Box(K) = current settings (SI); ``target`` Box(4) [m]. float32. When the beam
-centroid is off the screen, ``beam`` reads the centroid clamped to the screen edge and the
-screen's half width/height as size, and ``info["on_screen"]`` is ``False``.
+``magnets`` Box(K) = what the power supplies report (SI: the settings; in a world with
+magnets their readbacks: quantised, settling); ``target`` Box(4) [m]. float32. Without a
+camera: when the beam centroid is off the screen, ``beam`` reads the centroid clamped to
+the screen edge and the screen's half width/height as size, and ``info["on_screen"]`` is
+``False``. With a camera, ``beam`` is whatever the control room's image processing reports
+(biased, noisy, wrong for clipped, saturated or dim spots; see ``docs/worlds.md``).
+
+## Info
+Privileged state, float64, SI: ``beam`` (the true beam on the screen, this shot),
+``reading``, ``target``, ``magnets`` (settings), ``incoming``, ``misalignments``, ``mae``
+(true beam to target), ``on_screen`` (true centroid on the screen), ``step``; with task
+randomisation ``gain``, ``fail_step``, ``fail_index``; in a world ``readout_on_screen``,
+``readback``, ``field``, ``magnet_gain``, ``magnet_offset``, ``incoming_jitter``,
+``failed`` (see :meth:`accelrl.envs.core.TuningCore.info`).
 
 ## Rewards
-Configurable (:mod:`accelrl.envs.rewards`); default the spec's (``"icml"``).
+Configurable (:mod:`accelrl.envs.rewards`); default the spec's (``"icml"``). Rewards use
+the reading, and the on-screen verdict of the camera in a camera world.
 
 ## Starting state
-Hidden state (incoming beam, misalignments, calibration errors, failures) and target are
-drawn from the spec's randomisation; settings start at the spec's standard values (or
-uniformly random with ``start="random"``). ``reset(options=...)`` fixes any of them, e.g.
-``options={"trial": trial}`` reproduces a published evaluation trial.
+Hidden state (incoming beam, misalignments, calibration errors, failures, the world's
+magnet errors and hysteresis history) and target are drawn from the spec's randomisation
+and the world; settings start at the spec's standard values (or uniformly random with
+``start="random"``). ``reset(options=...)`` fixes any of them, e.g.
+``options={"trial": trial}`` reproduces a published evaluation trial, and
+``{"trial": t, "to_trial": t_next}`` a published scenario's beam change.
 
 ## Episode end
 Terminates when all four reading errors stay below the spec's thresholds for ``hold``
@@ -36,7 +56,9 @@ steps (disable with ``terminate_on_target=False`` for evaluation); truncation is
 See :class:`TransverseTuningEnv`.
 
 ## Version history
-* v0: initial release.
+* v0: initial release. The ``world`` argument (default: the task's world, ``ideal`` for the
+  shipped tasks, which reproduces the initial release bit for bit) adds world models
+  without changing the id.
 """
 
 from __future__ import annotations

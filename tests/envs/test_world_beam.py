@@ -52,9 +52,7 @@ def test_world_drift_adds_to_the_task_drift():
     from envs_testlib import make_spec
 
     spec = make_spec(drift={"mu": 3e-6, "mu_p": 0.0})
-    venv = E.TransverseTuningVectorEnv(
-        spec, num_envs=N, world={"beam": {"drift": {"mu": 4e-6}}}
-    )
+    venv = E.TransverseTuningVectorEnv(spec, num_envs=N, world={"beam": {"drift": {"mu": 4e-6}}})
     _, info0 = venv.reset(seed=2)
     _, _, _, _, info = venv.step(ZERO)
     moved = info["incoming"][:, COL["mu_x"]] - info0["incoming"][:, COL["mu_x"]]
@@ -130,7 +128,8 @@ def test_q3_fails_to_zero_after_step_40():
         for t in range(1, 44):
             obs, _, _, _, info = venv.step(push)
             failed = t >= 41
-            assert np.all(info["failed"][:, 3] == failed) and not info["failed"][:, [0, 1, 2, 4]].any()
+            assert np.all(info["failed"][:, 3] == failed)
+            assert not info["failed"][:, [0, 1, 2, 4]].any()
             if failed:
                 np.testing.assert_array_equal(info["magnets"][:, 3], 0.0)
                 np.testing.assert_array_equal(obs["magnets"][:, 3], 0.0)

@@ -110,9 +110,7 @@ def test_reward_uses_the_readout_verdict():
 def test_make_vec_and_gym_make_vec_take_a_world():
     venv = E.make_vec(ENV_ID, num_envs=2, world="ares-realistic")
     assert venv.core.world.camera is not None
-    gvenv = gym.make_vec(
-        ENV_ID, num_envs=2, vectorization_mode="vector_entry_point", world="harsh"
-    )
+    gvenv = gym.make_vec(ENV_ID, num_envs=2, vectorization_mode="vector_entry_point", world="harsh")
     assert gvenv.unwrapped.core.world_spec.name == "harsh"
 
 

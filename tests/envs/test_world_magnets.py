@@ -137,7 +137,8 @@ def test_physics_sees_the_field():
     only_magnets = {"magnets": world.model_dump()["magnets"]}
     venv = E.make_vec(ENV_ID, num_envs=6, world=only_magnets)
     _, info = venv.reset(seed=5)
-    _, _, _, _, info = venv.step(np.full((6, 5), 0.3, dtype=np.float32) * venv.single_action_space.high)
+    action = np.float32(0.3) * np.tile(venv.single_action_space.high, (6, 1))
+    _, _, _, _, info = venv.step(action)
     core = venv.core
     beam = core.beamline.evaluate(info["field"], info["incoming"], info["misalignments"])
     np.testing.assert_allclose(info["beam"], beam, rtol=1e-12, atol=1e-15)

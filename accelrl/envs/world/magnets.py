@@ -13,8 +13,9 @@ For each actuator (SI unit of its setting: 1/m^2 for a quadrupole, rad for a ste
    are spread evenly, ``r_m = R m / M`` (``m = 1..M``, equal weights ``1/M``), with ``R =
    width M / (M + 1)``, so that once the output has moved ``2 R`` (less than twice the
    width) since its last reversal, the descending and ascending branches differ by
-   ``width``: the same setpoint gives fields up to ``width`` apart depending on the history. The history at the start of an episode is unknown: the
-   plays start at a uniformly random point of the loop.
+   ``width``: the same setpoint gives fields up to ``width`` apart depending on the
+   history. The history at the start of an episode is unknown: the plays start at a
+   uniformly random point of the loop.
 4. **Calibration.** ``field = (1 + g) H(x) + o`` with a gain error ``g`` and an offset
    ``o`` drawn uniformly per episode within ``+-gain_error`` and ``+-offset_error``.
 
