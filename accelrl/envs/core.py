@@ -214,7 +214,8 @@ class TuningCore:
         so a stream's future does not depend on the options. For a world whose incoming
         beam changes to another (``IncomingChange`` with ``to: other``): ``"to_trial"`` (a
         trial or one per environment) or ``"to_incoming"`` [11], the beam it changes to
-        (default: a draw from the task's incoming-beam distribution).
+        (default: a draw from the task's incoming-beam distribution); other worlds ignore
+        them.
         """
         options = dict(options or {})
         unknown = set(options) - {
