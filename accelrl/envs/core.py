@@ -5,21 +5,32 @@ together: one beamline evaluation per step for all environments. The single envi
 the core with ``B = 1``; the vector environment is the core with ``B = num_envs``. Random
 numbers come from per-environment counter-based streams (:mod:`accelrl.envs.rng`), so a
 batch draws exactly the random numbers of separately seeded single environments.
+
+A world (:mod:`accelrl.envs.world`) sits between the agent and the beamline: the magnets
+turn setpoints into fields, the incoming beam jitters, drifts and changes, a camera and the
+control room's image processing turn the beam into the reading. The ideal world takes the
+code paths of the environment without a world, untouched (bit for bit).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from accelrl.envs import rng, validation
 from accelrl.envs.rewards import Reward, RewardInputs
 from accelrl.envs.spec import TaskSpec
+from accelrl.envs.world.spec import WorldSpec, load_world
 from accelrl.physics.backends import Beamline
 from accelrl.physics.beam import INCOMING
+
+if TYPE_CHECKING:  # the world models (and scipy) load only when a world needs them
+    from accelrl.envs.world.model import WorldModel
 
 ActionMode = Literal["delta", "direct"]
 StartMode = Literal["standard", "random"]
@@ -76,6 +87,11 @@ class TuningCore:
     :param start: ``"standard"`` (the spec's start settings) or ``"random"`` (uniform within
         the limits) at reset, unless reset options give magnets.
     :param terminate_on_target: Terminate when the target is held; default the spec's.
+    :param world: The world (a :class:`~accelrl.envs.world.WorldSpec`, a shipped name such
+        as ``"ares-realistic"``, a YAML path or a mapping); default the spec's ``world``
+        (ideal when it names none).
+    :param max_episode_steps: Episode length that the world's scenario steps must fit in
+        (default: the spec's).
     """
 
     def __init__(
@@ -87,6 +103,8 @@ class TuningCore:
         reward: str | list[dict] | None = None,
         start: StartMode = "standard",
         terminate_on_target: bool | None = None,
+        world: WorldSpec | str | Path | Mapping[str, Any] | None = None,
+        max_episode_steps: int | None = None,
     ) -> None:
         if action_mode not in ("delta", "direct"):
             raise ValueError(f"action_mode must be 'delta' or 'direct', got {action_mode!r}")
@@ -111,6 +129,9 @@ class TuningCore:
         self.low = np.array([a.low for a in spec.actuators])
         self.high = np.array([a.high for a in spec.actuators])
         self.standard_start = np.array(spec.start, dtype=np.float64)
+        names = [a.name for a in spec.actuators]
+        failing = spec.randomisation.failure.actuator
+        self._fail_actuator = names.index(failing) if failing is not None else -1
         step = spec.delta_fraction * np.maximum(np.abs(self.low), np.abs(self.high))
         self.action_low, self.action_high = (
             (-step, step) if action_mode == "delta" else (self.low, self.high)
@@ -153,6 +174,21 @@ class TuningCore:
         self.initial_reading = np.zeros((B, 4))
         self.on_screen = np.ones(B, dtype=bool)
 
+        if world is None:
+            world = spec.world if spec.world is not None else load_world(None)
+        elif not isinstance(world, WorldSpec):
+            world = load_world(world)
+        world.check(spec, max_episode_steps)
+        self.world_spec: WorldSpec = world
+        #: The world's runtime; ``None`` in the ideal world.
+        self.world: WorldModel | None = None
+        if not world.is_ideal:
+            from accelrl.envs.world.model import WorldModel
+
+            self.world = WorldModel(world, spec, B, max_episode_steps)
+        #: The camera's verdict on the beam being on the screen (the reward's ``on_screen``).
+        self.readout_on_screen = self.on_screen
+
     # ------------------------------------------------------------------ seeding
     def seed(self, index: np.ndarray, seeds: list[int | None]) -> None:
         """Restart the random streams of environments ``index`` from ``seeds``."""
@@ -174,7 +210,11 @@ class TuningCore:
         ``"incoming"`` [11], ``"misalignments"`` [M], ``"target"`` [4], ``"magnets"`` [K]
         (SI), or ``"magnets": "trial"`` for the trial's stored initial settings. Values given
         explicitly are validated against the limits; the random draws are made regardless,
-        so a stream's future does not depend on the options.
+        so a stream's future does not depend on the options. For a world whose incoming
+        beam changes to another (``IncomingChange`` with ``to: other``): ``"to_trial"`` (a
+        trial or one per environment) or ``"to_incoming"`` [11], the beam it changes to
+        (default: a draw from the task's incoming-beam distribution); other worlds ignore
+        them.
         """
         options = validation.reset_options(options)
         n = len(index)
@@ -207,6 +247,8 @@ class TuningCore:
         lo, hi = r.failure.step
         fail_step = np.where(fails, lo + np.floor(u[:, o + 1] * (hi - lo + 1)).astype(np.int64), -1)
         fail_index = np.floor(u[:, o + 2] * K).astype(np.int64)
+        if r.failure.actuator is not None:  # a named actuator fails (the draw is made anyway)
+            fail_index = np.full(n, self._fail_actuator, dtype=np.int64)
 
         if trials is not None:
             trial = None
@@ -253,6 +295,17 @@ class TuningCore:
                 )
             magnets = np.broadcast_to(value, (n, K))
 
+        w = self.world
+        if w is not None:
+            to = self._destination(options, n)
+            u_world = self._uniform(index, w.num_reset_draws) if w.num_reset_draws else None
+            w.reset(
+                index,
+                u_world if u_world is not None else np.zeros((n, 0)),
+                magnets,
+                np.asarray(incoming, dtype=np.float64),
+                to,
+            )
         h = self.hidden
         h.incoming = _put(h.incoming, index, incoming)
         h.misalignments = _put(h.misalignments, index, mis)
@@ -266,6 +319,23 @@ class TuningCore:
         self._measure(index)
         self.initial_reading = _put(self.initial_reading, index, self.reading[index])
 
+    def _destination(self, options: dict[str, Any], n: int) -> np.ndarray | None:
+        """The ``to_trial`` / ``to_incoming`` reset option as ``[n, 11]`` (or ``None``)."""
+        if "to_trial" in options and "to_incoming" in options:
+            raise ValueError("give reset option 'to_trial' or 'to_incoming', not both")
+        if "to_incoming" in options:
+            return np.broadcast_to(self._vector(options["to_incoming"], 11, "to_incoming"), (n, 11))
+        to = options.get("to_trial")
+        if to is None:
+            return None
+        if isinstance(to, (list, tuple)):
+            if len(to) != n:
+                raise ValueError(
+                    f"reset option 'to_trial' holds {len(to)} trials for {n} environments"
+                )
+            return np.stack([t.incoming for t in to])
+        return np.broadcast_to(to.incoming, (n, 11))
+
     @staticmethod
     def _vector(value: Any, n: int, name: str) -> np.ndarray:
         return validation.finite_vector(value, n, f"reset option {name!r}")
@@ -274,6 +344,10 @@ class TuningCore:
     def _measure(self, index: np.ndarray | slice) -> None:
         """Evaluate the beamline and the screen reading for environments ``index``."""
         h = self.hidden
+        w = self.world
+        if w is not None:
+            self._measure_world(index, w)
+            return
         applied = self.magnets[index]
         if self.spec.randomisation.gain_error > 0:
             applied = applied * (1.0 + h.gain[index])
@@ -302,6 +376,50 @@ class TuningCore:
             reading = np.where(on[:, None], reading, edge)
         self.reading = _put(self.reading, index, reading, fresh=True)
         self.on_screen = _put(self.on_screen, index, on, fresh=True)
+        self.readout_on_screen = self.on_screen
+
+    def _measure_world(self, index: np.ndarray | slice, w: WorldModel) -> None:
+        """:meth:`_measure` in a world: fields from the magnets, a jittered incoming beam,
+        the camera's readout."""
+        h = self.hidden
+        applied = w.magnets.field[index] if w.magnets is not None else self.magnets[index]
+        if self.spec.randomisation.gain_error > 0:
+            applied = applied * (1.0 + h.gain[index])
+        idx = np.arange(self.num_envs)[index]
+        seed = None
+        if self.beamline.stochastic:
+            seed = int(self._uniform(idx, 1)[0, 0] * 2**62)
+        incoming = h.incoming[index]
+        u = self._uniform(idx, w.num_reading_draws) if w.num_reading_draws else None
+        shot, z = w.reading_inputs(incoming, u)
+        if w.beam is not None:
+            w.jitter = _put(w.jitter, index, shot - incoming)
+        beam = self.beamline.evaluate(applied, shot, h.misalignments[index], seed)
+        self.beam = _put(self.beam, index, beam, fresh=True)
+        on = np.logical_and.reduce(np.abs(beam[:, ::2]) < self.half_extent, axis=1)
+        if w.camera is not None:
+            reading, readout_on = w.camera.read(beam, z)
+        else:
+            reading, readout_on = self._screen_reading(idx, beam, on), on
+        self.reading = _put(self.reading, index, reading, fresh=True)
+        self.on_screen = _put(self.on_screen, index, on, fresh=True)
+        self.readout_on_screen = _put(self.readout_on_screen, index, readout_on, fresh=True)
+
+    def _screen_reading(self, idx: np.ndarray, beam: np.ndarray, on: np.ndarray) -> np.ndarray:
+        """The task spec's screen reading model (no camera): noise, quantisation, clamp."""
+        reading = beam
+        screen = self.spec.screen
+        if screen.reading_noise > 0:
+            noise = rng.normal(self.keys[idx], self.counters[idx], 4)
+            self.counters[idx] += np.uint64(1)
+            reading = reading + screen.reading_noise * noise
+            reading[:, [1, 3]] = np.abs(reading[:, [1, 3]])
+        if screen.quantise:
+            reading = np.round(reading / self._pixel) * self._pixel
+        if not np.logical_and.reduce(on):
+            edge = np.minimum(np.maximum(beam, self._off_low), self._off_high)
+            reading = np.where(on[:, None], reading, edge)
+        return reading
 
     def validate_actions(self, actions: Any) -> np.ndarray:
         """Check type, shape and finiteness, then clip to the action bounds (documented
@@ -331,18 +449,29 @@ class TuningCore:
         """
         previous_error = self.reading[index] - self.target[index]
         previous_magnets = self.magnets[index]
+        w = self.world
         if self.action_mode == "delta":
-            target = np.minimum(np.maximum(previous_magnets + actions, self.low), self.high)
+            # a delta acts on what the machine reports: the readback of the power supplies
+            base = previous_magnets if w is None or w.magnets is None else w.magnets.readback[index]
+            target = np.minimum(np.maximum(base + actions, self.low), self.high)
         else:
             target = actions
         h = self.hidden
         steps = self.steps[index] + 1
-        if self.spec.randomisation.failure.probability > 0:
+        failure = self.spec.randomisation.failure
+        if failure.probability > 0:
             stuck = (h.fail_step[index] >= 0) & (steps >= h.fail_step[index])
             rows = np.nonzero(stuck)[0]
             cols = h.fail_index[index][rows]
             target = target.copy()
-            target[rows, cols] = previous_magnets[rows, cols]  # stuck actuators keep their value
+            if failure.value is None:
+                target[rows, cols] = previous_magnets[
+                    rows, cols
+                ]  # stuck actuators keep their value
+            else:
+                target[rows, cols] = failure.value
+        if w is not None and w.failures:
+            target = w.constrain(index, steps, previous_magnets, target)
         self.magnets = _put(self.magnets, index, target, fresh=target is not actions)
         self.steps = _put(self.steps, index, steps, fresh=True)
         drift = self.spec.randomisation.drift
@@ -350,11 +479,15 @@ class TuningCore:
             idx = np.arange(self.num_envs)[index]
             z = rng.normal(self.keys[idx], self.counters[idx], 4)
             self.counters[idx] += np.uint64(1)
-            incoming = h.incoming.copy()
-            incoming[idx[:, None], _MU] += z * np.array(
-                [drift.mu, drift.mu_p, drift.mu, drift.mu_p]
-            )
-            h.incoming = incoming
+            step = z * np.array([drift.mu, drift.mu_p, drift.mu, drift.mu_p])
+            if w is not None and w.beam is not None:
+                w.beam.shift_base(index, _MU, step)
+            else:
+                incoming = h.incoming.copy()
+                incoming[idx[:, None], _MU] += step
+                h.incoming = incoming
+        if w is not None:
+            self._step_world(index, w, steps, target)
         self._measure(index)
         error = self.reading[index] - self.target[index]
         reward = self.reward(
@@ -363,7 +496,7 @@ class TuningCore:
                 previous_error=previous_error,
                 initial_reading=self.initial_reading[index],
                 target=self.target[index],
-                on_screen=self.on_screen[index],
+                on_screen=self.readout_on_screen[index],
                 magnets=target,
                 previous_magnets=previous_magnets,
                 magnet_range=self.high - self.low,
@@ -375,12 +508,40 @@ class TuningCore:
         terminated = (hold >= self.spec.termination.hold) & self.terminate
         return reward, terminated
 
+    def _step_world(
+        self, index: np.ndarray | slice, w: WorldModel, steps: np.ndarray, setpoints: np.ndarray
+    ) -> None:
+        """The world's part of a step: beam drift and changes, magnets moving to the new
+        setpoints."""
+        if w.beam is not None:
+            if w.has_drift:
+                idx = np.arange(self.num_envs)[index]
+                z = rng.normal(self.keys[idx], self.counters[idx], len(INCOMING))
+                self.counters[idx] += np.uint64(1)
+                w.beam.drift(index, z)
+            h = self.hidden
+            h.incoming = _put(h.incoming, index, w.beam.incoming(index, steps), fresh=True)
+        if w.magnets is not None:
+            w.magnets.advance(index, setpoints)
+
     # ------------------------------------------------------------------ views
+    @property
+    def readback(self) -> np.ndarray:
+        """What the power supplies report ``[B, K]`` (SI): the settings, or in a world with
+        magnets their outputs (quantised, settling)."""
+        w = self.world
+        return self.magnets if w is None or w.magnets is None else w.magnets.readback
+
     def observation(self, index: np.ndarray | slice = ALL) -> dict[str, np.ndarray]:
-        """``{"beam": [B,4], "magnets": [B,K], "target": [B,4]}`` (float32, SI units)."""
+        """``{"beam": [B,4], "magnets": [B,K], "target": [B,4]}`` (float32, SI units).
+
+        ``beam`` is the reading; ``magnets`` what the power supplies report (the settings,
+        or in a world with magnets their readbacks)."""
+        w = self.world
+        magnets = self.magnets if w is None or w.magnets is None else w.magnets.readback
         return {
             "beam": self.reading[index].astype(np.float32),
-            "magnets": self.magnets[index].astype(np.float32),
+            "magnets": magnets[index].astype(np.float32),
             "target": self.target[index].astype(np.float32),
         }
 
@@ -392,7 +553,11 @@ class TuningCore:
         """Privileged state and diagnostics (float64, SI units); snapshots, never modified later.
 
         ``gain`` (relative calibration errors) and ``fail_step``/``fail_index`` (actuator
-        failure, -1: none) are included when the spec randomises them.
+        failure, -1: none) are included when the spec randomises them. In a world:
+        ``readout_on_screen`` (the camera's verdict, used by the reward; ``on_screen`` stays
+        the geometric truth), ``readback``/``field``/``magnet_gain``/``magnet_offset``
+        (magnets), ``incoming_jitter`` (this reading's jitter, added to ``incoming``) and
+        ``failed`` (``[K]`` actuators failed by a scenario), as the world has them.
         """
         h = self.hidden
         info = {
@@ -412,4 +577,9 @@ class TuningCore:
         if r.failure.probability > 0:
             info["fail_step"] = h.fail_step[index]
             info["fail_index"] = h.fail_index[index]
+        w = self.world
+        if w is not None:
+            if w.camera is not None:
+                info["readout_on_screen"] = self.readout_on_screen[index]
+            info.update(w.info(index, self.steps[index]))
         return info

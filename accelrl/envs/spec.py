@@ -1,10 +1,11 @@
 """Declarative, validated task specifications (YAML in the top-level ``envs/`` folder).
 
 A task spec names the lattice, the actuators and their operator limits, the screen, the
-start settings and the distributions of everything the agent cannot observe (incoming beam,
-misalignments, target, reading noise, drifts, actuator failures, calibration errors). Every
-value is in SI units. Invalid input fails with a message naming the field, the value and
-the allowed range.
+start settings, the distributions of everything the agent cannot observe (incoming beam,
+misalignments, target, reading noise, drifts, actuator failures, calibration errors) and
+the world the task runs in (camera, magnets, beam; :mod:`accelrl.envs.world`). Every value
+is in SI units. Invalid input fails with a message naming the field, the value and the
+allowed range.
 """
 
 from __future__ import annotations
@@ -16,7 +17,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from accelrl.config import format_validation_error, load_yaml_mapping
 from accelrl.envs import validation
+from accelrl.envs.world.spec import (
+    ActuatorFailure,
+    Drift,
+    WorldError,
+    WorldSpec,
+    check_world,
+    load_world,
+)
 from accelrl.physics.beam import INCOMING
+
+__all__ = [
+    "ActuatorFailure",
+    "Actuator",
+    "Drift",
+    "Randomisation",
+    "ScreenSpec",
+    "SpecError",
+    "TaskSpec",
+    "Termination",
+    "Uniform",
+    "shipped_spec_path",
+]
 
 
 class SpecError(ValueError):
@@ -111,34 +133,6 @@ class ScreenSpec(_Model):
         )
 
 
-class Drift(_Model):
-    """Random walk of the incoming beam during an episode: per-step Gaussian steps.
-
-    :param mu: Standard deviation per step of the centroid positions mu_x, mu_y [m].
-    :param mu_p: Standard deviation per step of the centroid angles [rad].
-    """
-
-    mu: float = Field(0.0, ge=0.0)
-    mu_p: float = Field(0.0, ge=0.0)
-
-
-class ActuatorFailure(_Model):
-    """An actuator freezes at its current value from a random step on.
-
-    :param probability: Probability per episode that one (uniformly chosen) actuator fails.
-    :param step: Range of the failure step (inclusive, ``1 <= first <= last``; within the
-        episode, ``last <= max_episode_steps``, when ``probability > 0``).
-    """
-
-    probability: float = Field(0.0, ge=0.0, le=1.0)
-    step: tuple[int, int] = (1, 50)
-
-    @field_validator("step")
-    @classmethod
-    def _ordered_steps(cls, v: tuple[int, int]) -> tuple[int, int]:
-        return validation.check_step_range(v, "failure step")
-
-
 class Randomisation(_Model):
     """Distributions of the hidden state, drawn at every reset.
 
@@ -212,6 +206,10 @@ class TaskSpec(_Model):
     :param delta_fraction: Largest change per step in ``"delta"`` mode as a fraction of each
         actuator's largest magnitude ``max(|low|, |high|)``.
     :param max_episode_steps: Default TimeLimit.
+    :param world: The world the task runs in by default: a shipped name (``"ideal"``,
+        ``"ares-realistic"``, ...), a path (relative to the spec file) or an inline mapping
+        (:class:`~accelrl.envs.world.WorldSpec`); ``None``: the ideal world. Environments
+        take another with ``world=``.
     """
 
     id: str
@@ -225,6 +223,14 @@ class TaskSpec(_Model):
     termination: Termination = Termination()
     max_episode_steps: int = Field(50, ge=1)
     reward: str | list[dict] = "icml"
+    world: WorldSpec | None = None
+
+    @field_validator("world", mode="before")
+    @classmethod
+    def _load_world(cls, v: object) -> object:
+        if isinstance(v, str):
+            return load_world(v)
+        return v
 
     @field_validator("reward")
     @classmethod
@@ -257,6 +263,24 @@ class TaskSpec(_Model):
         names = [a.name for a in self.actuators]
         if len(set(names)) != len(names):
             raise ValueError(f"actuator names must be unique, got {names}")
+        failure = self.randomisation.failure
+        if failure.actuator is not None and failure.actuator not in names:
+            raise ValueError(
+                f"randomisation.failure.actuator = {failure.actuator!r}: no such actuator; "
+                f"the task has {names}"
+            )
+        if failure.value is not None:
+            failing = [a for a in self.actuators if failure.actuator in (None, a.name)]
+            for act in failing:
+                if not act.low <= failure.value <= act.high:
+                    raise ValueError(
+                        f"randomisation.failure.value = {failure.value!r}: outside the limits "
+                        f"of {act.name} [{act.low}, {act.high}]"
+                    )
+        if self.world is not None:
+            problems = check_world(self.world, self)
+            if problems:
+                raise ValueError("\n".join([f"world {self.world.source}:", *problems]))
         return self
 
     @classmethod
@@ -265,7 +289,13 @@ class TaskSpec(_Model):
 
         :raises SpecError: Naming the file, field, value and the problem.
         """
-        return cls.from_dict(load_yaml_mapping(path, SpecError, "task spec"), source=str(path))
+        data = load_yaml_mapping(path, SpecError, "task spec")
+        if isinstance(data.get("world"), str):  # a path relative to the spec file
+            try:
+                data["world"] = load_world(data["world"], relative_to=Path(path).parent)
+            except WorldError as err:
+                raise SpecError(f"{path}: invalid task spec\n  world: {err}") from None
+        return cls.from_dict(data, source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "spec") -> TaskSpec:

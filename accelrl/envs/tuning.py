@@ -4,29 +4,49 @@
 Set a list of actuators (quadrupole strengths, steering angles, ...) so that the beam read
 on a screen reaches a target centroid and size ``(mu_x, sigma_x, mu_y, sigma_y)``. The
 beamline is a Cheetah ``Segment`` evaluated by the compiled fast map (default), by Cheetah's
-``ParameterBeam`` tracking or by ``ParticleBeam`` tracking (``backend=``).
+``ParameterBeam`` tracking or by ``ParticleBeam`` tracking (``backend=``). Between the agent
+and the beam sits a world (``world=``, :mod:`accelrl.envs.world`, ``docs/worlds.md``): the
+camera and image processing that produce the reading, magnets with calibration errors,
+hysteresis and settling, a jittering and drifting incoming beam, scripted scenarios. The
+default is the task spec's world (``ideal`` for the shipped tasks).
 
 ## Action space
 ``Box(K)`` in the actuators' SI units. ``action_mode="delta"`` (default): the change of each
-setting, bounded by ``delta_fraction`` (10%) of the actuator's largest magnitude; the result
-is clipped to the operator limits. ``"direct"``: the absolute settings within the limits.
-Actions outside the box are clipped; NaN/inf, complex or non-numeric values or a wrong
+setting, bounded by ``delta_fraction`` (10%) of the actuator's largest magnitude, added to
+the power supplies' readback (the settings, in a world without magnet imperfections); the
+result is clipped to the operator limits. ``"direct"``: the absolute settings within the
+limits. Actions outside the box are clipped; NaN/inf, complex or non-numeric values or a wrong
 shape raise ``ValueError``.
+No world moves a setting or a readback outside the limits.
 
 ## Observation space
 ``Dict``: ``beam`` Box(4) = the screen reading ``(mu_x, sigma_x, mu_y, sigma_y)`` [m];
-``magnets`` Box(K) = current settings (SI); ``target`` Box(4) [m]. float32. When the beam
-centroid is off the screen, ``beam`` reads the centroid clamped to the screen edge and the
-screen's half width/height as size, and ``info["on_screen"]`` is ``False``.
+``magnets`` Box(K) = what the power supplies report (SI: the settings; in a world with
+magnets their readbacks: quantised, settling); ``target`` Box(4) [m]. float32. Without a
+camera: when the beam centroid is off the screen, ``beam`` reads the centroid clamped to
+the screen edge and the screen's half width/height as size, and ``info["on_screen"]`` is
+``False``. With a camera, ``beam`` is whatever the control room's image processing reports
+(biased, noisy, wrong for clipped, saturated or dim spots; see ``docs/worlds.md``).
+
+## Info
+Privileged state, float64, SI: ``beam`` (the true beam on the screen, this shot),
+``reading``, ``target``, ``magnets`` (settings), ``incoming``, ``misalignments``, ``mae``
+(true beam to target), ``on_screen`` (true centroid on the screen), ``step``; with task
+randomisation ``gain``, ``fail_step``, ``fail_index``; in a world ``readout_on_screen``,
+``readback``, ``field``, ``magnet_gain``, ``magnet_offset``, ``incoming_jitter``,
+``failed`` (see :meth:`accelrl.envs.core.TuningCore.info`).
 
 ## Rewards
-Configurable (:mod:`accelrl.envs.rewards`); default the spec's (``"icml"``).
+Configurable (:mod:`accelrl.envs.rewards`); default the spec's (``"icml"``). Rewards use
+the reading, and the on-screen verdict of the camera in a camera world.
 
 ## Starting state
-Hidden state (incoming beam, misalignments, calibration errors, failures) and target are
-drawn from the spec's randomisation; settings start at the spec's standard values (or
-uniformly random with ``start="random"``). ``reset(options=...)`` fixes any of them, e.g.
-``options={"trial": trial}`` reproduces a published evaluation trial.
+Hidden state (incoming beam, misalignments, calibration errors, failures, the world's
+magnet errors and hysteresis history) and target are drawn from the spec's randomisation
+and the world; settings start at the spec's standard values (or uniformly random with
+``start="random"``). ``reset(options=...)`` fixes any of them, e.g.
+``options={"trial": trial}`` reproduces a published evaluation trial, and
+``{"trial": t, "to_trial": t_next}`` a published scenario's beam change.
 
 ## Episode end
 Terminates when all four reading errors stay below the spec's thresholds for ``hold``
@@ -37,12 +57,15 @@ steps (disable with ``terminate_on_target=False`` for evaluation); truncation is
 See :class:`TransverseTuningEnv`.
 
 ## Version history
-* v0: initial release.
+* v0: initial release. The ``world`` argument (default: the task's world, ``ideal`` for the
+  shipped tasks, which reproduces the initial release bit for bit) adds world models
+  without changing the id.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import cheetah
@@ -52,9 +75,10 @@ from gymnasium import spaces
 
 from accelrl.envs.batched import reset_core, single_action
 from accelrl.envs.core import ActionMode, StartMode, TuningCore
-from accelrl.envs.render import screen_image
+from accelrl.envs.render import camera_image, screen_image
 from accelrl.envs.spec import Actuator, Randomisation, ScreenSpec, TaskSpec, shipped_spec_path
 from accelrl.envs.validation import real_array
+from accelrl.envs.world.spec import WorldSpec
 from accelrl.physics.backends import make_beamline
 from accelrl.physics.beam import INCOMING
 
@@ -129,6 +153,11 @@ class TransverseTuningEnv(gym.Env):
     :param start: ``"standard"`` or ``"random"`` start settings.
     :param terminate_on_target: Default the spec's ``termination.enabled``.
     :param render_mode: ``"rgb_array"`` or ``None``.
+    :param world: The world between the agent and the beam (:mod:`accelrl.envs.world`): a
+        shipped name (``"ideal"``, ``"ares-realistic"``, ``"harsh"``, with scenario
+        overlays as ``"ares-realistic+q3-failure"``), a YAML path, a mapping or a
+        :class:`~accelrl.envs.world.WorldSpec`; default the spec's ``world`` (ideal when it
+        names none).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 5}
@@ -144,6 +173,7 @@ class TransverseTuningEnv(gym.Env):
         start: StartMode = "standard",
         terminate_on_target: bool | None = None,
         render_mode: str | None = None,
+        world: WorldSpec | str | Path | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(spec, TaskSpec):
@@ -161,6 +191,7 @@ class TransverseTuningEnv(gym.Env):
             reward=reward,
             start=start,
             terminate_on_target=terminate_on_target,
+            world=world,
         )
         self.backend = backend
         self.render_mode = render_mode
@@ -197,15 +228,28 @@ class TransverseTuningEnv(gym.Env):
         info["mae"] = float(info["mae"])
         info["on_screen"] = bool(info["on_screen"])
         info["step"] = int(info["step"])
+        if "readout_on_screen" in info:
+            info["readout_on_screen"] = bool(info["readout_on_screen"])
         return info
 
     def render(self) -> np.ndarray | None:
         if self.render_mode != "rgb_array":
             return None
-        c = self.core
-        return screen_image(
-            c.reading[0], c.target[0], self.task.screen.half_extent, on_screen=bool(c.on_screen[0])
+        return render_core(self.core, 0)
+
+
+def render_core(core: TuningCore, i: int) -> np.ndarray:
+    """RGB image of environment ``i`` of a core: the camera's expected processed image in a
+    camera world, else a Gaussian spot drawn from the reading (with the target)."""
+    w = core.world
+    half = core.spec.screen.half_extent
+    if w is not None and w.camera is not None:
+        cam = w.camera
+        image = cam.expected_image(core.beam[i : i + 1])[0]
+        return camera_image(
+            image, cam.spec.full_scale, core.target[i], cam.geometry.half_extent, core.reading[i]
         )
+    return screen_image(core.reading[i], core.target[i], half, on_screen=bool(core.on_screen[i]))
 
 
 def make_tuning_env(

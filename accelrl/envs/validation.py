@@ -28,7 +28,15 @@ if TYPE_CHECKING:
     from accelrl.envs.trials import Trial
 
 #: Reset options of the transverse-tuning environments.
-RESET_OPTIONS: tuple[str, ...] = ("trial", "incoming", "misalignments", "target", "magnets")
+RESET_OPTIONS: tuple[str, ...] = (
+    "trial",
+    "incoming",
+    "misalignments",
+    "target",
+    "magnets",
+    "to_trial",
+    "to_incoming",
+)
 #: Incoming-beam columns that are sizes, divergences, bunch length or energy spread (>= 0).
 INCOMING_SIZES: tuple[str, ...] = tuple(k for k in INCOMING if k.startswith("sigma_"))
 _REAL_KINDS = frozenset("biuf")

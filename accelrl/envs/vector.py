@@ -10,6 +10,8 @@ relative: the single environment evaluates the map on Python floats, the batch o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import cheetah
@@ -20,9 +22,9 @@ from gymnasium.vector.utils import batch_space
 
 from accelrl.envs.batched import CoreVectorEnv, step_with_autoreset
 from accelrl.envs.core import ActionMode, StartMode
-from accelrl.envs.render import screen_image
 from accelrl.envs.spec import TaskSpec
-from accelrl.envs.tuning import build_core, observation_space
+from accelrl.envs.tuning import build_core, observation_space, render_core
+from accelrl.envs.world.spec import WorldSpec
 
 
 class TransverseTuningVectorEnv(CoreVectorEnv):
@@ -34,8 +36,9 @@ class TransverseTuningVectorEnv(CoreVectorEnv):
     :param autoreset_mode: ``"next_step"`` (Gymnasium's default: a finished environment is
         reset by the following ``step``) or ``"same_step"`` (reset at once; the last
         observation is in ``info["final_obs"]``).
-    :param segment, backend, num_particles, action_mode, reward, start, terminate_on_target:
-        As for :class:`~accelrl.envs.tuning.TransverseTuningEnv`.
+    :param segment, backend, num_particles, action_mode, reward, start, terminate_on_target,
+        world: As for :class:`~accelrl.envs.tuning.TransverseTuningEnv` (the world's
+        scenario steps must fit in ``max_episode_steps``).
     """
 
     metadata = {"render_modes": ["rgb_array"], "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -54,6 +57,7 @@ class TransverseTuningVectorEnv(CoreVectorEnv):
         start: StartMode = "standard",
         terminate_on_target: bool | None = None,
         render_mode: str | None = None,
+        world: WorldSpec | str | Path | Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(spec, TaskSpec):
             spec = TaskSpec.from_yaml(spec)
@@ -76,6 +80,8 @@ class TransverseTuningVectorEnv(CoreVectorEnv):
             reward=reward,
             start=start,
             terminate_on_target=terminate_on_target,
+            world=world,
+            max_episode_steps=self.max_episode_steps,
         )
         self.render_mode = render_mode
         self.single_observation_space = observation_space(spec)
@@ -117,9 +123,4 @@ class TransverseTuningVectorEnv(CoreVectorEnv):
     def render(self) -> tuple[np.ndarray, ...] | None:
         if self.render_mode != "rgb_array":
             return None
-        c = self.core
-        hx = self.task.screen.half_extent
-        return tuple(
-            screen_image(c.reading[i], c.target[i], hx, on_screen=bool(c.on_screen[i]))
-            for i in range(self.num_envs)
-        )
+        return tuple(render_core(self.core, i) for i in range(self.num_envs))

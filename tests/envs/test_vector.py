@@ -13,62 +13,9 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-from envs_testlib import ENV_ID, START, make_spec
+from envs_testlib import BEAM_ATOL, BEAM_RTOL, ENV_ID, START, compare_with_singles, make_spec
 
 import accelrl.envs as E
-
-BEAM_RTOL = 1e-12
-BEAM_ATOL = 1e-15  # m: far below any physical scale (screen pixels are ~3 um)
-REWARD_ATOL = 1e-12
-
-
-def _compare_with_singles(venv, singles, seed, steps, rng, same_step=False):
-    """Step ``venv`` and the ``singles`` with the same random actions; compare everything.
-
-    Returns the number of episode ends seen (terminations, truncations)."""
-    n = venv.num_envs
-    obs, info = venv.reset(seed=seed)
-    single = [env.reset(seed=seed + i) for i, env in enumerate(singles)]
-    for i, (_, inf) in enumerate(single):
-        np.testing.assert_allclose(info["beam"][i], inf["beam"], rtol=BEAM_RTOL, atol=BEAM_ATOL)
-        np.testing.assert_array_equal(info["incoming"][i], inf["incoming"])
-        np.testing.assert_array_equal(info["target"][i], inf["target"])
-    done = np.zeros(n, dtype=bool)
-    ends = np.zeros(2, dtype=int)
-    low, high = venv.single_action_space.low, venv.single_action_space.high
-    for t in range(steps):
-        # 1.5x the box so that clipping is exercised too
-        actions = (rng.uniform(1.5 * low, 1.5 * high, size=(n, len(low)))).astype(np.float32)
-        obs, reward, terminated, truncated, info = venv.step(actions)
-        for i, env in enumerate(singles):
-            if done[i] and not same_step:
-                # next-step autoreset: this step is the reset, reward 0, not done
-                o, inf = env.reset()
-                r, te, tr = 0.0, False, False
-            else:
-                o, r, te, tr, inf = env.step(actions[i])
-            ctx = f"step {t}, env {i}"
-            assert te == terminated[i] and tr == truncated[i], ctx
-            assert reward[i] == pytest.approx(r, abs=REWARD_ATOL, rel=0), ctx
-            if same_step and (te or tr):
-                final_obs = info["final_obs"]
-                for key in o:
-                    np.testing.assert_allclose(final_obs[key][i], o[key], rtol=2e-7, err_msg=ctx)
-                np.testing.assert_allclose(
-                    info["final_info"]["beam"][i], inf["beam"], rtol=BEAM_RTOL, atol=BEAM_ATOL
-                )
-                o, inf = env.reset()
-            np.testing.assert_allclose(
-                info["beam"][i], inf["beam"], rtol=BEAM_RTOL, atol=BEAM_ATOL, err_msg=ctx
-            )
-            np.testing.assert_array_equal(info["incoming"][i], inf["incoming"], err_msg=ctx)
-            np.testing.assert_array_equal(info["target"][i], inf["target"], err_msg=ctx)
-            np.testing.assert_array_equal(info["step"][i], inf["step"], err_msg=ctx)
-            for key in o:  # float32 of equal-to-rounding float64: equal or one ulp apart
-                np.testing.assert_allclose(obs[key][i], o[key], rtol=2e-7, err_msg=ctx)
-        done = terminated | truncated
-        ends += [terminated.sum(), truncated.sum()]
-    return ends
 
 
 def test_make_vec_spaces():
@@ -100,7 +47,7 @@ def test_matches_single_envs_default_time_limit():
     n = 4
     venv = E.make_vec(ENV_ID, num_envs=n)
     singles = [gym.make(ENV_ID) for _ in range(n)]
-    ends = _compare_with_singles(venv, singles, 123, 110, np.random.default_rng(0))
+    ends = compare_with_singles(venv, singles, 123, 110, np.random.default_rng(0))
     assert ends[1] >= n  # every env truncated at least once
 
 
@@ -108,7 +55,7 @@ def test_matches_single_envs_short_episodes():
     n = 6
     venv = E.make_vec(ENV_ID, num_envs=n, max_episode_steps=7)
     singles = [gym.make(ENV_ID, max_episode_steps=7) for _ in range(n)]
-    ends = _compare_with_singles(venv, singles, 10, 40, np.random.default_rng(1))
+    ends = compare_with_singles(venv, singles, 10, 40, np.random.default_rng(1))
     assert ends[1] >= 4 * n
 
 
@@ -132,7 +79,7 @@ def test_matches_single_envs_with_terminations(same_step, action_mode):
         gym.wrappers.TimeLimit(E.TransverseTuningEnv(spec, action_mode=action_mode), 7)
         for _ in range(n)
     ]
-    ends = _compare_with_singles(venv, singles, 1000, 40, np.random.default_rng(2), same_step)
+    ends = compare_with_singles(venv, singles, 1000, 40, np.random.default_rng(2), same_step)
     assert ends[0] >= 5 and ends[1] >= 5, ends
 
 
@@ -154,7 +101,7 @@ def test_matches_single_envs_with_noise_drift_failures(same_step):
         autoreset_mode="same_step" if same_step else "next_step",
     )
     singles = [gym.wrappers.TimeLimit(E.TransverseTuningEnv(spec), 6) for _ in range(n)]
-    ends = _compare_with_singles(venv, singles, 77, 30, np.random.default_rng(3), same_step)
+    ends = compare_with_singles(venv, singles, 77, 30, np.random.default_rng(3), same_step)
     assert ends.sum() >= 2 * n
 
 
@@ -180,7 +127,7 @@ def test_matches_single_envs_particle_backend():
     kwargs = {"backend": "cheetah-particles", "num_particles": 64, "max_episode_steps": 3}
     venv = E.make_vec(ENV_ID, num_envs=n, **kwargs)
     singles = [gym.make(ENV_ID, **kwargs) for _ in range(n)]
-    _compare_with_singles(venv, singles, 10, 8, np.random.default_rng(5))
+    compare_with_singles(venv, singles, 10, 8, np.random.default_rng(5))
 
 
 def test_next_step_autoreset_semantics():
