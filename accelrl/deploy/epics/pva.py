@@ -40,6 +40,18 @@ def _field(value: Any, path: str, default: Any) -> Any:
         return default
 
 
+def _value(raw: Any) -> Any:
+    """A PVA ``value`` as a float, the index of an enum (NTEnum: ``bi``, ``mbbi``), a str,
+    or a tuple of floats (arrays)."""
+    if isinstance(raw, str):
+        return raw
+    if hasattr(raw, "getID"):  # a structure: NTEnum's {index, choices}
+        return float(raw["index"])
+    if hasattr(raw, "__len__"):
+        return tuple(float(v) for v in raw)
+    return float(raw)
+
+
 class PvaChannels:
     """PV Access through p4p's threading client (optional).
 
@@ -69,7 +81,10 @@ class PvaChannels:
     def connect(self, names: Sequence[str], timeout: float) -> list[str]:
         """Reach ``names`` (one read each, together); those that did not answer within
         ``timeout`` [s]."""
-        results = self._context.get(list(names), VALUE_REQUEST, timeout=timeout, throw=False)
+        names = list(names)
+        results = self._context.get(
+            names, [VALUE_REQUEST] * len(names), timeout=timeout, throw=False
+        )
         missing = [n for n, r in zip(names, results, strict=True) if isinstance(r, Exception)]
         self._up |= set(names) - set(missing)
         self._up -= set(missing)
@@ -86,7 +101,8 @@ class PvaChannels:
         """No monitors over PV Access: every call reads."""
 
     def _get(self, names: Sequence[str], request: str, timeout: float) -> list[Any]:
-        results = self._context.get(list(names), request, timeout=timeout, throw=False)
+        names = list(names)
+        results = self._context.get(names, [request] * len(names), timeout=timeout, throw=False)
         for name, r in zip(names, results, strict=True):
             if isinstance(r, TimeoutError):
                 self._up.discard(name)
@@ -101,8 +117,7 @@ class PvaChannels:
         self.stats["round_trips"] += 1
         out = {}
         for name, r in zip(names, self._get(names, VALUE_REQUEST, timeout), strict=True):
-            raw = r["value"]
-            value: Any = float(raw) if not hasattr(raw, "__len__") else tuple(map(float, raw))
+            value = _value(r["value"])
             stamp = _field(r, "timeStamp.secondsPastEpoch", 0) + 1e-9 * _field(
                 r, "timeStamp.nanoseconds", 0
             )
@@ -122,8 +137,8 @@ class PvaChannels:
                 lower_disp_limit=float(_field(r, "display.limitLow", math.nan)),
                 upper_disp_limit=float(_field(r, "display.limitHigh", math.nan)),
                 precision=None if precision is None else int(precision),
-                count=len(raw) if hasattr(raw, "__len__") and not isinstance(raw, str) else 1,
-                numeric=not isinstance(raw, str) and not hasattr(raw, "choices"),
+                count=len(raw) if hasattr(raw, "__len__") and not hasattr(raw, "getID") else 1,
+                numeric=not isinstance(raw, str) and not hasattr(raw, "getID"),
             )
         return out
 
