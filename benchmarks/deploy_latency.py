@@ -13,26 +13,31 @@ thread, ``ORT_SEQUENTIAL``):
 * **controller overhead per step**: the wall time from one controller step's start to the
   next one's (fresh reading, readbacks, health, policy, safety, verified write, and the
   step's fsync'ed log record) minus the time spent waiting on the machine in it
-  (``machine.settle`` and polling for fresh frames/readbacks beyond the successful read;
-  ``timing.wait_s`` of the step's record) -- over Channel Access
-  against the virtual accelerator (:mod:`accelrl.deploy.virtual`, a caproto IOC in a
-  subprocess on 127.0.0.1, free port; reset before each run) when it is available, with
-  :class:`~accelrl.deploy.epics.EpicsMachine`'s default monitors (``"observations"``), with
-  ``monitors="synced"``, ``monitors="all"`` and ``monitors="none"``, and against
-  :class:`~accelrl.deploy.sim.SimMachine`. The ``to IOC`` column counts the machine calls
-  per step that went to the IOC (a put, a read round trip or a barrier) instead of the
-  monitors.
+  (``machine.settle`` -- the IOC's completion of the put, then the busy flags -- and polling
+  for fresh frames/readbacks beyond the successful read; ``timing.wait_s`` of the step's
+  record). Measured against the virtual accelerator on EPICS base (:mod:`accelrl.deploy.virtual`,
+  the ``softioc`` server in a subprocess on 127.0.0.1, free ports; reset before each run) with
+  each transport of :class:`~accelrl.deploy.epics.EpicsMachine`: Channel Access through
+  caproto's client and through EPICS base's libca (pyepics), each with the default monitors
+  (``"observations"``) and ``monitors="all"`` (libca also ``"synced"``), and PV Access (p4p);
+  and against :class:`~accelrl.deploy.sim.SimMachine`. The ``to IOC`` column counts the
+  machine calls per step that went to the IOC (a put, a read round trip or a barrier)
+  instead of the monitors; ``put done`` is the median time from a put's return to its
+  completion by the IOC (waited for in ``settle``, not part of the overhead).
 
-Targets: onnxruntime p50 <= 25 us; controller overhead <= 2 ms per step.
-The last line is one line of JSON::
+Targets: onnxruntime p50 <= 25 us; controller overhead <= 2 ms per step for the best
+transport. The last line is one line of JSON::
 
     {"onnx_p50_us": ..., "onnx_p99_us": ..., "torch_p50_us": ..., "sb3_p50_us": ...,
-     "loop_overhead_ms": ..., "loop_overhead_monitors_all_ms": ...}
+     "loop_overhead_ms": ..., "best_transport": ..., "loop_overhead_by_transport_ms": {...},
+     "loop_overhead_monitors_all_ms": ..., "load_average": [...]}
 
-``loop_overhead_ms`` is the median over steps, over Channel Access with the default
+``loop_overhead_ms`` is the median over steps of the best transport with its default
 monitors when the virtual accelerator ran, else on SimMachine (the table says which);
-``loop_overhead_monitors_all_ms`` the same with ``monitors="all"`` (``null`` without the
-virtual accelerator).
+``loop_overhead_by_transport_ms`` the same per transport (``caproto``, ``pyepics``, ``pva``);
+``loop_overhead_monitors_all_ms`` the best Channel Access client's with ``monitors="all"``
+(``null`` without the virtual accelerator); ``load_average`` the host's 1/5/15-minute load
+when the run ended.
 
 Run: ``.venv/bin/python benchmarks/deploy_latency.py [--calls 20000] [--steps 40]``
 """
@@ -137,6 +142,21 @@ class TimedMachine:
         self.calls = 0
         self.round_trips = 0
         self.counts_trips = hasattr(machine, "stats")
+        #: Seconds from a put's return to the IOC's completion, per put (EpicsMachine).
+        self.put_done_s: list[float] = []
+        complete = getattr(machine, "_complete_puts", None)
+        if complete is not None:
+
+            def timed_completion() -> None:
+                pending = machine._pending
+                try:
+                    complete()
+                finally:
+                    if pending is not None:
+                        self.put_done_s.append(time.perf_counter() - self._put_returned)
+
+            machine._complete_puts = timed_completion
+        self._put_returned = 0.0
 
     def _trips(self) -> int:
         if not self.counts_trips:
@@ -155,10 +175,13 @@ class TimedMachine:
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.io_s += time.perf_counter() - start
+                end = time.perf_counter()
+                self.io_s += end - start
                 self.calls += 1
                 if self._trips() > trips or name == "put":
                     self.round_trips += 1
+                if name == "put":
+                    self._put_returned = end
 
         return timed
 
@@ -204,6 +227,9 @@ def controller_overhead(machine, config, steps: int, log_dir: Path, target) -> d
         "overhead_p99_ms": float(np.percentile(overhead, 99) * 1e3),
         "step_p50_ms": float(np.median(total) * 1e3),
         "policy_p50_us": float(np.median(policy_s) * 1e6),
+        "put_done_p50_ms": float(np.median(machine.put_done_s) * 1e3)
+        if machine.put_done_s
+        else None,
     }
 
 
@@ -218,11 +244,22 @@ def sim_overhead(steps: int, tmp: Path) -> dict[str, float]:
     return controller_overhead(machine, config, steps, tmp / "sim", plant.target)
 
 
-def ca_overhead(steps: int, tmp: Path) -> dict[str, dict[str, float]] | None:
-    """Over Channel Access on one virtual accelerator (reset before each run), for each
-    ``EpicsMachine(monitors=...)``: ``"observations"`` (the default), ``"synced"``, ``"all"``,
-    ``"none"``."""
+#: The EPICS runs: (label, transport or CA client, monitors).
+EPICS_RUNS = (
+    ("caproto", "caproto", "observations"),
+    ("caproto", "caproto", "all"),
+    ("pyepics", "pyepics", "observations"),
+    ("pyepics", "pyepics", "synced"),
+    ("pyepics", "pyepics", "all"),
+    ("pva", "pva", "none"),
+)
+
+
+def epics_overhead(steps: int, tmp: Path) -> dict[tuple[str, str], dict[str, float]] | None:
+    """On one virtual accelerator on EPICS base (reset before each run), for each of
+    :data:`EPICS_RUNS`: ``(client, monitors) -> figures``."""
     try:
+        from accelrl.deploy.epics import EpicsMachine
         from accelrl.deploy.virtual import serve_in_subprocess, unique_prefix
     except ImportError:
         return None
@@ -235,16 +272,24 @@ def ca_overhead(steps: int, tmp: Path) -> dict[str, dict[str, float]] | None:
         VIRTUAL_CONFIG,
         prefix=unique_prefix(),
         trial=0,
+        server="softioc",
         magnets={"settle_time_s": 0.05, "update_rate_hz": 100.0},
         screen={"frame_rate_hz": 50.0, "reading_noise": 0.0, "seed": 0},
     ) as ioc:
         out = {}
-        for mode in ("observations", "synced", "all", "none"):
+        for label, client, monitors in EPICS_RUNS:
             ioc.reset()
-            machine = ioc.machine(monitors=mode)
+            config = ioc.machine_config
+            if client == "pva":
+                config = config.model_copy(update={"transport": "pva"})
+                address = f"{ioc.host}:{ioc.pva_port}"
+            else:
+                config = config.model_copy(update={"ca_client": client})
+                address = ioc.address
+            machine = EpicsMachine(config, addresses=[address], monitors=monitors)
             try:
-                out[mode] = controller_overhead(
-                    machine, ioc.machine_config, steps, tmp / f"ca-{mode}", target
+                out[(label, monitors)] = controller_overhead(
+                    machine, config, steps, tmp / f"{label}-{monitors}", target
                 )
             finally:
                 machine.close()
@@ -265,42 +310,59 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sim = sim_overhead(args.steps, Path(tmp))
         try:
-            ca = ca_overhead(args.steps, Path(tmp))
-            ca_error = None
+            epics = epics_overhead(args.steps, Path(tmp))
+            epics_error = None
         except Exception as err:  # report, then fall back to the simulation's figure
-            ca, ca_error = None, f"{type(err).__name__}: {err}"
+            epics, epics_error = None, f"{type(err).__name__}: {err}"
+    load = list(os.getloadavg())
 
-    print(f"deploy latency on {platform.processor() or platform.machine()}, 1 thread")
+    cpu = platform.processor() or platform.machine()
+    loads = " ".join(f"{x:.2f}" for x in load)
+    print(f"deploy latency on {cpu}, 1 thread, load average {loads} ({os.cpu_count()} CPUs)")
     print(f"{'policy inference, batch 1':<42} {'p50 [us]':>10} {'p99 [us]':>10} {'x onnx':>8}")
     for name, (p50, p99) in rows.items():
         print(f"{name:<42} {p50:>10.1f} {p99:>10.1f} {p50 / onnx_p50:>8.1f}")
     print(f"target: onnxruntime p50 <= 25 us -> {'met' if onnx_p50 <= 25 else 'MISSED'}")
     print()
     print(f"{'controller step (auto, verified writes)':<42} {'overhead p50':>13} {'p99':>8} "
-          f"{'step p50':>9} {'calls':>6} {'per call':>9} {'to IOC':>7}  [ms]")  # fmt: skip
-    machines = [("SimMachine (in process)", sim)]
-    if ca is not None:
-        machines[:0] = [
-            ("EpicsMachine over CA, virtual accelerator", ca["observations"]),
-            ("  monitors='synced' (one barrier per read)", ca["synced"]),
-            ("  monitors='all' (lag <= poll interval)", ca["all"]),
-            ("  monitors='none' (every call reads)", ca["none"]),
-        ]
+          f"{'step p50':>9} {'calls':>6} {'per call':>9} {'to IOC':>7} {'put done':>9}"
+          "  [ms]")  # fmt: skip
+    names = {"caproto": "CA, caproto client", "pyepics": "CA, libca (pyepics)", "pva": "PVA (p4p)"}
+    machines: list[tuple[str, dict[str, float]]] = []
+    if epics is not None:
+        for (label, monitors), r in epics.items():
+            machines.append((f"EpicsMachine {names[label]}, {monitors!r}"[:42], r))
+    machines.append(("SimMachine (in process)", sim))
     for name, r in machines:
         trips = "-" if r["trips_per_step"] is None else f"{r['trips_per_step']:.1f}"
+        done = "-" if r.get("put_done_p50_ms") is None else f"{r['put_done_p50_ms']:.2f}"
         print(
             f"{name:<42} {r['overhead_p50_ms']:>13.3f} {r['overhead_p99_ms']:>8.3f} "
             f"{r['step_p50_ms']:>9.2f} {r['calls_per_step']:>6.1f} {r['ms_per_call']:>9.3f}"
-            f" {trips:>7}  ({r['steps']} steps)"
+            f" {trips:>7} {done:>9}  ({r['steps']} steps)"
         )
-    if ca is None:
-        print(f"virtual accelerator not measured ({ca_error or 'accelrl.deploy.virtual missing'})")
-    loop = (ca["observations"] if ca is not None else sim)["overhead_p50_ms"]
-    where = "Channel Access (virtual accelerator)" if ca is not None else "SimMachine"
+    by_transport: dict[str, float] = {}
+    if epics is None:
+        print(
+            f"virtual accelerator not measured ({epics_error or 'accelrl.deploy.virtual missing'})"
+        )
+        loop, best, where, all_mode = sim["overhead_p50_ms"], None, "SimMachine", None
+    else:
+        for (label, monitors), r in epics.items():
+            default = "none" if label == "pva" else "observations"
+            if monitors == default:
+                by_transport[label] = round(r["overhead_p50_ms"], 3)
+        best = min(by_transport, key=by_transport.__getitem__)
+        loop = by_transport[best]
+        where = f"the best transport, {names[best]} (default monitors), EPICS-base IOC"
+        ca_best = min(("caproto", "pyepics"), key=by_transport.__getitem__)
+        all_mode = epics[(ca_best, "all")]["overhead_p50_ms"]
     print(f"loop_overhead_ms from {where}; target <= 2 ms -> {'met' if loop <= 2 else 'MISSED'}")
-    print("(overhead: step time minus settle and frame/readback waiting; calls: machine calls "
-          "per step, settle excluded, with their mean time; to IOC: those that went to the IOC "
-          "-- a put, a read round trip or a barrier -- instead of the monitors)")  # fmt: skip
+    print("(overhead: step time minus settle -- the put's completion, then the busy flags -- and "
+          "frame/readback waiting; calls: machine calls per step, settle excluded, with their "
+          "mean time; to IOC: those that went to the IOC -- a put, a read round trip or a "
+          "barrier -- instead of the monitors; put done: a put's return to its "
+          "completion)")  # fmt: skip
     print(
         json.dumps(
             {
@@ -309,9 +371,10 @@ def main() -> None:
                 "torch_p50_us": round(rows["torch eager (MLPPolicy, no_grad)"][0], 2),
                 "sb3_p50_us": round(rows["SB3 TD3.predict (deterministic)"][0], 2),
                 "loop_overhead_ms": round(loop, 3),
-                "loop_overhead_monitors_all_ms": None
-                if ca is None
-                else round(ca["all"]["overhead_p50_ms"], 3),
+                "best_transport": best,
+                "loop_overhead_by_transport_ms": by_transport,
+                "loop_overhead_monitors_all_ms": None if all_mode is None else round(all_mode, 3),
+                "load_average": [round(x, 2) for x in load],
             }
         )
     )

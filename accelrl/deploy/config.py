@@ -7,6 +7,7 @@ A machine config is a YAML file in the top-level ``deploy/`` folder, validated h
     name: virtual-ares-ea
     env_id: accelrl/AresEATransverseTuning-v0
     transport: ca                      # ca | pva | sim
+    ca_client: pyepics                 # ca only: pyepics (EPICS base's libca) | caproto
     knobs:
       - name: Q1
         unit: 1/m^2
@@ -66,7 +67,12 @@ class KnobConfig(_Model):
     """One actuator.
 
     :param name: Name used by the environment and the policy (e.g. ``"Q1"``).
-    :param unit: SI unit of the value (documentation; values are never converted).
+    :param unit: SI unit of the value (values are never converted). An EPICS machine
+        refuses to run when the IOC's ``EGU`` of the setpoint or readback differs
+        (:mod:`accelrl.deploy.epics.ioc_check`); empty: not checked.
+    :param egu: The IOC's ``EGU`` string of this value when it is spelled differently from
+        ``unit`` (the same unit, e.g. ``"m-2"`` for ``1/m^2``); ``""`` accepts an IOC that
+        gives no unit. Default: ``unit``.
     :param setpoint: Setpoint PV (``None`` for the simulation transport).
     :param readback: Readback PV (defaults to the setpoint PV).
     :param busy: Optional PV that is non-zero while the actuator moves.
@@ -80,6 +86,7 @@ class KnobConfig(_Model):
 
     name: str = Field(min_length=1)
     unit: str = ""
+    egu: str | None = None
     setpoint: str | None = Field(None, min_length=1)
     readback: str | None = Field(None, min_length=1)
     busy: str | None = Field(None, min_length=1)
@@ -121,12 +128,14 @@ class ObservationConfig(_Model):
     """One observed quantity.
 
     :param name: Name used by the environment (e.g. ``"sigma_x"``).
-    :param unit: SI unit.
+    :param unit: SI unit (checked against the IOC's ``EGU`` as a knob's).
+    :param egu: The IOC's ``EGU`` string when spelled differently (as a knob's).
     :param pv: PV holding the value (``None`` for the simulation transport).
     """
 
     name: str = Field(min_length=1)
     unit: str = ""
+    egu: str | None = None
     pv: str | None = Field(None, min_length=1)
 
 
@@ -213,6 +222,9 @@ class MachineConfig(_Model):
     :param name: Machine name (logs, plots).
     :param env_id: Environment id whose knobs/observations this machine provides.
     :param transport: ``"ca"`` (EPICS Channel Access), ``"pva"`` (PV Access) or ``"sim"``.
+    :param ca_client: The Channel Access client of ``transport: ca``: ``"caproto"``
+        (default; pure Python) or ``"pyepics"`` (EPICS base's libca through pyepics: the
+        fastest). Only with ``transport: ca``.
     :param knobs: Actuators, in the policy's action order.
     :param observations: Observed quantities, in the environment's order.
     :param frame_pv: Optional array PV holding one whole frame: the values of
@@ -228,6 +240,7 @@ class MachineConfig(_Model):
     name: str = Field(min_length=1)
     env_id: str = Field(min_length=1)
     transport: Literal["ca", "pva", "sim"] = "ca"
+    ca_client: Literal["caproto", "pyepics"] = "caproto"
     knobs: tuple[KnobConfig, ...] = Field(min_length=1)
     observations: tuple[ObservationConfig, ...] = Field(min_length=1)
     frame_pv: str | None = Field(None, min_length=1)
@@ -245,6 +258,12 @@ class MachineConfig(_Model):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 problems.append(f"duplicate {kind} names: {dupes}")
+        default_client = type(self).model_fields["ca_client"].default
+        if self.transport != "ca" and self.ca_client != default_client:  # a dump round-trips
+            problems.append(
+                f"ca_client: {self.ca_client!r} applies to transport 'ca' only (transport is "
+                f"{self.transport!r})"
+            )
         if self.transport != "sim":
             problems += [
                 f"knobs.{i}.setpoint: knob {k.name!r}: transport {self.transport!r} needs a "

@@ -41,20 +41,38 @@ class _Setpoint:
         op.done()
 
 
+def _served(value: Any, timestamp: float, unit: str, low: float = 0.0, high: float = 0.0):
+    """A double (or double array) with the display unit and drive limits an IOC's QSRV serves."""
+    nt = NTScalar("ad" if isinstance(value, list) else "d", display=True, control=True)
+    initial = {
+        "value": value,
+        "display": {"units": unit},
+        "control": {"limitLow": low, "limitHigh": high},
+    }
+    return nt, nt.wrap(initial, timestamp=timestamp)
+
+
 @pytest.fixture
 def pva_server():
-    config = load_machine_config(MACHINE_CONFIG).model_copy(update={"transport": "pva"})
+    base = load_machine_config(MACHINE_CONFIG)
+    config = base.model_validate({**base.model_dump(exclude={"ca_client"}), "transport": "pva"})
     now = time.time()
     pvs: dict[str, SharedPV] = {}
     for knob in config.knobs:
-        rb = SharedPV(nt=NTScalar("d"), initial=0.0, timestamp=now)
+        nt, value = _served(0.0, now, knob.unit, knob.low, knob.high)
+        rb = SharedPV(nt=nt, initial=value)
         pvs[knob.readback] = rb
+        nt, value = _served(0.0, now, knob.unit, knob.low, knob.high)
         pvs[knob.setpoint] = SharedPV(
-            nt=NTScalar("d"), initial=0.0, handler=_Setpoint(rb, knob.low, knob.high)
+            nt=nt, initial=value, handler=_Setpoint(rb, knob.low, knob.high)
         )
         pvs[knob.busy] = SharedPV(nt=NTScalar("i"), initial=0)
     for obs in config.observations:
-        pvs[obs.pv] = SharedPV(nt=NTScalar("d"), initial=1e-4, timestamp=now)
+        nt, value = _served(1e-4, now, obs.unit)
+        pvs[obs.pv] = SharedPV(nt=nt, initial=value)
+    if config.frame_pv:  # one frame: every observation in one array, one time stamp
+        nt, value = _served([1e-4] * len(config.observations), now, config.observations[0].unit)
+        pvs[config.frame_pv] = SharedPV(nt=nt, initial=value)
     pvs[config.interlock.pv] = SharedPV(nt=NTScalar("i"), initial=0)
     pvs[config.beam_loss.pv] = SharedPV(nt=NTScalar("d"), initial=0.05)
     pvs[config.heartbeat.pv] = SharedPV(nt=NTScalar("i"), initial=1, timestamp=now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from accelrl.deploy.config import load_machine_config
-from accelrl.deploy.machine import PutRejected
+from accelrl.deploy.machine import PutRejected, SettleTimeout
 from accelrl.deploy.virtual import (
     FAULTS,
     VirtualConfigError,
@@ -187,13 +188,20 @@ def test_scheduled_faults(start_ioc):
             assert machine.health().beam_loss or ioc.faults() <= {"beam_loss"}
             time.sleep(0.4)
             assert not machine.health().beam_loss  # its 0.3 s are over
-            machine.put({"Q1": 11.0})
-            machine.put({"Q1": 12.0})
+
+            def put(value: float) -> None:
+                """Write Q1 and collect the IOC's completion (Q1 is stuck: it never settles)."""
+                machine.put({"Q1": value})
+                with contextlib.suppress(SettleTimeout):
+                    machine.settle(["Q1"], timeout=0.2)
+
+            put(11.0)
+            put(12.0)
             time.sleep(0.1)
             assert machine.health().interlock  # after the 2nd write
             with pytest.raises(PutRejected):
-                machine.put({"Q1": 13.0})  # the 3rd write is lost ...
-            machine.put({"Q1": 13.0})  # ... once
+                put(13.0)  # the 3rd write is lost ...
+            put(13.0)  # ... once
             assert machine.read_setpoints().values["Q1"] == 13.0
             assert ioc.put_count() == 4
         finally:
@@ -262,6 +270,7 @@ def test_fault_pv_counts_lost_writes(ioc, machine):
     ioc.set_faults("ignore_put:2")
     assert ioc.faults() == {"ignore_put"}
     machine.put({"Q1": 11.0, "Q2": -9.0})  # both ignored
+    machine.settle(["Q1", "Q2"])
     assert ioc.faults() == set()
     machine.put({"Q1": 11.0})
     assert machine.read_setpoints().values["Q1"] == 11.0

@@ -222,8 +222,9 @@ def test_fields_and_alarms_over_pyepics(va):
 # ------------------------------------------------------------------------- refusal modes
 def test_reject_knob_refuses_and_clamp_knob_clamps_over_caproto(va, vm):
     m = va.machine_config
+    vm.put({"Q1": 80.0})  # Q1 rejects: the put's completion says so when it is settled
     with pytest.raises(PutRejected, match="ECA_PUTFAIL"):
-        vm.put({"Q1": 80.0})  # Q1 rejects
+        vm.settle(["Q1"])
     assert vm.read_setpoints().values["Q1"] == 10.0
     vm.put({"Q2": -90.0})  # Q2 clamps, as an EPICS ao does with DRVL, and succeeds
     vm.settle(["Q2"])

@@ -1,11 +1,15 @@
-"""Channel Access plumbing of :class:`~accelrl.deploy.epics.EpicsMachine` (caproto's
-threading client): connection of many PVs at once, ``DBR_TIME`` reads and put-with-callback
-writes in one TCP send per call, monitors with their freshness bookkeeping, and the barrier
-round trip that proves a circuit's monitors caught up.
+"""Channel Access through caproto's threading client: the ``ca_client: caproto`` transport
+of :class:`~accelrl.deploy.epics.EpicsMachine` (pure Python, no compiled EPICS libraries).
 
-This module needs numpy and caproto only. Its size (~580 lines) is one class: reads,
-monitors, the barrier and writes share the circuits, the latest values and their freshness
-bookkeeping, which must change together.
+Connection of many PVs at once; ``DBR_TIME``, ``DBR_CTRL`` and string reads and
+put-callback writes in one TCP send per call; monitors whose updates go to a
+:class:`~accelrl.deploy.epics.cache.MonitorCache` in order, on the client's receive thread;
+and the barrier round trip that proves a circuit's monitors caught up.
+
+This module needs numpy and caproto only. Its size (~580 lines) is one class and the
+caproto internals it must reach into: error responses handed to the waiting request (the
+threading client drops them), monitor updates taken on the receive thread, and requests
+sent in one TCP send per call.
 """
 
 from __future__ import annotations
@@ -13,43 +17,29 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
+from accelrl.deploy.epics.cache import MonitorCache
+from accelrl.deploy.epics.channels import (
+    INVALID_SEVERITY,
+    MONITOR_MODES,
+    ChannelValue,
+    ControlInfo,
+    addresses_list,
+    require_valid,
+)
 from accelrl.deploy.machine import (
     Disconnected,
     MachineError,
     PutRejected,
 )
 
-#: EPICS alarm severity INVALID: the value must not be used.
-INVALID_SEVERITY = 3
-#: What :class:`EpicsMachine` serves from Channel Access monitors.
-MONITOR_MODES = ("none", "observations", "synced", "all")
+__all__ = ["INVALID_SEVERITY", "MONITOR_MODES", "CaChannels", "ChannelValue", "ControlInfo"]
 
-
-@dataclass(frozen=True)
-class ChannelValue:
-    """One channel's value as read.
-
-    :param value: The value (a float for scalars).
-    :param timestamp: Server time stamp [s since the epoch].
-    :param severity: EPICS alarm severity (0 none, 1 minor, 2 major, 3 invalid).
-    """
-
-    value: Any
-    timestamp: float
-    severity: int = 0
-
-
-def _addresses(addresses: str | Sequence[str] | None) -> list[str] | None:
-    if addresses is None:
-        return None
-    items = addresses.split() if isinstance(addresses, str) else list(addresses)
-    if not items:
-        raise ValueError("addresses must name at least one host[:port]")
-    return [str(a) for a in items]
+# Former private names, still imported by some callers.
+_addresses = addresses_list
+_require_valid = require_valid
 
 
 def _python_value(data: Any) -> Any:
@@ -64,13 +54,15 @@ def _python_value(data: Any) -> Any:
     return float(item)
 
 
-# --------------------------------------------------------------------------- CA transport
-def _require_valid(values: Mapping[str, ChannelValue], names: Iterable[str]) -> None:
-    """Raise :class:`MachineError` if a value of ``names`` is in INVALID alarm."""
-    for name in names:
-        v = values[name]
-        if v.severity >= INVALID_SEVERITY:
-            raise MachineError(f"{name}: value {v.value!r} is in INVALID alarm")
+def _text(raw: Any) -> str:
+    """A CA string (bytes, NUL-padded) as text."""
+    if isinstance(raw, bytes):
+        return raw.split(b"\x00", 1)[0].decode(errors="replace")
+    return str(raw)
+
+
+def _server_message(response: Any) -> str:
+    return bytes(response.error_message).rstrip(b"\x00").decode(errors="replace")
 
 
 def _ignore_update(sub: Any, response: Any) -> None:
@@ -121,27 +113,16 @@ class _BarrierSubscription:
         self._latch.set()
 
 
-@dataclass(frozen=True)
-class _Cached:
-    """One monitor update: the value, the circuit that delivered it, its arrival order."""
-
-    value: ChannelValue
-    circuit: Any
-    seq: int
-
-
 class CaChannels:
-    """Channel Access through caproto's threading client.
+    """Channel Access through caproto's threading client (see the module documentation).
 
     Every read or write of a call goes out in one TCP send and is awaited together (one
     round trip per call, not one per PV). Channels named in :meth:`monitor` also keep a
-    subscription (``DBR_TIME``, value and alarm changes); their latest update is served by
-    :meth:`read` when ``max_lag`` allows it (see there).
+    subscription (``DBR_TIME``, value and alarm changes) whose updates go to :attr:`cache`.
 
-    A server sends a client's monitor updates in the order it posts them, each time-stamped
-    at or before posting; so once an update time-stamped ``t`` has arrived, every update the
-    server posted before ``t`` has arrived too: the monitors of that circuit are complete up
-    to ``t`` (``synced``), whatever the server's batching delay.
+    :param addresses: Search only these ``host[:port]`` (``None``: the environment's
+        ``EPICS_CA_ADDR_LIST``, ``EPICS_CA_AUTO_ADDR_LIST``, ``EPICS_CA_SERVER_PORT``).
+    :raises MachineError: If caproto is not installed.
     """
 
     def __init__(self, addresses: list[str] | None) -> None:
@@ -151,7 +132,7 @@ class CaChannels:
             from caproto.threading import client as ca_client
         except ImportError as err:  # pragma: no cover - caproto is a [deploy] dependency
             raise MachineError(
-                "transport 'ca' needs caproto: pip install 'accelrl[deploy]'"
+                "ca_client 'caproto' needs caproto: pip install 'accelrl[deploy]'"
             ) from err
         self._ca = ca
         self._client = ca_client
@@ -160,12 +141,10 @@ class CaChannels:
         self._context: Any = None
         self._pvs: dict[str, Any] = {}
         self._subscriptions: dict[str, Any] = {}
-        self._cache: dict[str, _Cached] = {}
-        self._synced: dict[Any, float] = {}  # circuit -> newest update's server time [s]
-        self._seq = 0  # monitor updates received (the arrival order of the cache)
-        self._updated = threading.Condition()
-        self._written: dict[str, tuple[Any, int]] = {}  # PV -> (value put, seq at the put)
-        #: Calls served from the monitors (``cached``) and by reads (``round_trips``).
+        #: The monitors' latest updates.
+        self.cache = MonitorCache()
+        #: Reads (``round_trips``), barriers (``barriers``) and calls served from the
+        #: monitors (``cached``, counted by the machine).
         self.stats = {"cached": 0, "round_trips": 0, "barriers": 0}
 
     def _make_context(self, timeout: float) -> Any:
@@ -292,38 +271,28 @@ class CaChannels:
                 )
             except Exception:  # noqa: BLE001 - an undecodable update is no value
                 value = None
-        with self._updated:
-            self._seq += 1
-            if value is None:
-                self._cache.pop(name, None)
-            else:
-                self._cache[name] = _Cached(value, circuit, self._seq)
-                if value.timestamp > self._synced.get(circuit, -math.inf):
-                    self._synced[circuit] = value.timestamp
-            self._updated.notify_all()
+        self.cache.post(name, circuit, value)
+
+    def circuit(self, name: str) -> Hashable | None:
+        """The circuit ``name`` is connected over now (``None``: not connected)."""
+        pv = self._pvs.get(name)
+        if pv is None or not pv.connected:
+            return None
+        circuit = pv.circuit_manager
+        if circuit is None or circuit.dead.is_set():
+            return None
+        return circuit
 
     def latest(self, name: str) -> ChannelValue | None:
         """The latest monitor update of ``name`` from its current circuit (``None``: none, or
         the channel is not connected)."""
-        pv = self._pvs.get(name)
-        entry = self._cache.get(name)
-        if pv is None or entry is None or not pv.connected:
-            return None
-        circuit = pv.circuit_manager
-        if entry.circuit is not circuit or circuit.dead.is_set():
-            return None
-        return entry.value
+        entry = self.cache.latest(name, self.circuit(name))
+        return None if entry is None else entry.value
 
     @property
     def updates(self) -> int:
         """Monitor updates received so far."""
-        return self._seq
-
-    def wait_for_update(self, after: int, timeout: float) -> bool:
-        """Wait until more than ``after`` monitor updates have arrived (``True``) or
-        ``timeout`` [s] passed (``False``)."""
-        with self._updated:
-            return self._updated.wait_for(lambda: self._seq > after, max(0.0, timeout))
+        return self.cache.updates
 
     def barrier(self, names: Sequence[str], timeout: float) -> None:
         """Return once every monitor update the server posted before it received this call's
@@ -392,78 +361,68 @@ class CaChannels:
         pv = self._pvs.get(name)
         return pv is not None and bool(pv.connected)
 
-    def read(
-        self,
-        names: Sequence[str],
-        timeout: float,
-        max_lag: float | None = None,
-        synced: bool = True,
-    ) -> dict[str, ChannelValue]:
-        """Values of ``names`` with their server time stamps and alarm severities.
+    def read(self, names: Sequence[str], timeout: float) -> dict[str, ChannelValue]:
+        """Values of ``names`` with their server time stamps and alarm severities
+        (``DBR_TIME``), in one round trip.
 
         :param names: PV names (connected).
         :param timeout: Seconds [s] to wait for the answers.
-        :param max_lag: Serve the call from the monitors when every PV has one from its
-            current circuit and that circuit is recent enough: with ``synced``, it is synced
-            to within this many seconds [s] of now (an update time-stamped no earlier than
-            ``time.time() - max_lag`` has arrived on it); otherwise it has received data
-            within this many seconds (the server still answers). A PV written since also
-            needs an update that arrived after the write and shows the written value.
-            Otherwise (and with ``None``) every PV is read.
-        :param synced: Which recency rule applies (see ``max_lag``).
         :raises Disconnected: If a channel is not connected, its circuit closes, or the
             server does not answer within ``timeout``.
         :raises MachineError: If the server answers a read with an error.
         """
-        if max_lag is not None:
-            hit = self._cached(names, max_lag, synced)
-            if hit is not None:
-                self.stats["cached"] += 1
-                return hit
         self.stats["round_trips"] += 1
-        responses = self._round_trip(names, "read", None, timeout)
         out = {}
-        for name, response in responses.items():
-            if isinstance(response, self._ca.ErrorResponse):
-                message = bytes(response.error_message).rstrip(b"\x00").decode(errors="replace")
-                raise MachineError(
-                    f"{name}: read refused by the server ({response.status.name}: {message})"
-                )
+        for name, response in self._round_trip(names, "time", None, timeout).items():
             md = response.metadata
             out[name] = ChannelValue(
                 _python_value(response.data), float(md.timestamp), int(md.severity)
             )
         return out
 
-    def _cached(
-        self, names: Sequence[str], max_lag: float, synced: bool
-    ) -> dict[str, ChannelValue] | None:
-        now, clock = time.time(), time.monotonic()
-        out: dict[str, ChannelValue] = {}
-        confirmed = []
-        for name in names:
-            self._require(name)
-            entry = self._cache.get(name)
-            if entry is None:
-                return None
-            circuit = self._pvs[name].circuit_manager
-            if entry.circuit is not circuit or circuit.dead.is_set():
-                return None  # an update from a previous circuit
-            if synced:
-                if now - self._synced.get(circuit, -math.inf) > max_lag:
-                    return None  # updates may be on their way (or the server went silent)
-            elif circuit.last_tcp_receipt is None or clock - circuit.last_tcp_receipt > max_lag:
-                return None  # a silent server: only a read shows whether it still answers
-            written = self._written.get(name)
-            if written is not None:
-                value, seq = written
-                if entry.seq <= seq or entry.value.value != value:
-                    return None  # the server has not reported the written value yet
-                confirmed.append(name)
-            out[name] = entry.value
-        for name in confirmed:
-            self._written.pop(name, None)
+    def read_control(self, names: Sequence[str], timeout: float) -> dict[str, ControlInfo]:
+        """``DBR_CTRL`` of ``names`` (connected) in one round trip: units, control and
+        display limits, precision, element count, whether the value is numeric."""
+        out = {}
+        for name, response in self._round_trip(names, "control", None, timeout).items():
+            md = response.metadata
+            channel = self._pvs[name].channel
+            native = getattr(channel, "native_data_type", None)
+            numeric = native is not None and not any(t in native.name for t in ("STRING", "ENUM"))
+            precision = getattr(md, "precision", None)
+            out[name] = ControlInfo(
+                units=_text(getattr(md, "units", b"")),
+                lower_ctrl_limit=float(getattr(md, "lower_ctrl_limit", math.nan)),
+                upper_ctrl_limit=float(getattr(md, "upper_ctrl_limit", math.nan)),
+                lower_disp_limit=float(getattr(md, "lower_disp_limit", math.nan)),
+                upper_disp_limit=float(getattr(md, "upper_disp_limit", math.nan)),
+                precision=None if precision is None else int(precision),
+                count=int(getattr(channel, "native_data_count", len(response.data))),
+                numeric=numeric,
+            )
         return out
+
+    def read_strings(self, names: Sequence[str], timeout: float) -> dict[str, str | None]:
+        """``names`` read as strings (``DBR_STRING``); ``None`` for those that do not connect
+        within ``timeout`` [s]."""
+        deadline = time.monotonic() + timeout
+        missing = set(self.connect(names, timeout))
+        found = [n for n in names if n not in missing]
+        out: dict[str, str | None] = dict.fromkeys(names)
+        if found:
+            left = max(0.05, deadline - time.monotonic())
+            for name, response in self._round_trip(found, "string", None, left).items():
+                out[name] = _text(response.data[0]) if len(response.data) else ""
+        return out
+
+    def start_write(self, values: Mapping[str, Any], timeout: float) -> _CaPending:
+        """Send put-callback writes of ``values`` (PV -> value) in one TCP send per circuit;
+        return without waiting for their completions (:meth:`_CaPending.wait`).
+
+        :raises Disconnected: If a channel is not connected (nothing of it is sent).
+        """
+        latch, infos = self._send(list(values), "write", values, time.monotonic() + timeout)
+        return _CaPending(self, dict(values), latch, infos)
 
     def write(self, values: Mapping[str, Any], timeout: float) -> None:
         """Write with put-callback and wait for every completion.
@@ -474,40 +433,37 @@ class CaChannels:
         :raises Disconnected: If a channel is not connected, its circuit closes, or the
             server does not confirm within ``timeout``.
         """
-        for name, value in values.items():
-            if name in self._subscriptions:
-                self._written[name] = (value, self._seq)
-        ca = self._ca
-        responses = self._round_trip(list(values), "write", values, timeout)
-        for name, response in responses.items():
-            if isinstance(response, ca.ErrorResponse):
-                message = bytes(response.error_message).rstrip(b"\x00").decode(errors="replace")
-                raise PutRejected(
-                    f"{name}: write of {values[name]!r} refused by the server "
-                    f"({response.status.name}: {message})"
-                )
-            status = response.status
-            if status.name != "ECA_NORMAL":
-                raise PutRejected(
-                    f"{name}: write of {values[name]!r} refused by the server "
-                    f"({status.name}: {status.description})"
-                )
+        self.start_write(values, timeout).wait(timeout)
 
     def _round_trip(
-        self,
-        names: Sequence[str],
-        kind: str,
-        values: Mapping[str, Any] | None,
-        timeout: float,
+        self, names: Sequence[str], kind: str, values: Mapping[str, Any] | None, timeout: float
     ) -> dict[str, Any]:
-        """Send the read (``DBR_TIME``) or put-callback requests of ``names`` in one TCP send
-        per circuit and wait for all responses; PV name -> response."""
+        """Send the reads (``kind``: ``"time"``, ``"control"``, ``"string"``) of ``names`` in
+        one TCP send per circuit and wait for all responses; PV name -> response.
+
+        :raises MachineError: If the server answers a read with an error.
+        """
+        latch, infos = self._send(names, kind, values, time.monotonic() + timeout)
+        responses = self._collect(latch, infos, kind, timeout, None)
+        for name, response in responses.items():
+            if isinstance(response, self._ca.ErrorResponse):
+                raise MachineError(
+                    f"{name}: read refused by the server ({response.status.name}: "
+                    f"{_server_message(response)})"
+                )
+        return responses
+
+    def _send(
+        self, names: Sequence[str], kind: str, values: Mapping[str, Any] | None, deadline: float
+    ) -> tuple[_Latch, dict[str, tuple[Any, dict[str, Any]]]]:
+        """Send the requests of ``names`` in one TCP send per circuit; their latch and
+        PV name -> (circuit, request info)."""
         ca = self._ca
         names = list(dict.fromkeys(names))
-        what = "read" if kind == "read" else "write"
+        what = "write" if kind == "write" else "read"
         latch = _Latch(len(names))
-        deadline = time.monotonic() + timeout
         requests: dict[Any, list[tuple[str, int, Any]]] = {}
+        string = ca.ChannelType.STRING
         for name in names:
             self._require(name)
             pv = self._pvs[name]
@@ -516,11 +472,12 @@ class CaChannels:
                 raise Disconnected(f"{name}: channel not connected")
             try:
                 ioid = circuit._ioid_counter()
-                if kind == "read":
-                    command = channel.read(ioid=ioid, data_type="time", notify=True)
-                else:
+                if kind == "write":
                     assert values is not None
                     command = channel.write([values[name]], ioid=ioid, notify=True)
+                else:
+                    data_type = string if kind == "string" else kind
+                    command = channel.read(ioid=ioid, data_type=data_type, notify=True)
             except (ca.CaprotoError, OSError) as err:
                 raise Disconnected(f"{name}: {what} failed: {err}") from err
             requests.setdefault(circuit, []).append((name, ioid, command))
@@ -537,7 +494,18 @@ class CaChannels:
                 for _, ioid, _ in items:  # never sent: no answer can come
                     circuit.ioids.pop(ioid, None)
                 raise Disconnected(f"{[n for n, _, _ in items]}: {what} failed: {err}") from err
-        latch.wait(deadline - time.monotonic())
+        return latch, infos
+
+    @staticmethod
+    def _collect(
+        latch: _Latch,
+        infos: Mapping[str, tuple[Any, dict[str, Any]]],
+        kind: str,
+        timeout: float,
+        values: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """Wait (``timeout`` [s]) for the responses of :meth:`_send`; PV name -> response."""
+        latch.wait(timeout)
         out = {}
         for name, (circuit, info) in infos.items():
             response = info.get("response")
@@ -545,11 +513,12 @@ class CaChannels:
                 out[name] = response
             elif circuit.dead.is_set():
                 raise Disconnected(f"{name}: the circuit closed before the server answered")
-            elif kind == "read":
+            elif kind != "write":
                 raise Disconnected(f"{name}: no answer to a read within {timeout:.3g} s")
             else:
+                assert values is not None
                 raise Disconnected(
-                    f"{name}: the server did not confirm the write of {values[name]!r} "  # type: ignore[index]
+                    f"{name}: the server did not confirm the write of {values[name]!r} "
                     f"within {timeout:.3g} s (no answer)"
                 )
         return out
@@ -559,9 +528,7 @@ class CaChannels:
             raise Disconnected(f"{name}: channel not connected")
 
     def close(self) -> None:
-        self._cache.clear()
-        self._synced.clear()
-        self._written.clear()
+        self.cache.clear()
         if self._context is not None:
             context, self._context = self._context, None
             self._pvs = {}
@@ -574,4 +541,39 @@ class CaChannels:
                     context.broadcaster.disconnect(wait=False)
 
 
-# --------------------------------------------------------------------------- PVA transport
+class _CaPending:
+    """Put-callback writes sent by :meth:`CaChannels.start_write`, completions pending."""
+
+    def __init__(
+        self,
+        channels: CaChannels,
+        values: dict[str, Any],
+        latch: _Latch,
+        infos: Mapping[str, tuple[Any, dict[str, Any]]],
+    ) -> None:
+        self.values = values
+        self._channels = channels
+        self._latch = latch
+        self._infos = infos
+
+    def wait(self, timeout: float) -> None:
+        """Wait for every completion (at most ``timeout`` [s] from now).
+
+        :raises PutRejected: If the server answers with an error status or response.
+        :raises Disconnected: If the circuit closes or no completion comes within
+            ``timeout``.
+        """
+        ca = self._channels._ca
+        responses = CaChannels._collect(self._latch, self._infos, "write", timeout, self.values)
+        for name, response in responses.items():
+            if isinstance(response, ca.ErrorResponse):
+                raise PutRejected(
+                    f"{name}: write of {self.values[name]!r} refused by the server "
+                    f"({response.status.name}: {_server_message(response)})"
+                )
+            status = response.status
+            if status.name != "ECA_NORMAL":
+                raise PutRejected(
+                    f"{name}: write of {self.values[name]!r} refused by the server "
+                    f"({status.name}: {status.description})"
+                )
