@@ -125,8 +125,6 @@ class StepLines:
                 )
         if decision == "refused":
             self._print(f"[yellow]  step {step}: the operator refused the write[/]")
-        elif decision == "target_reached":
-            self._print(f"[green]  step {step}: target reached[/]")
         if isinstance(abort, Mapping):
             self._print(
                 f"[bold red]ABORT at step {step}: {escape(str(abort.get('reason')))} -- "
