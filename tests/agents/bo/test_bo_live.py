@@ -55,8 +55,8 @@ def test_simulated_session_writes_a_step_record_per_observation(tmp_path: Path) 
     assert start["machine"] == "sim:ares-ea" and start["steps"] == 4
     assert start["prior"] == "physics" and start["acquisition"] == "logei"
     assert [v["name"] for v in start["variables"]] == ["Q1", "Q2", "CV", "Q3", "CH"]
-    assert start["objective"]["name"] == "mae" and set(start["initial"]) == {"Q1", "Q2", "CV",
-                                                                              "Q3", "CH"}  # fmt: skip
+    assert start["objective"]["name"] == "mae"
+    assert set(start["initial"]) == {"Q1", "Q2", "CV", "Q3", "CH"}
     # 4 answered observations + the reading after the last step, as data.csv has them
     data = (out / "data.csv").read_text().strip().splitlines()
     assert [r["step"] for r in steps] == list(range(len(data) - 1)) == list(range(5))
