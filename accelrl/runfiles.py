@@ -13,10 +13,11 @@ defines the shared live file, its writers and the readers that follow growing fi
     a training iteration (APG: ``iteration``, ``loss``, ``learning_rate``, ``grad_norm``,
     ``wall_s``).
 ``{"type": "evaluation", "time": T, ...}``
-    a held-out evaluation: ``iteration`` (APG) or ``timesteps`` (SB3) and the summary of
-    :class:`accelrl.agents.training.TrialEvaluator` (``median_best_mae_um``,
-    ``median_final_mae_um``, ``iqr_best_mae_um``, ``median_steps_to_target``,
-    ``fraction_on_target``, ``n_trials``, ``steps``, ...).
+    a held-out evaluation: ``iteration`` (APG) or ``timesteps`` (SB3) and the evaluation
+    protocol's summary (e.g. :func:`accelrl.agents.training.monitor.evaluate_policy`:
+    ``median_best_mae_um``, ``median_final_mae_um``, ``iqr_best_mae_um``,
+    ``median_steps_to_target``, ``fraction_reached_target`` (or ``fraction_on_target``),
+    ``n_trials``, ``steps``, ...).
 ``{"type": "step", "time": T, ...}``
     a tuning step (:func:`tuning_step_record`).
 ``{"type": "end", "time": T, "status": "completed" | "interrupted" | "failed", ...}``

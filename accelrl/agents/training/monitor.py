@@ -170,7 +170,9 @@ class TrainingMonitor(BaseCallback):
                 self.episodes.append(record)
                 if self.episodes_file is not None:
                     self.episodes_file.write(record)
-        if self._next_eval is not None and self.num_timesteps >= self._next_eval:
+        # The last step's evaluation is the caller's (after SB3's final update).
+        due = self._next_eval is not None and self.num_timesteps >= self._next_eval
+        if due and self.num_timesteps < self.total:
             self.run_evaluation()
             while self._next_eval <= self.num_timesteps:
                 self._next_eval += self.every
