@@ -172,7 +172,7 @@ def deploy_run_command(
         raise fail(str(err), EXIT_INVALID) from None
     console.print(
         f"{mode.value} run of {policy.manifest.source} on {config.name} ({config.transport}), "
-        f"up to {steps} steps; log: {log_dir}",
+        f"up to {steps} steps; log: {log_dir} (follow it live: accelrl dashboard {log_dir})",
         highlight=False,
     )
     try:

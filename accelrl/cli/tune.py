@@ -357,6 +357,7 @@ def _tune_simulation(
         expected = {"machine": "sim:ares-ea", "trial": trial, "prior": prior.value,
                     "acquisition": acquisition.value}  # fmt: skip
         resumed = _resumed_session(out, limits, expected)
+    err_console.print(f"follow it live: accelrl dashboard {escape(str(out))}", highlight=False)
     progress_file = _progress(
         out, resume, machine="sim:ares-ea", trial=trial, prior=prior.value,
         acquisition=acquisition.value, steps=steps, seed=seed, budget_s=budget,
@@ -509,7 +510,7 @@ def _tune_machine_config(
             raise fail(str(err), EXIT_INVALID) from None
         console.print(
             f"BO ({prior.value} prior) on {config.name} ({config.transport}), {run_mode.value} "
-            f"mode, up to {steps} steps; log: {log_dir}",
+            f"mode, up to {steps} steps; log: {log_dir} (follow it live: accelrl dashboard {out})",
             highlight=False,
         )
         try:
