@@ -180,6 +180,12 @@ class Controller:
     :param fsync: fsync every log record.
     :param announce: Shows the machine's protections at the start of :meth:`run` (one line
         each, an opt-out marked ``OFF`` with its reason); default: printed on stderr.
+    :param on_record: Called with every log record right after it is written (``start``,
+        each ``step``, each ``rollback`` event, ``end`` with the summary), also when
+        ``log_dir`` is ``None``: how a command shows the run as it goes (``accelrl deploy
+        run`` prints one line per step; the controller does not print steps itself). An
+        exception from it is announced once and the callback is dropped; it never stops
+        the run.
     :raises BundleError: If a bundle does not fit the machine (knobs, observations, task).
     :raises ValueError: For an invalid mode, target, thresholds or budget.
     """
@@ -203,6 +209,7 @@ class Controller:
         plot: bool = True,
         fsync: bool = True,
         announce: Callable[[str], None] | None = None,
+        on_record: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         if isinstance(optimiser, str | Path):
             optimiser = OnnxPolicy(optimiser)
@@ -252,6 +259,7 @@ class Controller:
         self.plot = plot
         self.fsync = fsync
         self.announce: Callable[[str], None] = announce or _print_stderr
+        self.on_record = on_record
         self._interrupts = 0
 
     # ------------------------------------------------------------------ operator stop
@@ -328,6 +336,18 @@ class Controller:
             "protections": self.safety.config.protections(),
             "rollback_config": self.safety.config.rollback.model_dump(),
         }
+
+    def _notify(self, record: Mapping[str, Any]) -> None:
+        """Hand a written record to ``on_record``; a failing callback is dropped, never
+        allowed to stop the run or its rollback."""
+        if self.on_record is None:
+            return
+        try:
+            self.on_record(record)
+        except Exception as err:
+            self.on_record = None
+            with contextlib.suppress(Exception):
+                self.announce(f"record callback failed ({type(err).__name__}: {err}); dropped")
 
     # ------------------------------------------------------------------ one step
     def _problem(self, start: np.ndarray) -> Problem:
@@ -437,7 +457,12 @@ class Controller:
         documentation). Never raises for machine or optimiser failures: they end in an
         abort, a rollback and a complete log."""
         log = RunLog(self.log_dir, fsync=self.fsync) if self.log_dir is not None else None
-        emit = log.write if log is not None else (lambda record: None)
+
+        def emit(record: dict[str, Any]) -> None:
+            if log is not None:
+                log.write(record)
+            self._notify(record)
+
         t_run = time.perf_counter()
         abort: SafetyAbort | None = None
         initial: dict[str, float] | None = None
@@ -563,6 +588,7 @@ class Controller:
         }
         if log is not None:
             summary = log.finish(summary, plot=self.plot)
+        self._notify({"type": "end", **summary})
         return RunResult(
             reason=reason,
             steps=steps,
