@@ -1,16 +1,27 @@
 """End to end: the shipped policy bundle, the runtime controller and the safety layer drive
-the virtual ARES-EA over Channel Access on 127.0.0.1 -- on both of its servers: the EPICS 7
-IOC (``softioc``) and the caproto server.
+the virtual ARES-EA over Channel Access on 127.0.0.1.
 
-Every fault of the virtual accelerator is switched on through its FAULT PV after the
+The runs go to the EPICS 7 IOC (``softioc``) with monitor deadbands on every readback and
+screen reading (``ai`` records with ``MDEL = ADEL > 0``: no update for a change within the
+deadband, none for an unchanged value), through each Channel Access client of
+:class:`~accelrl.deploy.epics.EpicsMachine` (``ca_client: caproto`` and ``pyepics``, EPICS
+base's libca); and to the caproto server (no record fields, no deadbands) through caproto's
+client. Every fault of the virtual accelerator is switched on through its FAULT PV after the
 controller's first write; the run must abort for the right reason, roll the knobs back to
-their initial settings (verified on the IOC), and leave a complete log.
+their initial settings (verified on the IOC), and leave a complete log; a shadow run writes
+nothing.
+
+Matrix (kept small: each IOC start costs ~10 s, a BO session 25-45 s): every test runs on
+``softioc`` with both clients; the caproto server runs them with the caproto client, except
+the BO session (an action source that does not depend on the transport), which runs on
+``softioc`` only.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +43,30 @@ E2E: dict[str, Any] = {
     "heartbeat_period_s": 0.1,
     "faults": {"stuck_knob": "Q1", "beam_loss_level": 1.0, "disconnect_s": 1.5},
 }
+#: Monitor deadbands of the EPICS-base IOC: readbacks post a move only beyond 0.5 1/m^2
+#: (quadrupoles) or 50 urad (correctors) -- 50 times the knobs' tolerances, so the last part
+#: of a move is never posted -- and the screen readings only changes beyond the reading noise
+#: (1 um).
+DEADBANDS: dict[str, Any] = {
+    "readback_deadband": {"Q1": 0.5, "Q2": 0.5, "Q3": 0.5, "CV": 5.0e-5, "CH": 5.0e-5},
+    "observation_deadband": 1.0e-6,
+}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One IOC and client of the matrix: the virtual accelerator's ``server`` (with
+    :data:`DEADBANDS` on ``softioc``) and the machine config's ``ca_client``."""
+
+    server: str
+    client: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.server}-{self.client}"
+
+
+SETUPS = [Setup("softioc", "caproto"), Setup("softioc", "pyepics"), Setup("caproto", "caproto")]
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +84,49 @@ def policy(bundle: Path) -> OnnxPolicy:
     return OnnxPolicy(bundle)
 
 
-@pytest.fixture(scope="module", params=["softioc", "caproto"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test that takes ``client`` on the :data:`SETUPS` (the BO session on the
+    ``softioc`` ones): one IOC per server, shared by its clients' tests."""
+    if "client" not in metafunc.fixturenames:
+        return
+    setups = SETUPS
+    if metafunc.function.__name__.startswith("test_bo_"):
+        setups = [s for s in SETUPS if s.server == "softioc"]
+    metafunc.parametrize(
+        ("e2e_ioc", "client"),
+        [(s.server, s.client) for s in setups],
+        ids=[s.id for s in setups],
+        indirect=["e2e_ioc"],
+        scope="module",
+    )
+
+
+@pytest.fixture(scope="module")
 def e2e_ioc(request: pytest.FixtureRequest, start_ioc: Callable[..., Any]) -> Iterator[Any]:
-    with start_ioc(server=request.param, **E2E) as handle:
+    """The IOC of a server (one per module and server): ``softioc`` with deadbands."""
+    settings = dict(E2E)
+    if request.param == "softioc":
+        pytest.importorskip("softioc")
+        settings["records"] = {"refusal": "reject", **DEADBANDS}
+    with start_ioc(server=request.param, **settings) as handle:
         yield handle
 
 
 @pytest.fixture
-def va(e2e_ioc: Any) -> Any:
+def va(e2e_ioc: Any, client: str) -> Any:
+    """The IOC, reset, for a test with CA client ``client``."""
+    pytest.importorskip({"caproto": "caproto", "pyepics": "epics"}[client])
     e2e_ioc.reset(timeout=30.0)  # (it may be coming back from the disconnect test)
     return e2e_ioc
 
 
-def fast_config(ioc: Any) -> Any:
-    """The IOC's machine config with short timeouts (the IOC's dynamics are fast too)."""
+def fast_config(ioc: Any, client: str) -> Any:
+    """The IOC's machine config with CA client ``client`` and short timeouts (the IOC's
+    dynamics are fast too)."""
     config = ioc.machine_config
     return config.model_copy(
         update={
+            "ca_client": client,
             "timing": config.timing.model_copy(
                 update={"reading_timeout_s": 0.5, "settle_timeout_s": 0.3}
             ),
@@ -80,10 +141,12 @@ def target_of(trial_index: int) -> list[float]:
     return load_trials()[trial_index].target.tolist()
 
 
-def make_controller(ioc: Any, policy: OnnxPolicy, log_dir: Path, mode: str = "auto", **kw: Any):
+def make_controller(
+    ioc: Any, client: str, policy: OnnxPolicy, log_dir: Path, mode: str = "auto", **kw: Any
+):
     from accelrl.deploy.epics import EpicsMachine
 
-    config = fast_config(ioc)
+    config = fast_config(ioc, client)
     machine = EpicsMachine(config, addresses=[ioc.address])
     machine.connect(timeout=5.0)
     safety = SafetyLayer.for_bundle(machine, config, policy.manifest)
@@ -123,9 +186,15 @@ def fault_after_first_write(ioc: Any, safety: SafetyLayer, fault: str) -> Callab
     return hook
 
 
-def test_auto_mode_tunes_the_virtual_machine(va, policy, tmp_path):
+def test_auto_mode_tunes_the_virtual_machine(va, client, policy, tmp_path):
+    if va.server == "softioc":  # the deadbands are on: what a monitor of them would miss
+        for knob in va.machine_config.knobs:
+            mdel = va.caget(f"{knob.readback}.MDEL")
+            assert mdel == pytest.approx(DEADBANDS["readback_deadband"][knob.name], rel=1e-9)
+        observed = va.machine_config.observations[1].pv
+        assert va.caget(f"{observed}.MDEL") == pytest.approx(1.0e-6, rel=1e-9)
     initial_mae = va.true_mae()
-    controller, machine, _ = make_controller(va, policy, tmp_path / "run", max_steps=30)
+    controller, machine, _ = make_controller(va, client, policy, tmp_path / "run", max_steps=30)
     try:
         result = controller.run()
     finally:
@@ -140,8 +209,10 @@ def test_auto_mode_tunes_the_virtual_machine(va, policy, tmp_path):
     assert (tmp_path / "run" / SUMMARY_FILE).exists()
 
 
-def test_shadow_mode_never_writes(va, policy, tmp_path):
-    controller, machine, _ = make_controller(va, policy, tmp_path / "run", "shadow", max_steps=5)
+def test_shadow_mode_never_writes(va, client, policy, tmp_path):
+    controller, machine, _ = make_controller(
+        va, client, policy, tmp_path / "run", "shadow", max_steps=5
+    )
     try:
         result = controller.run()
     finally:
@@ -165,10 +236,10 @@ ROLLBACK_FAULTS = [
 
 
 @pytest.mark.parametrize(("fault", "reason"), ROLLBACK_FAULTS, ids=[f for f, _ in ROLLBACK_FAULTS])
-def test_fault_aborts_and_rolls_back(va, policy, tmp_path, fault, reason):
+def test_fault_aborts_and_rolls_back(va, client, policy, tmp_path, fault, reason):
     log_dir = tmp_path / "run"
     controller, machine, safety = make_controller(
-        va, policy, log_dir, max_steps=20, thresholds=[1e-9] * 4
+        va, client, policy, log_dir, max_steps=20, thresholds=[1e-9] * 4
     )
     controller.stop_callback = fault_after_first_write(va, safety, fault)
     durations = timed_rollback(safety)
@@ -183,7 +254,7 @@ def test_fault_aborts_and_rolls_back(va, policy, tmp_path, fault, reason):
     assert result.rollback is not None and result.rollback["complete"], result.rollback
     assert len(durations) == 1 and durations[0] < ROLLBACK_LIMIT_S
     va.set_faults()
-    fresh = va.machine()
+    fresh = va.machine()  # an independent reader (caproto client)
     fresh.connect(timeout=5.0)
     try:
         setpoints = fresh.read_setpoints().values
@@ -205,10 +276,10 @@ def safety_writes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r["type"] == "rollback"]
 
 
-def test_disconnect_aborts_without_hanging(va, policy, tmp_path):
+def test_disconnect_aborts_without_hanging(va, client, policy, tmp_path):
     log_dir = tmp_path / "run"
     controller, machine, safety = make_controller(
-        va, policy, log_dir, max_steps=20, thresholds=[1e-9] * 4
+        va, client, policy, log_dir, max_steps=20, thresholds=[1e-9] * 4
     )
     controller.stop_callback = fault_after_first_write(va, safety, "disconnect")
     t0 = time.monotonic()
@@ -230,12 +301,12 @@ def test_disconnect_aborts_without_hanging(va, policy, tmp_path):
         assert result.rollback["detail"]
 
 
-def _bo_run(ioc: Any, log_dir: Path, steps: int, fault: str | None = None) -> Any:
+def _bo_run(ioc: Any, client: str, log_dir: Path, steps: int, fault: str | None = None) -> Any:
     """A BO session (physics prior) as the controller's action source over CA."""
     from accelrl.agents.bo import BOOptimiser
     from accelrl.deploy.epics import EpicsMachine
 
-    config = fast_config(ioc)
+    config = fast_config(ioc, client)
     machine = EpicsMachine(config, addresses=[ioc.address])
     machine.connect(timeout=5.0)
     safety = SafetyLayer(machine, config)
@@ -253,20 +324,20 @@ def _bo_run(ioc: Any, log_dir: Path, steps: int, fault: str | None = None) -> An
         machine.close()
 
 
-def test_bo_session_tunes_the_virtual_machine_and_rolls_back(va, tmp_path):
+def test_bo_session_tunes_the_virtual_machine_and_rolls_back(va, client, tmp_path):
     """``accelrl tune --machine deploy/*.yaml`` over Channel Access: the BO session tunes the
     virtual ARES-EA through the safety layer, and an interlock after its first write aborts
     the run and rolls the knobs back."""
     pytest.importorskip("botorch")
     initial_mae = va.true_mae()
-    result = _bo_run(va, tmp_path / "tune", steps=8)
+    result = _bo_run(va, client, tmp_path / "tune", steps=8)
     assert result.abort_reason is None, result.abort_detail
     assert result.writes >= 3 and va.put_count() >= result.writes
     assert va.true_mae() < 0.5 * initial_mae
     logged = [r for r in read_run(tmp_path / "tune") if r["type"] == "step" and r.get("writes")]
     assert len(logged) == result.writes  # every write is in the log
     va.reset()
-    result = _bo_run(va, tmp_path / "fault", steps=8, fault="interlock")
+    result = _bo_run(va, client, tmp_path / "fault", steps=8, fault="interlock")
     assert result.abort_reason is AbortReason.interlock, result.abort_detail
     assert result.rollback is not None and result.rollback["complete"], result.rollback
     va.set_faults()
