@@ -12,9 +12,11 @@ their initial settings (verified on the IOC), and leave a complete log; a shadow
 nothing.
 
 Matrix (kept small: each IOC start costs ~10 s, a BO session 25-45 s): every test runs on
-``softioc`` with both clients; the caproto server runs them with the caproto client, except
-the BO session (an action source that does not depend on the transport), which runs on
-``softioc`` only.
+``softioc`` with both clients -- caproto's with the default monitors, libca's with
+``monitors="all"`` (health and the channels without deadband served from monitors, the
+deadband readbacks read) -- and on the caproto server with caproto's client, except the BO
+session (an action source that does not depend on the transport), which runs on ``softioc``
+only.
 """
 
 from __future__ import annotations
@@ -56,17 +58,25 @@ DEADBANDS: dict[str, Any] = {
 @dataclass(frozen=True)
 class Setup:
     """One IOC and client of the matrix: the virtual accelerator's ``server`` (with
-    :data:`DEADBANDS` on ``softioc``) and the machine config's ``ca_client``."""
+    :data:`DEADBANDS` on ``softioc``), the machine config's ``ca_client`` and what
+    :class:`~accelrl.deploy.epics.EpicsMachine` serves from monitors."""
 
     server: str
     client: str
+    monitors: str = "observations"
 
     @property
     def id(self) -> str:
-        return f"{self.server}-{self.client}"
+        return f"{self.server}-{self.client}-{self.monitors}"
 
 
-SETUPS = [Setup("softioc", "caproto"), Setup("softioc", "pyepics"), Setup("caproto", "caproto")]
+#: libca runs with ``monitors="all"``: on the deadband IOC, health and the channels without
+#: deadband come from monitors, the deadband readbacks are read.
+SETUPS = [
+    Setup("softioc", "caproto"),
+    Setup("softioc", "pyepics", "all"),
+    Setup("caproto", "caproto"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +95,16 @@ def policy(bundle: Path) -> OnnxPolicy:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Run each test that takes ``client`` on the :data:`SETUPS` (the BO session on the
+    """Run each test that takes ``setup`` on the :data:`SETUPS` (the BO session on the
     ``softioc`` ones): one IOC per server, shared by its clients' tests."""
-    if "client" not in metafunc.fixturenames:
+    if "setup" not in metafunc.fixturenames:
         return
     setups = SETUPS
     if metafunc.function.__name__.startswith("test_bo_"):
         setups = [s for s in SETUPS if s.server == "softioc"]
     metafunc.parametrize(
-        ("e2e_ioc", "client"),
-        [(s.server, s.client) for s in setups],
+        ("e2e_ioc", "setup"),
+        [(s.server, s) for s in setups],
         ids=[s.id for s in setups],
         indirect=["e2e_ioc"],
         scope="module",
@@ -113,9 +123,9 @@ def e2e_ioc(request: pytest.FixtureRequest, start_ioc: Callable[..., Any]) -> It
 
 
 @pytest.fixture
-def va(e2e_ioc: Any, client: str) -> Any:
-    """The IOC, reset, for a test with CA client ``client``."""
-    pytest.importorskip({"caproto": "caproto", "pyepics": "epics"}[client])
+def va(e2e_ioc: Any, setup: Setup) -> Any:
+    """The IOC, reset, for a test of ``setup``."""
+    pytest.importorskip({"caproto": "caproto", "pyepics": "epics"}[setup.client])
     e2e_ioc.reset(timeout=30.0)  # (it may be coming back from the disconnect test)
     return e2e_ioc
 
@@ -142,12 +152,12 @@ def target_of(trial_index: int) -> list[float]:
 
 
 def make_controller(
-    ioc: Any, client: str, policy: OnnxPolicy, log_dir: Path, mode: str = "auto", **kw: Any
+    ioc: Any, setup: Setup, policy: OnnxPolicy, log_dir: Path, mode: str = "auto", **kw: Any
 ):
     from accelrl.deploy.epics import EpicsMachine
 
-    config = fast_config(ioc, client)
-    machine = EpicsMachine(config, addresses=[ioc.address])
+    config = fast_config(ioc, setup.client)
+    machine = EpicsMachine(config, addresses=[ioc.address], monitors=setup.monitors)
     machine.connect(timeout=5.0)
     safety = SafetyLayer.for_bundle(machine, config, policy.manifest)
     controller = Controller(
@@ -186,7 +196,7 @@ def fault_after_first_write(ioc: Any, safety: SafetyLayer, fault: str) -> Callab
     return hook
 
 
-def test_auto_mode_tunes_the_virtual_machine(va, client, policy, tmp_path):
+def test_auto_mode_tunes_the_virtual_machine(va, setup, policy, tmp_path):
     if va.server == "softioc":  # the deadbands are on: what a monitor of them would miss
         for knob in va.machine_config.knobs:
             mdel = va.caget(f"{knob.readback}.MDEL")
@@ -194,13 +204,18 @@ def test_auto_mode_tunes_the_virtual_machine(va, client, policy, tmp_path):
         observed = va.machine_config.observations[1].pv
         assert va.caget(f"{observed}.MDEL") == pytest.approx(1.0e-6, rel=1e-9)
     initial_mae = va.true_mae()
-    controller, machine, _ = make_controller(va, client, policy, tmp_path / "run", max_steps=30)
+    controller, machine, _ = make_controller(va, setup, policy, tmp_path / "run", max_steps=30)
     try:
         result = controller.run()
+        served, stats = set(machine.exact_monitors), machine.stats
     finally:
         machine.close()
     assert result.reason in (StopReason.target_reached, StopReason.step_budget), result
     assert result.writes >= 1 and result.abort_reason is None
+    if setup.monitors == "all":  # health from monitors; the deadband readbacks were read
+        assert va.machine_config.interlock.pv in served
+        assert not served & {k.readback for k in va.machine_config.knobs}
+        assert stats["cached"] > 0 and stats["round_trips"] > 0
     assert va.put_count() >= result.writes
     assert va.true_mae() < 0.2 * initial_mae
     records = read_run(tmp_path / "run")
@@ -209,9 +224,9 @@ def test_auto_mode_tunes_the_virtual_machine(va, client, policy, tmp_path):
     assert (tmp_path / "run" / SUMMARY_FILE).exists()
 
 
-def test_shadow_mode_never_writes(va, client, policy, tmp_path):
+def test_shadow_mode_never_writes(va, setup, policy, tmp_path):
     controller, machine, _ = make_controller(
-        va, client, policy, tmp_path / "run", "shadow", max_steps=5
+        va, setup, policy, tmp_path / "run", "shadow", max_steps=5
     )
     try:
         result = controller.run()
@@ -236,10 +251,10 @@ ROLLBACK_FAULTS = [
 
 
 @pytest.mark.parametrize(("fault", "reason"), ROLLBACK_FAULTS, ids=[f for f, _ in ROLLBACK_FAULTS])
-def test_fault_aborts_and_rolls_back(va, client, policy, tmp_path, fault, reason):
+def test_fault_aborts_and_rolls_back(va, setup, policy, tmp_path, fault, reason):
     log_dir = tmp_path / "run"
     controller, machine, safety = make_controller(
-        va, client, policy, log_dir, max_steps=20, thresholds=[1e-9] * 4
+        va, setup, policy, log_dir, max_steps=20, thresholds=[1e-9] * 4
     )
     controller.stop_callback = fault_after_first_write(va, safety, fault)
     durations = timed_rollback(safety)
@@ -276,10 +291,10 @@ def safety_writes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r["type"] == "rollback"]
 
 
-def test_disconnect_aborts_without_hanging(va, client, policy, tmp_path):
+def test_disconnect_aborts_without_hanging(va, setup, policy, tmp_path):
     log_dir = tmp_path / "run"
     controller, machine, safety = make_controller(
-        va, client, policy, log_dir, max_steps=20, thresholds=[1e-9] * 4
+        va, setup, policy, log_dir, max_steps=20, thresholds=[1e-9] * 4
     )
     controller.stop_callback = fault_after_first_write(va, safety, "disconnect")
     t0 = time.monotonic()
@@ -301,13 +316,13 @@ def test_disconnect_aborts_without_hanging(va, client, policy, tmp_path):
         assert result.rollback["detail"]
 
 
-def _bo_run(ioc: Any, client: str, log_dir: Path, steps: int, fault: str | None = None) -> Any:
+def _bo_run(ioc: Any, setup: Setup, log_dir: Path, steps: int, fault: str | None = None) -> Any:
     """A BO session (physics prior) as the controller's action source over CA."""
     from accelrl.agents.bo import BOOptimiser
     from accelrl.deploy.epics import EpicsMachine
 
-    config = fast_config(ioc, client)
-    machine = EpicsMachine(config, addresses=[ioc.address])
+    config = fast_config(ioc, setup.client)
+    machine = EpicsMachine(config, addresses=[ioc.address], monitors=setup.monitors)
     machine.connect(timeout=5.0)
     safety = SafetyLayer(machine, config)
     # a generous time budget: the suggestions do not depend on the machine's load
@@ -324,20 +339,20 @@ def _bo_run(ioc: Any, client: str, log_dir: Path, steps: int, fault: str | None 
         machine.close()
 
 
-def test_bo_session_tunes_the_virtual_machine_and_rolls_back(va, client, tmp_path):
+def test_bo_session_tunes_the_virtual_machine_and_rolls_back(va, setup, tmp_path):
     """``accelrl tune --machine deploy/*.yaml`` over Channel Access: the BO session tunes the
     virtual ARES-EA through the safety layer, and an interlock after its first write aborts
     the run and rolls the knobs back."""
     pytest.importorskip("botorch")
     initial_mae = va.true_mae()
-    result = _bo_run(va, client, tmp_path / "tune", steps=8)
+    result = _bo_run(va, setup, tmp_path / "tune", steps=8)
     assert result.abort_reason is None, result.abort_detail
     assert result.writes >= 3 and va.put_count() >= result.writes
     assert va.true_mae() < 0.5 * initial_mae
     logged = [r for r in read_run(tmp_path / "tune") if r["type"] == "step" and r.get("writes")]
     assert len(logged) == result.writes  # every write is in the log
     va.reset()
-    result = _bo_run(va, client, tmp_path / "fault", steps=8, fault="interlock")
+    result = _bo_run(va, setup, tmp_path / "fault", steps=8, fault="interlock")
     assert result.abort_reason is AbortReason.interlock, result.abort_detail
     assert result.rollback is not None and result.rollback["complete"], result.rollback
     va.set_faults()
