@@ -177,7 +177,8 @@ class Controller:
     :param stop_callback: The run stops when this returns ``True`` (checked every step).
     :param rollback_on_stop: Also roll back when the operator stops or the budget ends.
     :param plot: Write ``run.png`` at the end.
-    :param fsync: fsync every log record.
+    :param fsync: fsync every log record (a step's in the background, on disk before the
+        next write; :mod:`~accelrl.deploy.runlog`).
     :param announce: Shows the machine's protections at the start of :meth:`run` (one line
         each, an opt-out marked ``OFF`` with its reason); default: printed on stderr.
     :param on_record: Called with every log record right after it is written (``start``,
@@ -261,6 +262,7 @@ class Controller:
         self.announce: Callable[[str], None] = announce or _print_stderr
         self.on_record = on_record
         self._interrupts = 0
+        self._log: RunLog | None = None
 
     # ------------------------------------------------------------------ operator stop
     def request_stop(self) -> None:
@@ -437,6 +439,8 @@ class Controller:
         wrote = False
         if decision == "write":
             t4 = time.perf_counter()
+            if self._log is not None:
+                self._log.sync()  # every earlier record on disk before this write
             result = safety.write(proposal.setpoints)
             rec["writes"] = {} if result is None else result.setpoints
             if result is not None:
@@ -457,10 +461,11 @@ class Controller:
         documentation). Never raises for machine or optimiser failures: they end in an
         abort, a rollback and a complete log."""
         log = RunLog(self.log_dir, fsync=self.fsync) if self.log_dir is not None else None
+        self._log = log
 
-        def emit(record: dict[str, Any]) -> None:
+        def emit(record: dict[str, Any], sync: bool = True) -> None:
             if log is not None:
-                log.write(record)
+                log.write(record, sync=sync)
             self._notify(record)
 
         t_run = time.perf_counter()
@@ -486,7 +491,7 @@ class Controller:
         return self._finish(log, reason, steps, writes, initial, last_error, abort, rollback, t_run)
 
     def _loop(
-        self, emit: Callable[[dict[str, Any]], None]
+        self, emit: Callable[..., None]
     ) -> tuple[StopReason, int, int, dict[str, float] | None, SafetyAbort | None]:
         """The steps: ``(reason, steps, writes, last error, abort)``."""
         steps = writes = 0
@@ -501,7 +506,7 @@ class Controller:
                         return StopReason.operator_stop, steps, writes, last_error, None
                     rec = {"type": "step", "step": steps, "time": time.time()}
                     outcome = self.step(steps, rec)
-                    emit(rec)
+                    emit(rec, sync=False)  # on disk before the next write (step)
                     last_error = outcome.error
                     if outcome.decision == "target_reached":
                         return StopReason.target_reached, steps, writes, last_error, None
@@ -538,6 +543,9 @@ class Controller:
         def on_note(note: Mapping[str, Any]) -> None:
             emit({"type": "rollback", "time": time.time(), **note})
 
+        if self._log is not None:  # every step record on disk before the first rollback
+            with contextlib.suppress(OSError):  # write; a disk error must not stop it
+                self._log.sync()
         rb = self.safety.rollback(on_write=on_write, on_note=on_note)
         return {
             "complete": rb.complete,
