@@ -242,6 +242,26 @@ def resolve_world(
     return out, entry
 
 
+_OPTIMA: dict[tuple[str, str], dict[int, float]] = {}
+
+
+def trial_optimum(trials: Sequence[Trial], env_id: str, digest: str) -> dict[int, float] | None:
+    """Trial index -> model optimum [m] (:func:`~accelrl.agents.evaluation.classes.
+    model_optimum`), computed once per trial set (``digest``) and process; ``None`` for a
+    task without a shipped lattice (no model to solve)."""
+    from accelrl.envs import TASKS
+
+    if TASKS[env_id]().lattice is None:
+        return None
+    key = (env_id, digest)
+    if key not in _OPTIMA:
+        from accelrl.agents.evaluation.classes import model_optimum
+
+        values = model_optimum(trials, env_id)
+        _OPTIMA[key] = {int(t.index): float(v) for t, v in zip(trials, values, strict=True)}
+    return _OPTIMA[key]
+
+
 # --------------------------------------------------------------------------- provenance
 def _git() -> dict[str, Any]:
     """Commit of the accelrl checkout (and whether tracked files differ), if it is one."""
@@ -272,6 +292,8 @@ def evaluate_many(
     resume: bool = False,
     force: bool = False,
     world: str | Path | WorldSpec | Mapping[str, Any] | None = None,
+    reachability: bool = True,
+    protocol: str | None = None,
 ) -> EvaluationResult:
     """Evaluate several optimisers on the same trials, as one comparative result.
 
@@ -317,6 +339,9 @@ def evaluate_many(
         (``beam-animation``, ``beam-switch``), trial ``k`` of the evaluated list changes to
         the beam of trial ``k + 1`` (the last to the first's): on the published 300 trials,
         the published rule ``(i + 1) % 300``. Recorded in ``config["world"]``.
+    :param reachability: Compute each trial's model optimum for the ``reachable`` target
+        class of the breakdown (:mod:`~accelrl.agents.evaluation.classes`; ~0.3 s per
+        trial, once per trial set and process); ``False`` leaves that class out.
     :raises ValueError: For invalid arguments, an ``out`` that holds files without
         ``resume``/``force``, or one whose evaluation differs from this one when resuming;
         errors of the simulation or of an optimiser factory propagate; errors of
@@ -337,8 +362,22 @@ def evaluate_many(
         raise ValueError(f"unknown environment {env_id!r}; registered: {sorted(TASKS)}")
     if on_step is not None and executor != "serial":
         raise ValueError("on_step needs executor='serial' (it runs in this process)")
+    protocol_name = None
+    if protocol is not None:
+        from accelrl.agents.evaluation.protocols import protocol as get_protocol
+
+        chosen = get_protocol(protocol)
+        if trials is not None:
+            raise ValueError(f"give either trials or protocol={protocol!r}, not both")
+        if env_id != chosen.env_id:
+            raise ValueError(f"protocol {protocol!r} is for {chosen.env_id}, not {env_id}")
+        protocol_name = chosen.name
+        if chosen.name != "published":
+            trials = chosen.trials()
     spec = TASKS[env_id]()
     trial_list, trial_source = resolve_trials(trials, limit)
+    if protocol_name is not None:
+        trial_source["protocol"] = protocol_name
     world_spec, world_entry = resolve_world(world, spec, max_steps, seed)
     to_trials = (
         {int(t.index): trial_list[(k + 1) % len(trial_list)] for k, t in enumerate(trial_list)}
@@ -364,6 +403,8 @@ def evaluate_many(
         "chunk_size": len(chunks[0]),
         "world": world_entry,
     }
+    if protocol_name is not None:
+        plan["protocol"] = protocol_name
     order = [(i, j) for i in range(len(entries)) for j in range(len(chunks))]
     local = executor in (None, "process") and dask_address is None  # a pool started here
     if local:  # checked before anything is written
@@ -472,7 +513,12 @@ def evaluate_many(
         records = pa.concat_tables([done[k].records for k in finished]).combine_chunks()
         table = pa.concat_tables([done[k].trials for k in finished]).combine_chunks()
         labels = [e.label for e in entries]
-        result = EvaluationResult(records, table, summarise_trials(table, labels), config)
+        optimum = (
+            trial_optimum(trial_list, env_id, plan["trials"]["content_sha256"])
+            if reachability
+            else None
+        )
+        result = EvaluationResult(records, table, summarise_trials(table, labels), config, optimum)
         if out is not None:
             result.save(out)
     if interrupted is not None:
@@ -501,6 +547,8 @@ def evaluate(
     resume: bool = False,
     force: bool = False,
     world: str | Path | WorldSpec | Mapping[str, Any] | None = None,
+    reachability: bool = True,
+    protocol: str | None = None,
 ) -> EvaluationResult:
     """Evaluate one optimiser on every trial (see the module docs for the protocol).
 
@@ -540,4 +588,6 @@ def evaluate(
         resume=resume,
         force=force,
         world=world,
+        reachability=reachability,
+        protocol=protocol,
     )
