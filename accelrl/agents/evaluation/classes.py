@@ -212,8 +212,9 @@ def class_breakdown(
 
 
 def flagged(breakdown: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
-    """One line per flagged optimiser and class, e.g. ``"policy:x, size:zero: median final
-    MAE 3812 um > median initial 702 um (21/27 trials worse than their start)"``."""
+    """One line per flagged optimiser and class, e.g. ``"policy:x, size:zero (27 trials):
+    median final MAE 3812 um > median initial 702 um; 21/27 trials worse than their
+    start"``."""
     lines = []
     for label, per in breakdown.items():
         for key, e in per.items():
@@ -226,8 +227,9 @@ def flagged(breakdown: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[st
             if e["worse_than_do_nothing"]:
                 what.append("> do-nothing's")
             lines.append(
-                f"{label}, {key}: median final MAE {e['median_final_mae_um']:.0f} um "
-                f"{' and '.join(what)} ({worse}/{e['n']} trials worse than their start)"
+                f"{label}, {key} ({e['n']} trials): median final MAE "
+                f"{e['median_final_mae_um']:.0f} um {' and '.join(what)}; "
+                f"{worse}/{e['n']} trials worse than their start"
             )
     return lines
 
