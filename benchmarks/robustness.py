@@ -14,8 +14,9 @@ and the RL4AA'25 challenge score (lower is better). Prints a table and ends with
 line ``{world: {optimiser: {...}}}``.
 
 The full run is long (the model-based tuner answers in ~0.2 s; 300 trials x 150 steps x
-7 worlds). Run it small with ``--limit`` (first N of the 300 trials; BO: first N of its 30),
-``--worlds`` and ``--optimisers``:
+7 worlds). Run it small with ``--limit`` (N trials spread evenly over the 300, so that the
+27 zero-size grid trials at the start do not dominate; BO: ``--bo-limit``, the first N of
+its 30), ``--worlds`` and ``--optimisers``:
 
     python benchmarks/robustness.py --limit 10 --worlds ideal,ares-realistic \\
         --optimisers do-nothing,nelder-mead
@@ -85,6 +86,18 @@ def _row(summary: dict[str, Any], score: dict[str, Any] | None, steps: int) -> d
     }
 
 
+def spread_trials(limit: int | None) -> list[Any]:
+    """The published trials, or ``limit`` of them spread evenly (indices ``round(i *
+    299 / (limit - 1))``)."""
+    trials = load_trials()
+    if limit is None or limit >= len(trials):
+        return trials
+    if limit < 1:
+        raise SystemExit(f"--limit must be >= 1, got {limit}")
+    idx = sorted({int(round(i * (len(trials) - 1) / max(limit - 1, 1))) for i in range(limit)})
+    return [trials[i] for i in idx]
+
+
 def run_world(
     world: str,
     optimisers: list[str],
@@ -99,9 +112,8 @@ def run_world(
     if main:
         r = evaluate_many(
             main,
-            None,
+            spread_trials(limit),
             max_steps=steps,
-            limit=limit,
             world=world,
             workers=workers,
             progress=False,
@@ -132,7 +144,9 @@ def _fmt(x: float | None, spec: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=None, help="first N of the 300 trials")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="N of the 300 trials, spread evenly"
+    )
     parser.add_argument("--bo-limit", type=int, default=None, help="first N of BO's 30 trials")
     parser.add_argument("--steps", type=int, default=150, help="steps per trial (not BO)")
     parser.add_argument("--worlds", default=",".join(WORLDS), help="comma-separated worlds")

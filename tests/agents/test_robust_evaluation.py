@@ -294,3 +294,29 @@ def test_evaluate_command_world_protocol_and_bad_input(tmp_path):
         assert res.exit_code == 1, res.output
         assert "error:" in res.output and all(w in res.output for w in words), res.output
         assert "Traceback" not in res.output
+
+
+def test_in_a_drifting_world_only_worse_than_do_nothing_is_flagged():
+    """Do-nothing ends worse than it started when the beam drifts; an optimiser that also
+    ends above its start but below do-nothing is not flagged, one above both is."""
+    classes = {"size": np.array(["large", "large"], dtype=object)}
+    start = np.array([5e-4, 7e-4])
+    never = np.array([np.inf, np.inf])
+    tables = {
+        "do-nothing": {"initial_mae": start, "best_mae": start, "final_mae": 2 * start,
+                       "steps_to_target": never},
+        "better": {"initial_mae": start, "best_mae": start / 2, "final_mae": 1.5 * start,
+                   "steps_to_target": never},
+        "worse": {"initial_mae": start, "best_mae": start / 2, "final_mae": 3 * start,
+                  "steps_to_target": never},
+    }  # fmt: skip
+    names = {k: k for k in tables}
+    b = class_breakdown(tables, classes, names)
+    assert b["do-nothing"]["size:large"]["worse_than_start"]
+    assert not b["do-nothing"]["size:large"]["flagged"]
+    assert b["better"]["size:large"]["worse_than_start"]
+    assert not b["better"]["size:large"]["flagged"]
+    assert b["worse"]["size:large"]["flagged"]
+    # without do-nothing, the median initial MAE stands in for it
+    b = class_breakdown({"better": tables["better"]}, classes, {"better": "better"})
+    assert b["better"]["size:large"]["flagged"]

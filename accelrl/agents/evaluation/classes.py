@@ -35,9 +35,11 @@ groupings, from its target ``(mu_x, sigma_x, mu_y, sigma_y)`` [m] and hidden sta
 
 Per optimiser and class, :func:`class_breakdown` gives the number of trials and the medians
 of the initial, best and final MAE; a class is **flagged** when the optimiser's median
-final MAE is worse than its median initial MAE, or worse than do-nothing's median final
-MAE (the median initial MAE when do-nothing was not evaluated: in a world without drift,
-doing nothing keeps the initial MAE).
+final MAE is worse than its median initial MAE *and* worse than do-nothing's median final
+MAE in the class (when do-nothing was not evaluated, its stand-in is the median initial
+MAE: in a world without drift, doing nothing keeps the initial MAE). In a drifting world
+doing nothing itself ends worse than it started; an optimiser is flagged only when it does
+worse than that.
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ def class_breakdown(
     :return: ``{label: {"group:class": {n, median_initial_mae_um, median_best_mae_um,
         median_final_mae_um, fraction_reached_target, fraction_worse_than_start,
         worse_than_start, worse_than_do_nothing, flagged}}}`` (MAE in um; classes without
-        trials are left out). ``worse_than_do_nothing`` compares with do-nothing's median
+        trials are left out; ``flagged``: worse than its start and than do-nothing). ``worse_than_do_nothing`` compares with do-nothing's median
         final MAE in the class, or the median initial MAE when do-nothing was not run.
     """
     names = dict(names or {})
@@ -206,7 +208,7 @@ def class_breakdown(
                     "fraction_worse_than_start": float((final[m] > initial[m]).mean()),
                     "worse_than_start": bool(worse_start),
                     "worse_than_do_nothing": bool(worse_nothing),
-                    "flagged": bool(worse_start or worse_nothing),
+                    "flagged": bool(worse_start and worse_nothing),
                 }
     return out
 

@@ -508,14 +508,14 @@ def markdown_report(result: EvaluationResult, figures: Sequence[tuple[str, str]]
         "`centred` (|mu_x|, |mu_y| <= 0.5 mm) or `off-centre`; `reachable` `yes` when the "
         "model-based solve with the trial's true hidden state gets below 20 um. Medians per "
         "class, MAE in um; `ended worse`: share of trials whose final MAE is above their "
-        "initial MAE. `WORSE`: the median final MAE is above the median initial MAE, or "
+        "initial MAE. `WORSE`: the median final MAE is above the median initial MAE and "
         "above do-nothing's (the median initial MAE when do-nothing was not run).",
         "",
         _markdown_table(*class_rows(breakdown)),
         "",
     ]
     if breakdown["flagged"]:
-        lines += ["**Classes that end worse than they started:**", ""]
+        lines += ["**Classes that end worse than they started (and than do-nothing):**", ""]
         lines += [f"- {line}" for line in breakdown["flagged"]] + [""]
     else:
         lines += ["No optimiser ends worse than it started in any class (medians).", ""]
