@@ -173,8 +173,9 @@ def class_breakdown(
     :return: ``{label: {"group:class": {n, median_initial_mae_um, median_best_mae_um,
         median_final_mae_um, fraction_reached_target, fraction_worse_than_start,
         worse_than_start, worse_than_do_nothing, flagged}}}`` (MAE in um; classes without
-        trials are left out; ``flagged``: worse than its start and than do-nothing). ``worse_than_do_nothing`` compares with do-nothing's median
-        final MAE in the class, or the median initial MAE when do-nothing was not run.
+        trials are left out; ``flagged``: worse than its start and than do-nothing).
+        ``worse_than_do_nothing`` compares with do-nothing's median final MAE in the
+        class, or the median initial MAE when do-nothing was not run.
     """
     names = dict(names or {})
     reference = next((k for k, v in names.items() if v == DO_NOTHING), None)
