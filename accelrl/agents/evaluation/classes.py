@@ -129,6 +129,24 @@ def model_optimum(
     return out
 
 
+_OPTIMA: dict[tuple[str, str], dict[int, float]] = {}
+
+
+def trial_optimum(trials: Sequence[Trial], env_id: str, digest: str) -> dict[int, float] | None:
+    """Trial index -> :func:`model_optimum` [m], solved once per trial set (``digest``, see
+    :func:`~accelrl.agents.evaluation.trialset.trials_digest`) and process; ``None`` for a
+    task without a shipped lattice (no model to solve)."""
+    from accelrl.envs import TASKS
+
+    if TASKS[env_id]().lattice is None:
+        return None
+    key = (env_id, digest)
+    if key not in _OPTIMA:
+        values = model_optimum(trials, env_id)
+        _OPTIMA[key] = {int(t.index): float(v) for t, v in zip(trials, values, strict=True)}
+    return _OPTIMA[key]
+
+
 class _KnownState:
     """The hidden state of a trial as the model-based tuner's fit presents it."""
 

@@ -101,6 +101,7 @@ class EvaluationResult:
     summaries: dict[str, dict[str, Summary]]
     config: dict[str, Any]
     model_optimum: dict[int, float] | None = None
+    _optimum_source: tuple[list[Any], str, str] | None = field(default=None, repr=False)
     _episodes: dict[tuple[str, int], dict[str, np.ndarray]] = field(
         default_factory=dict, repr=False
     )
@@ -189,6 +190,12 @@ class EvaluationResult:
             out[label] = challenge_score(mae[ran], settings[ran]).as_dict()
         return out
 
+    def reachability_trials(self, trials: Sequence[Any], env_id: str, digest: str) -> None:
+        """Give the trials (:class:`~accelrl.envs.Trial`) whose model optimum the
+        breakdown solves when first asked (:func:`~accelrl.agents.evaluation.classes.
+        trial_optimum`), unless :attr:`model_optimum` is already known."""
+        self._optimum_source = (list(trials), env_id, digest)
+
     def breakdown(self) -> dict[str, Any]:
         """Results per target class (:mod:`~accelrl.agents.evaluation.classes`) and the
         RL4AA'25 score: ``{"classes": {label: {"group:class": {...}}}, "flagged": [lines],
@@ -197,6 +204,8 @@ class EvaluationResult:
         {...}}``."""
         from accelrl.agents.evaluation import classes as C
 
+        if self.model_optimum is None and self._optimum_source is not None:
+            self.model_optimum = C.trial_optimum(*self._optimum_source)
         tables = {label: self.trial_table(label) for label in self.optimisers}
         first = tables[self.optimisers[0]]
         targets = np.stack([first[f"target_{p}"] for p in BEAM_KEYS], axis=1)

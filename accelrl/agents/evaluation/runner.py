@@ -242,26 +242,6 @@ def resolve_world(
     return out, entry
 
 
-_OPTIMA: dict[tuple[str, str], dict[int, float]] = {}
-
-
-def trial_optimum(trials: Sequence[Trial], env_id: str, digest: str) -> dict[int, float] | None:
-    """Trial index -> model optimum [m] (:func:`~accelrl.agents.evaluation.classes.
-    model_optimum`), computed once per trial set (``digest``) and process; ``None`` for a
-    task without a shipped lattice (no model to solve)."""
-    from accelrl.envs import TASKS
-
-    if TASKS[env_id]().lattice is None:
-        return None
-    key = (env_id, digest)
-    if key not in _OPTIMA:
-        from accelrl.agents.evaluation.classes import model_optimum
-
-        values = model_optimum(trials, env_id)
-        _OPTIMA[key] = {int(t.index): float(v) for t, v in zip(trials, values, strict=True)}
-    return _OPTIMA[key]
-
-
 # --------------------------------------------------------------------------- provenance
 def _git() -> dict[str, Any]:
     """Commit of the accelrl checkout (and whether tracked files differ), if it is one."""
@@ -339,9 +319,10 @@ def evaluate_many(
         (``beam-animation``, ``beam-switch``), trial ``k`` of the evaluated list changes to
         the beam of trial ``k + 1`` (the last to the first's): on the published 300 trials,
         the published rule ``(i + 1) % 300``. Recorded in ``config["world"]``.
-    :param reachability: Compute each trial's model optimum for the ``reachable`` target
-        class of the breakdown (:mod:`~accelrl.agents.evaluation.classes`; ~0.3 s per
-        trial, once per trial set and process); ``False`` leaves that class out.
+    :param reachability: Give the result each trial's model optimum for the ``reachable``
+        target class of its breakdown (:mod:`~accelrl.agents.evaluation.classes`; ~0.3 s
+        per trial, solved when the breakdown is first needed, e.g. by ``out=``, once per
+        trial set and process); ``False`` leaves that class out.
     :raises ValueError: For invalid arguments, an ``out`` that holds files without
         ``resume``/``force``, or one whose evaluation differs from this one when resuming;
         errors of the simulation or of an optimiser factory propagate; errors of
@@ -513,12 +494,9 @@ def evaluate_many(
         records = pa.concat_tables([done[k].records for k in finished]).combine_chunks()
         table = pa.concat_tables([done[k].trials for k in finished]).combine_chunks()
         labels = [e.label for e in entries]
-        optimum = (
-            trial_optimum(trial_list, env_id, plan["trials"]["content_sha256"])
-            if reachability
-            else None
-        )
-        result = EvaluationResult(records, table, summarise_trials(table, labels), config, optimum)
+        result = EvaluationResult(records, table, summarise_trials(table, labels), config)
+        if reachability:  # solved when the breakdown is first asked for
+            result.reachability_trials(trial_list, env_id, plan["trials"]["content_sha256"])
         if out is not None:
             result.save(out)
     if interrupted is not None:
