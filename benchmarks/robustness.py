@@ -199,9 +199,13 @@ def main() -> None:
                 f"{_fmt(r['degradation_vs_ideal'], '.2f'):>8} "
                 f"{_fmt(r['rl4aa25_score'], '.4f'):>8}"
             )
+    bo = (
+        f" (BO: {args.bo_limit or len(BO_TRIALS)} of its 30 trials x {BO_STEPS} steps)"
+        if BO in optimisers
+        else ""
+    )
     print(
-        f"# {args.limit or 300} trials x {args.steps} steps (BO: "
-        f"{args.bo_limit or len(BO_TRIALS)} of its 30 trials x {BO_STEPS} steps), "
+        f"# {args.limit or 300} trials x {args.steps} steps{bo}, "
         f"{time.perf_counter() - t0:.0f} s; steps to 20um '-': the median trial never got there"
     )
     print(json.dumps(results, allow_nan=False))

@@ -176,7 +176,7 @@ class EvaluationResult:
         (:func:`~accelrl.agents.evaluation.challenge.challenge_score`: ``score``,
         ``median_final_mae`` [m], ``median_steps_to_convergence``, ``median_magnet_change``,
         ``n``) over the trials it ran; ``None`` for a task whose actuators are not the
-        challenge's five magnets."""
+        challenge's five magnets, or an optimiser without a finished trial."""
         from accelrl.agents.evaluation.challenge import MAGNET_SCALE, challenge_score
 
         out: dict[str, dict[str, float] | None] = {}
@@ -186,8 +186,8 @@ class EvaluationResult:
                 continue
             _, mae = self.mae_matrix(label)
             settings = self.settings_matrix(label)
-            ran = np.isfinite(mae[:, 0])
-            out[label] = challenge_score(mae[ran], settings[ran]).as_dict()
+            ran = np.isfinite(mae[:, 0])  # all trials, unless the run is partial
+            out[label] = challenge_score(mae[ran], settings[ran]).as_dict() if ran.any() else None
         return out
 
     def reachability_trials(self, trials: Sequence[Any], env_id: str, digest: str) -> None:
@@ -201,14 +201,25 @@ class EvaluationResult:
         RL4AA'25 score: ``{"classes": {label: {"group:class": {...}}}, "flagged": [lines],
         "rl4aa25_score": {label: {...}}, "trials": {"trial": [...], "size": [...],
         "position": [...], "reachable": [...], "model_optimum_m": [...]}, "definitions":
-        {...}}``."""
+        {...}}``. Classes are over the trials that every optimiser ran (all of them, unless
+        the result is the partial one of an interrupted run)."""
         from accelrl.agents.evaluation import classes as C
 
         if self.model_optimum is None and self._optimum_source is not None:
             self.model_optimum = C.trial_optimum(*self._optimum_source)
-        tables = {label: self.trial_table(label) for label in self.optimisers}
+        full = {label: self.trial_table(label) for label in self.optimisers}
+        # the trials every optimiser ran (all of them, unless the run is partial), in order
+        common = [int(t) for t in self.config["trials"]["indices"]]
+        for t in full.values():
+            ran = {int(x) for x in t["trial"]}
+            common = [i for i in common if i in ran]
+        tables = {}
+        for label, t in full.items():
+            row = {int(x): k for k, x in enumerate(t["trial"])}
+            take = np.array([row[i] for i in common], dtype=np.int64)
+            tables[label] = {name: col[take] for name, col in t.items()}
         first = tables[self.optimisers[0]]
-        targets = np.stack([first[f"target_{p}"] for p in BEAM_KEYS], axis=1)
+        targets = np.stack([first[f"target_{p}"] for p in BEAM_KEYS], axis=1).reshape(-1, 4)
         optimum = None
         if self.model_optimum is not None:
             optimum = np.array([self.model_optimum.get(int(t), np.nan) for t in first["trial"]])
