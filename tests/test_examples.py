@@ -21,6 +21,7 @@ EXAMPLES: dict[str, tuple[list[str], tuple[str, ...], str]] = {
     "lpa_surrogate.py": ([], ("onnxruntime",), "environment, 10 shots"),
     "virtual_accelerator_demo.py": ([], ("caproto",), "setpoints after the rollback"),
     "surrogates_generate.py": ([], ("wake_t",), "energy spread"),
+    "robust_evaluation.py": (["--trials", "2", "--steps", "8"], (), "per-class results"),
 }
 
 

@@ -8,7 +8,10 @@ Writes into ``--out``: ``records.parquet`` (every step, SI units, run config in 
 metadata), ``config.json``, ``trial_metrics.csv``, ``summary.json`` (per optimiser, for all
 trials and the ``sigma_pos`` subset: ``median_best_mae_um``, ``median_final_mae_um``,
 ``median_steps_to_target``, ``median_steps_to_convergence``, their IQRs, ...),
-``report.md`` and the PNG figures it shows.
+``breakdown.json`` (results per target class, the classes where an optimiser ends worse
+than it started, the RL4AA'25 challenge score of every optimiser), ``report.md`` and the
+PNG figures it shows. ``--world`` sets the world (default ``ideal``, recorded in
+``config.json``); ``--protocol rl4aa25`` evaluates the RL4AA'25 challenge's trials.
 
 Each finished chunk of trials is written to ``--out``/parts as soon as it finishes. Ctrl-C
 (or SIGTERM) writes the finished trials as a partial result (``config.json``: ``"status":
@@ -113,6 +116,28 @@ def print_summary(result) -> None:  # noqa: ANN001 - lazy import
     console.print(_CAPTION, style="dim")
 
 
+def print_breakdown(result) -> None:  # noqa: ANN001 - lazy import
+    """Print the results per target class, the flagged classes and the RL4AA'25 scores."""
+    from accelrl.agents.evaluation.report import class_rows, score_rows
+
+    breakdown = result.breakdown()
+    for title, (header, rows) in (
+        ("by target class (medians, MAE in um)", class_rows(breakdown)),
+        ("RL4AA'25 challenge score (lower is better)", score_rows(breakdown)),
+    ):
+        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+        for i, h in enumerate(header):
+            fit = max([len(w) for w in h.split()] + [len(r[i]) for r in rows])
+            table.add_column(
+                escape(h), justify="left" if i < 2 else "right", no_wrap=i < 2, min_width=fit
+            )
+        for row in rows:
+            table.add_row(*(escape(x) for x in row))
+        console.print(table)
+    for line in breakdown["flagged"]:
+        warn(f"ends worse than it started: {line}")
+
+
 def evaluate_command(
     optimiser: Annotated[
         list[str],
@@ -185,6 +210,32 @@ def evaluate_command(
             "--force", help="Replace the evaluation in --out (its files and figures are removed)."
         ),
     ] = False,
+    world: Annotated[
+        str,
+        typer.Option(
+            "--world",
+            help="World between the optimisers and the beam: a preset (ideal, ares-realistic, "
+            "harsh), a preset with scenario overlays (ares-realistic+q3-failure) or a world "
+            "YAML file.",
+        ),
+    ] = "ideal",
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            "--protocol",
+            help="Named protocol instead of --trials: published (the 300 trials) or rl4aa25 "
+            "(20 trials with the RL4AA'25 challenge's ranges, target 0).",
+            show_default=False,
+        ),
+    ] = None,
+    reachability: Annotated[
+        bool,
+        typer.Option(
+            "--reachability/--no-reachability",
+            help="Solve each trial's model optimum for the 'reachable' target class "
+            "(~0.3 s per trial).",
+        ),
+    ] = True,
 ) -> None:
     """Evaluate optimisers on a trial set; write records, summary.json, report.md and plots."""
     from accelrl.agents.evaluation import evaluate_many
@@ -207,6 +258,9 @@ def evaluate_command(
             out=out,
             resume=resume,
             force=force,
+            world=world,
+            reachability=reachability,
+            protocol=protocol,
         )
     except (ValueError, TypeError, ImportError, FileNotFoundError) as err:
         raise fail(str(err)) from None
@@ -228,6 +282,7 @@ def evaluate_command(
     report = write_report(result, out, examples=example)
 
     print_summary(result)
+    print_breakdown(result)
     c = result.config
     failed = sum(int(v) for v in result.trials["failed"].to_pylist())
     if failed:

@@ -51,6 +51,7 @@ from accelrl.protocol import BatchOptimiser, ObservationBatch, Optimiser, Proble
 
 if TYPE_CHECKING:
     from accelrl.envs import TransverseTuningVectorEnv, Trial
+    from accelrl.envs.world import WorldSpec
 
 #: ``(trial index, step, info of that trial)``: called after every recorded step.
 StepHook = Callable[[int, int, Mapping[str, Any]], None]
@@ -72,19 +73,28 @@ _ENVS = threading.local()
 
 
 def evaluation_env(
-    env_id: str, backend: str, num_envs: int, max_steps: int
+    env_id: str,
+    backend: str,
+    num_envs: int,
+    max_steps: int,
+    world: WorldSpec | None = None,
 ) -> TransverseTuningVectorEnv:
     """This thread's vector environment of task ``env_id`` for evaluation (``"direct"``
     actions, termination disabled, ``num_envs`` environments, truncation after
-    ``max_steps``) on ``backend``; built once, every batch resets it fully.
+    ``max_steps``) on ``backend`` in ``world``; built once, every batch resets it fully.
 
-    :raises ValueError: For an unregistered ``env_id``.
+    :param world: The world between the optimiser and the beam
+        (:class:`~accelrl.envs.world.WorldSpec`); ``None``: the task spec's own world
+        (``ideal`` for the shipped tasks).
+    :raises ValueError: For an unregistered ``env_id``, or a world that does not fit the
+        task (:class:`~accelrl.envs.world.WorldError`).
     """
-    cache: dict[tuple[str, str, int, int], TransverseTuningVectorEnv] = (
+    cache: dict[tuple[str, str, int, int, str], TransverseTuningVectorEnv] = (
         getattr(_ENVS, "envs", None) or {}
     )
     _ENVS.envs = cache
-    key = (env_id, backend, int(num_envs), int(max_steps))
+    wkey = "" if world is None else world.model_dump_json()
+    key = (env_id, backend, int(num_envs), int(max_steps), wkey)
     if key not in cache:
         from accelrl.envs import TASKS, TransverseTuningVectorEnv
 
@@ -97,8 +107,20 @@ def evaluation_env(
             backend=backend,
             action_mode="direct",
             terminate_on_target=False,
+            world=world,
         )
     return cache[key]
+
+
+def needs_to_trial(world: WorldSpec | None) -> bool:
+    """Whether ``world`` changes the incoming beam to another trial's (an
+    :class:`~accelrl.envs.world.IncomingChange` with ``to: other``), so that a trial's reset
+    takes the beam it changes to (``to_trial``)."""
+    from accelrl.envs.world import IncomingChange
+
+    return world is not None and any(
+        isinstance(s, IncomingChange) and s.to == "other" for s in world.scenarios
+    )
 
 
 def trial_problem(
@@ -217,6 +239,7 @@ def run_trials(
     max_steps: int,
     seed: int,
     on_step: StepHook | None = None,
+    to_trials: Mapping[int, Trial] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``optimiser`` on ``trials`` under the protocol (see the module documentation).
 
@@ -227,6 +250,9 @@ def run_trials(
     :param max_steps: Steps per trial.
     :param seed: Base seed; trial ``t`` uses ``trial_seed(seed, t.index)``.
     :param on_step: Called with ``(trial index, step, info)`` after every recorded step.
+    :param to_trials: Trial index -> the trial whose incoming beam the world's beam change
+        goes to (reset option ``"to_trial"``; for worlds with an incoming-beam change to
+        another beam, see :func:`needs_to_trial`); ``None``: no such option.
     :return: One record per trial: ``trial``, ``seed``, ``target``, the per-step arrays of
         the steps that ran (``settings, beam, reading, mae, reward, on_screen, clipped,
         ask_time_s``), ``error`` (``None`` when none), ``reset_time_s`` and ``wall_s``.
@@ -241,7 +267,7 @@ def run_trials(
         )
     out: list[dict[str, Any]] = []
     for group in groups:
-        out += _run_group(env, optimiser, batched, group, max_steps, seed, on_step)
+        out += _run_group(env, optimiser, batched, group, max_steps, seed, on_step, to_trials)
     return out
 
 
@@ -253,13 +279,17 @@ def _run_group(
     max_steps: int,
     seed: int,
     on_step: StepHook | None,
+    to_trials: Mapping[int, Trial] | None = None,
 ) -> list[dict[str, Any]]:
     """The trials of one vector environment, stepped together."""
     start = time.perf_counter()
     n, names = len(trials), [a.name for a in env.task.actuators]
     low, high = env.core.low, env.core.high
     seeds = [trial_seed(seed, t.index) for t in trials]
-    _, info = env.reset(seed=seeds, options={"trial": list(trials)})
+    options: dict[str, Any] = {"trial": list(trials)}
+    if to_trials is not None:
+        options["to_trial"] = [to_trials[int(t.index)] for t in trials]
+    _, info = env.reset(seed=seeds, options=options)
     target = np.array(info["target"], dtype=np.float64)
     problems = [trial_problem(env, info, i, max_steps, seeds[i]) for i in range(n)]
     ep = _Episodes(n, len(names), max_steps)

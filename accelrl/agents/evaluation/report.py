@@ -116,6 +116,59 @@ def summary_rows(result: EvaluationResult) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def class_rows(breakdown: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the per-class table: optimiser, class, trials, median initial /
+    best / final MAE [um], reached, worse than start, flag (``WORSE`` when flagged)."""
+    header = [
+        "optimiser",
+        "class",
+        "trials",
+        "initial MAE",
+        "best MAE",
+        "final MAE",
+        "reached",
+        "ended worse",
+        "flag",
+    ]
+    rows = []
+    for label, per in breakdown["classes"].items():
+        for key, e in per.items():
+            rows.append(
+                [
+                    label,
+                    key,
+                    str(e["n"]),
+                    f"{e['median_initial_mae_um']:.1f}",
+                    f"{e['median_best_mae_um']:.2f}",
+                    f"{e['median_final_mae_um']:.2f}",
+                    f"{100 * e['fraction_reached_target']:.0f}%",
+                    f"{100 * e['fraction_worse_than_start']:.0f}%",
+                    "WORSE" if e["flagged"] else "",
+                ]
+            )
+    return header, rows
+
+
+def score_rows(breakdown: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the RL4AA'25 score table (one row per optimiser)."""
+    header = ["optimiser", "score", "median final MAE [um]", "median steps", "median change"]
+    rows = []
+    for label, s in breakdown["rl4aa25_score"].items():
+        if s is None:
+            rows.append([label, "n/a", "", "", ""])
+            continue
+        rows.append(
+            [
+                label,
+                f"{s['score']:.4f}",
+                f"{s['median_final_mae'] * 1e6:.2f}",
+                f"{s['median_steps_to_convergence']:g}",
+                f"{s['median_magnet_change']:.3f}",
+            ]
+        )
+    return header, rows
+
+
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     right = [i >= 2 for i in range(len(header))]
     lines = ["| " + " | ".join(header) + " |"]
@@ -416,6 +469,8 @@ def markdown_report(result: EvaluationResult, figures: Sequence[tuple[str, str]]
     lines += [
         f"- task: `{c['env_id']}`, backend `{c['backend']}`, {c['max_steps']} steps per trial, "
         f"seed {c['seed']} (trial seed = {c['trial_seed']})",
+        f"- world: `{c.get('world', {}).get('name', 'ideal')}`"
+        + (f" (`{c['world']['source']}`)" if c.get("world") else ""),
         f"- trials: {trials['n']} from {source}"
         + (f" (first {trials['limit']})" if trials.get("limit") else "")
         + (f", sha256 `{trials['sha256'][:12]}`" if trials.get("sha256") else ""),
@@ -442,6 +497,38 @@ def markdown_report(result: EvaluationResult, figures: Sequence[tuple[str, str]]
         "answered NaN) is counted with the steps it ran. ask: median wall time of one answer.",
         "",
         _markdown_table(*summary_rows(result)),
+        "",
+    ]
+    breakdown = result.breakdown()
+    lines += [
+        "## By target class",
+        "",
+        "Every trial is in one class of each grouping (`docs/evaluation.md`): size `zero` (a "
+        "target size is 0), `small` (both > 0, the larger < 200 um), `large`; position "
+        "`centred` (|mu_x|, |mu_y| <= 0.5 mm) or `off-centre`; `reachable` `yes` when the "
+        "model-based solve with the trial's true hidden state gets below 20 um. Medians per "
+        "class, MAE in um; `ended worse`: share of trials whose final MAE is above their "
+        "initial MAE. `WORSE`: the median final MAE is above the median initial MAE and "
+        "above do-nothing's (the median initial MAE when do-nothing was not run).",
+        "",
+        _markdown_table(*class_rows(breakdown)),
+        "",
+    ]
+    if breakdown["flagged"]:
+        lines += ["**Classes that end worse than they started (and than do-nothing):**", ""]
+        lines += [f"- {line}" for line in breakdown["flagged"]] + [""]
+    else:
+        lines += ["No optimiser ends worse than it started in any class (medians).", ""]
+    lines += [
+        "## RL4AA'25 challenge score",
+        "",
+        "Lower is better: 3 x 250 x median final MAE [m] + 0.5 x median steps to "
+        "convergence at 40 um / 150 (150 where the final MAE is not below the initial) + "
+        "0.5 x median sum of magnet changes normalised by (30, 30, 6.1782e-3, 30, "
+        "6.1782e-3) / (5 x 150); the challenge's constants, comparable to its scores for "
+        "150-step ARES-EA episodes only.",
+        "",
+        _markdown_table(*score_rows(breakdown)),
         "",
     ]
     failures = []

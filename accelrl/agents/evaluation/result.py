@@ -39,6 +39,7 @@ OUTPUT_FILES: tuple[str, ...] = (
     "config.json",
     "trial_metrics.csv",
     "summary.json",
+    "breakdown.json",
     "report.md",
     "*.png",
     "parts",
@@ -90,12 +91,17 @@ class EvaluationResult:
     :param config: Run configuration and provenance (JSON-serialisable); ``status`` is
         ``"partial"`` for the finished trials of an interrupted run (``trials_done`` counts
         them per optimiser), ``"complete"`` otherwise.
+    :param model_optimum: Trial index -> model optimum [m]
+        (:func:`~accelrl.agents.evaluation.classes.model_optimum`), for the ``reachable``
+        class; ``None``: not computed (the breakdown leaves that grouping out).
     """
 
     records: pa.Table
     trials: pa.Table
     summaries: dict[str, dict[str, Summary]]
     config: dict[str, Any]
+    model_optimum: dict[int, float] | None = None
+    _optimum_source: tuple[list[Any], str, str] | None = field(default=None, repr=False)
     _episodes: dict[tuple[str, int], dict[str, np.ndarray]] = field(
         default_factory=dict, repr=False
     )
@@ -143,6 +149,99 @@ class EvaluationResult:
             if last.size and last[-1] < out.shape[1] - 1:
                 out[i, last[-1] + 1 :] = out[i, last[-1]]
         return np.array(order), out
+
+    def settings_matrix(self, optimiser: str) -> np.ndarray:
+        """Settings ``[N, max_steps + 1, K]`` (SI) of one optimiser, trials in config order;
+        a failed trial's last settings are carried forward (the machine keeps them)."""
+        self._check_label(optimiser)
+        opt = np.asarray(self.records["optimiser"].to_numpy(zero_copy_only=False))
+        sel = opt == optimiser
+        trial = self.records["trial"].to_numpy()[sel]
+        step = self.records["step"].to_numpy()[sel]
+        order = [int(i) for i in self.config["trials"]["indices"]]
+        row = {t: i for i, t in enumerate(order)}
+        names = self.actuator_names
+        out = np.full((len(order), int(self.config["max_steps"]) + 1, len(names)), np.nan)
+        rows = [row[int(t)] for t in trial]
+        for k, name in enumerate(names):
+            out[rows, step, k] = self.records[f"setting_{name}"].to_numpy()[sel]
+        for i in range(out.shape[0]):
+            last = np.flatnonzero(np.isfinite(out[i, :, 0]))
+            if last.size and last[-1] < out.shape[1] - 1:
+                out[i, last[-1] + 1 :] = out[i, last[-1]]
+        return out
+
+    def challenge_scores(self) -> dict[str, dict[str, float] | None]:
+        """The RL4AA'25 challenge score of every optimiser
+        (:func:`~accelrl.agents.evaluation.challenge.challenge_score`: ``score``,
+        ``median_final_mae`` [m], ``median_steps_to_convergence``, ``median_magnet_change``,
+        ``n``) over the trials it ran; ``None`` for a task whose actuators are not the
+        challenge's five magnets, or an optimiser without a finished trial."""
+        from accelrl.agents.evaluation.challenge import MAGNET_SCALE, challenge_score
+
+        out: dict[str, dict[str, float] | None] = {}
+        for label in self.optimisers:
+            if len(self.actuator_names) != len(MAGNET_SCALE):
+                out[label] = None
+                continue
+            _, mae = self.mae_matrix(label)
+            settings = self.settings_matrix(label)
+            ran = np.isfinite(mae[:, 0])  # all trials, unless the run is partial
+            out[label] = challenge_score(mae[ran], settings[ran]).as_dict() if ran.any() else None
+        return out
+
+    def reachability_trials(self, trials: Sequence[Any], env_id: str, digest: str) -> None:
+        """Give the trials (:class:`~accelrl.envs.Trial`) whose model optimum the
+        breakdown solves when first asked (:func:`~accelrl.agents.evaluation.classes.
+        trial_optimum`), unless :attr:`model_optimum` is already known."""
+        self._optimum_source = (list(trials), env_id, digest)
+
+    def breakdown(self) -> dict[str, Any]:
+        """Results per target class (:mod:`~accelrl.agents.evaluation.classes`) and the
+        RL4AA'25 score: ``{"classes": {label: {"group:class": {...}}}, "flagged": [lines],
+        "rl4aa25_score": {label: {...}}, "trials": {"trial": [...], "size": [...],
+        "position": [...], "reachable": [...], "model_optimum_m": [...]}, "definitions":
+        {...}}``. Classes are over the trials that every optimiser ran (all of them, unless
+        the result is the partial one of an interrupted run)."""
+        from accelrl.agents.evaluation import classes as C
+
+        if self.model_optimum is None and self._optimum_source is not None:
+            self.model_optimum = C.trial_optimum(*self._optimum_source)
+        full = {label: self.trial_table(label) for label in self.optimisers}
+        # the trials every optimiser ran (all of them, unless the run is partial), in order
+        common = [int(t) for t in self.config["trials"]["indices"]]
+        for t in full.values():
+            ran = {int(x) for x in t["trial"]}
+            common = [i for i in common if i in ran]
+        tables = {}
+        for label, t in full.items():
+            row = {int(x): k for k, x in enumerate(t["trial"])}
+            take = np.array([row[i] for i in common], dtype=np.int64)
+            tables[label] = {name: col[take] for name, col in t.items()}
+        first = tables[self.optimisers[0]]
+        targets = np.stack([first[f"target_{p}"] for p in BEAM_KEYS], axis=1).reshape(-1, 4)
+        optimum = None
+        if self.model_optimum is not None:
+            optimum = np.array([self.model_optimum.get(int(t), np.nan) for t in first["trial"]])
+        cls = C.trial_classes(targets, optimum)
+        names = {o["label"]: o["name"] for o in self.config["optimisers"]}
+        per = C.class_breakdown(tables, cls, names)
+        trials: dict[str, list[Any]] = {"trial": [int(t) for t in first["trial"]]}
+        trials.update({k: [str(x) for x in v] for k, v in cls.items()})
+        if optimum is not None:
+            trials["model_optimum_m"] = [C.finite_or_none(float(x)) for x in optimum]
+        return {
+            "definitions": {
+                "small_size_m": C.SMALL_SIZE,
+                "centred_m": C.CENTRED,
+                "reachable_mae_m": C.REACHABLE_MAE,
+                "reachability_starts": C.REACHABILITY_STARTS,
+            },
+            "classes": per,
+            "flagged": C.flagged(per),
+            "rl4aa25_score": self.challenge_scores(),
+            "trials": trials,
+        }
 
     def episode(self, optimiser: str, trial: int) -> dict[str, np.ndarray]:
         """All record columns of one optimiser's trial, by step."""
@@ -206,6 +305,8 @@ class EvaluationResult:
         )
         atomic_write(d / "trial_metrics.csv", lambda tmp: pcsv.write_csv(self.trials, tmp))
         atomic_write_text(d / "summary.json", summary + "\n")
+        breakdown = json.dumps(self.breakdown(), indent=2, allow_nan=False)
+        atomic_write_text(d / "breakdown.json", breakdown + "\n")
         atomic_write_text(d / "config.json", config + "\n")  # last: the run's status
         return d
 
@@ -236,11 +337,20 @@ class EvaluationResult:
             ),
         )
         trials = trials.select([name for name, _ in _TRIAL_TYPES])
+        optimum = None
+        if (d / "breakdown.json").is_file():
+            saved = json.loads((d / "breakdown.json").read_text()).get("trials", {})
+            if "model_optimum_m" in saved:
+                optimum = {
+                    int(t): (math.nan if v is None else float(v))
+                    for t, v in zip(saved["trial"], saved["model_optimum_m"], strict=True)
+                }
         return cls(
             records,
             trials,
             summarise_trials(trials, [o["label"] for o in config["optimisers"]]),
             config,
+            optimum,
         )
 
 

@@ -44,7 +44,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from accelrl.agents.evaluation.loop import TRIAL_SEED_RULE, StepHook, evaluation_env, run_trials
+from accelrl.agents.evaluation.loop import (
+    TRIAL_SEED_RULE,
+    StepHook,
+    evaluation_env,
+    needs_to_trial,
+    run_trials,
+)
 from accelrl.agents.evaluation.result import (
     FORMAT_VERSION,
     OUTPUT_FILES,
@@ -74,6 +80,7 @@ from accelrl.protocol import BatchOptimiser, Optimiser
 
 if TYPE_CHECKING:
     from accelrl.envs import Trial
+    from accelrl.envs.world import WorldSpec
 
 #: Default task.
 DEFAULT_ENV_ID = ARES_EA_ID
@@ -177,17 +184,62 @@ def _run_chunk(
     backend: str,
     seed: int,
     env_id: str,
+    world: WorldSpec | None = None,
+    to_trials: Mapping[int, Trial] | None = None,
     on_step: StepHook | None = None,
 ) -> list[dict[str, Any]]:
     """Worker task: one optimiser instance for the trials of the chunk."""
-    env = evaluation_env(env_id, backend, len(trials) if batched else 1, max_steps)
+    env = evaluation_env(env_id, backend, len(trials) if batched else 1, max_steps, world)
     optimiser = factory()
     try:
-        return run_trials(env, optimiser, trials, max_steps, seed, on_step)
+        return run_trials(env, optimiser, trials, max_steps, seed, on_step, to_trials)
     finally:
         close = getattr(optimiser, "close", None)
         if callable(close):
             close()
+
+
+# --------------------------------------------------------------------------- world
+def resolve_world(
+    world: str | Path | WorldSpec | Mapping[str, Any] | None,
+    spec: Any,
+    max_steps: int,
+    seed: int,
+) -> tuple[WorldSpec | None, dict[str, Any]]:
+    """The world of an evaluation, checked against the task, and its record for the run's
+    config: ``name``, ``source`` (file(s) or name), ``ideal`` (changes nothing), ``seed``
+    (the run's base seed: the world's draws of trial ``t`` use the trial seed
+    :data:`~accelrl.agents.evaluation.loop.TRIAL_SEED_RULE`), ``seed_rule`` and ``spec``
+    (every value of the world).
+
+    :param world: See :func:`evaluate_many`.
+    :param spec: The task spec (:class:`~accelrl.envs.spec.TaskSpec`).
+    :param max_steps: Steps per trial; a scenario must happen within them.
+    :param seed: The run's base seed.
+    :return: ``(world or None for the task's own world, record)``.
+    :raises ValueError: (:class:`~accelrl.envs.world.WorldError`) For an unknown name, a
+        missing or invalid file, or a world that does not fit the task, naming the file,
+        the field and the value.
+    """
+    from accelrl.envs.world import WorldSpec as _WorldSpec
+    from accelrl.envs.world import load_world
+
+    if world is None:
+        resolved = spec.world if spec.world is not None else load_world(None)
+        out: _WorldSpec | None = None
+    else:
+        resolved = world if isinstance(world, _WorldSpec) else load_world(world)
+        resolved.check(spec, max_steps)
+        out = resolved
+    entry = {
+        "name": resolved.name or "ideal",
+        "source": resolved.source,
+        "ideal": resolved.is_ideal,
+        "seed": int(seed),
+        "seed_rule": TRIAL_SEED_RULE,
+        "spec": resolved.model_dump(mode="json"),
+    }
+    return out, entry
 
 
 # --------------------------------------------------------------------------- provenance
@@ -219,6 +271,9 @@ def evaluate_many(
     out: str | Path | None = None,
     resume: bool = False,
     force: bool = False,
+    world: str | Path | WorldSpec | Mapping[str, Any] | None = None,
+    reachability: bool = True,
+    protocol: str | None = None,
 ) -> EvaluationResult:
     """Evaluate several optimisers on the same trials, as one comparative result.
 
@@ -254,6 +309,20 @@ def evaluate_many(
     :param resume: Continue the evaluation in ``out`` (same settings required), running
         only the chunks it does not hold.
     :param force: Replace what ``out`` holds (the earlier run's files are removed first).
+    :param world: The world between the optimisers and the beam (:mod:`accelrl.envs.world`):
+        a shipped preset (``"ideal"``, ``"ares-realistic"``, ``"harsh"``), a preset with
+        scenario overlays (``"ares-realistic+q3-failure"``), a YAML path, a mapping or a
+        :class:`~accelrl.envs.world.WorldSpec`; ``None`` (default): the task spec's world
+        (``ideal`` for the shipped tasks). ``"ideal"`` gives exactly the records of ``None``.
+        The world's randomness (magnet errors, noise, drift, failures) follows the trial
+        seed, like the rest of the trial. In a world whose incoming beam changes to another
+        (``beam-animation``, ``beam-switch``), trial ``k`` of the evaluated list changes to
+        the beam of trial ``k + 1`` (the last to the first's): on the published 300 trials,
+        the published rule ``(i + 1) % 300``. Recorded in ``config["world"]``.
+    :param reachability: Give the result each trial's model optimum for the ``reachable``
+        target class of its breakdown (:mod:`~accelrl.agents.evaluation.classes`; ~0.3 s
+        per trial, solved when the breakdown is first needed, e.g. by ``out=``, once per
+        trial set and process); ``False`` leaves that class out.
     :raises ValueError: For invalid arguments, an ``out`` that holds files without
         ``resume``/``force``, or one whose evaluation differs from this one when resuming;
         errors of the simulation or of an optimiser factory propagate; errors of
@@ -274,8 +343,28 @@ def evaluate_many(
         raise ValueError(f"unknown environment {env_id!r}; registered: {sorted(TASKS)}")
     if on_step is not None and executor != "serial":
         raise ValueError("on_step needs executor='serial' (it runs in this process)")
+    protocol_name = None
+    if protocol is not None:
+        from accelrl.agents.evaluation.protocols import protocol as get_protocol
+
+        chosen = get_protocol(protocol)
+        if trials is not None:
+            raise ValueError(f"give either trials or protocol={protocol!r}, not both")
+        if env_id != chosen.env_id:
+            raise ValueError(f"protocol {protocol!r} is for {chosen.env_id}, not {env_id}")
+        protocol_name = chosen.name
+        if chosen.name != "published":
+            trials = chosen.trials()
     spec = TASKS[env_id]()
     trial_list, trial_source = resolve_trials(trials, limit)
+    if protocol_name is not None:
+        trial_source["protocol"] = protocol_name
+    world_spec, world_entry = resolve_world(world, spec, max_steps, seed)
+    to_trials = (
+        {int(t.index): trial_list[(k + 1) % len(trial_list)] for k, t in enumerate(trial_list)}
+        if needs_to_trial(world_spec)
+        else None
+    )
     entries = _entries(optimisers)
     chunks = chunk_trials(trial_list, chunk_size)
     keys = ("name", "element", "attribute", "unit", "low", "high")
@@ -293,7 +382,10 @@ def evaluate_many(
             "indices": trial_source["indices"],
         },
         "chunk_size": len(chunks[0]),
+        "world": world_entry,
     }
+    if protocol_name is not None:
+        plan["protocol"] = protocol_name
     order = [(i, j) for i in range(len(entries)) for j in range(len(chunks))]
     local = executor in (None, "process") and dask_address is None  # a pool started here
     if local:  # checked before anything is written
@@ -337,7 +429,7 @@ def evaluate_many(
         interrupt_on_sigterm(),
         executor_scope(executor, workers, dask_address, initializer) as (pool, kind, n_workers),
     ):
-        args = (max_steps, backend, seed, env_id)
+        args = (max_steps, backend, seed, env_id, world_spec, to_trials)
         jobs = [
             (i, j, (entries[i].factory, entries[i].batched, chunks[j]))
             for i, j in order
@@ -403,6 +495,8 @@ def evaluate_many(
         table = pa.concat_tables([done[k].trials for k in finished]).combine_chunks()
         labels = [e.label for e in entries]
         result = EvaluationResult(records, table, summarise_trials(table, labels), config)
+        if reachability:  # solved when the breakdown is first asked for
+            result.reachability_trials(trial_list, env_id, plan["trials"]["content_sha256"])
         if out is not None:
             result.save(out)
     if interrupted is not None:
@@ -430,6 +524,9 @@ def evaluate(
     out: str | Path | None = None,
     resume: bool = False,
     force: bool = False,
+    world: str | Path | WorldSpec | Mapping[str, Any] | None = None,
+    reachability: bool = True,
+    protocol: str | None = None,
 ) -> EvaluationResult:
     """Evaluate one optimiser on every trial (see the module docs for the protocol).
 
@@ -468,4 +565,7 @@ def evaluate(
         out=out,
         resume=resume,
         force=force,
+        world=world,
+        reachability=reachability,
+        protocol=protocol,
     )
