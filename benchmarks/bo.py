@@ -50,29 +50,30 @@ PUBLISHED_BO = (45.0, 32)
 def run_trial(variant: str, index: int, steps: int) -> dict[str, Any]:
     """One trial of one variant under the evaluation protocol (worker side)."""
     from accelrl.agents.bo import BOOptimiser
-    from accelrl.agents.evaluation import evaluation_env, observation, trial_problem, trial_seed
+    from accelrl.agents.evaluation import run_trials
+    from accelrl.agents.evaluation.loop import evaluation_env
     from accelrl.agents.evaluation.metrics import trial_metrics
     from accelrl.envs import load_trials
 
     trial = load_trials()[index]
-    env = evaluation_env("accelrl/AresEATransverseTuning-v0", "fast")
-    low, high = env.core.low, env.core.high
-    seed = trial_seed(0, trial.index)
-    _, info = env.reset(seed=seed, options={"trial": trial})
-    target = np.array(info["target"], dtype=np.float64)
+    env = evaluation_env("accelrl/AresEATransverseTuning-v0", "fast", 1, steps)
     optimiser = BOOptimiser(**VARIANTS[variant])
-    optimiser.reset(trial_problem(env, info, steps, seed))
-    mae, suggest_s, suggest_cpu_s, fallback = [info["mae"]], [], [], []
-    for s in range(1, steps + 1):
-        x = optimiser.ask(observation(info, target, s - 1))
+    suggest_s: list[float] = []
+    suggest_cpu_s: list[float] = []
+    fallback: list[bool] = []
+
+    def diagnose(_trial: int, _step: int, _info: Any) -> None:
         diag = optimiser.session.diagnostics()
         if diag["mode"] == "bo":
             suggest_s.append(diag["suggest_s"])
             suggest_cpu_s.append(diag["suggest_cpu_s"])
         fallback.append(bool(diag["prior_fallback"]))
-        _, _, _, _, info = env.step(np.clip(x, low, high))
-        mae.append(info["mae"])
-    m = trial_metrics(np.array(mae))
+
+    (record,) = run_trials(env, optimiser, [trial], steps, seed=0, on_step=diagnose)
+    if record["error"] is not None:
+        raise RuntimeError(f"{variant} trial {index}: {record['error']}")
+    mae = np.asarray(record["mae"], dtype=np.float64)
+    m = trial_metrics(mae)
     return {
         "variant": variant,
         "trial": index,
@@ -81,9 +82,9 @@ def run_trial(variant: str, index: int, steps: int) -> dict[str, Any]:
         "steps_to_convergence": m.steps_to_convergence,
         "suggest_s": suggest_s,
         "suggest_cpu_s": suggest_cpu_s,
-        "fallback_final": fallback[-1],
+        "fallback_final": fallback[-1] if fallback else False,
         "fallback_any": any(fallback),
-        "mae": mae,
+        "mae": mae.tolist(),
     }
 
 
@@ -102,7 +103,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from accelrl.agents.evaluation import init_worker
+    from accelrl.execution import one_thread
     from accelrl.progress import progress_bar
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -113,7 +114,7 @@ def main() -> None:
     jobs = [(v, t) for t in trials for v in variants]
     results: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    with cf.ProcessPoolExecutor(max_workers=args.workers, initializer=init_worker) as pool:
+    with cf.ProcessPoolExecutor(max_workers=args.workers, initializer=one_thread) as pool:
         futures = [pool.submit(run_trial, v, t, args.steps) for v, t in jobs]
         with progress_bar(middle=["trials"]) as bar:
             task = bar.add_task("BO trials", total=len(jobs))
