@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from accelrl.bundle import ObservationHistory
 from accelrl.names import ARES_EA_ID
 from accelrl.protocol import Observation, ObservationBatch, Problem
 
@@ -235,7 +236,7 @@ class PolicyOptimiser:
     one forward pass.
 
     A policy with ``history`` keeps the past observations of each episode
-    (:class:`ObservationHistory`), cleared by ``reset``/``reset_batch``.
+    (:class:`~accelrl.bundle.ObservationHistory`), cleared by ``reset``/``reset_batch``.
 
     :param policy: The policy.
     :param name: Name in reports (default ``"policy"``).
@@ -286,41 +287,6 @@ class PolicyOptimiser:
         obs = self._history.push(obs)
         delta = np.clip(self.policy.act(obs), -max_delta, max_delta)
         return np.clip(observations.magnets + delta, low, high)
-
-
-class ObservationHistory:
-    """The past observations a history policy sees, for a batch of episodes.
-
-    :meth:`push` takes the current flat observations ``[N, 8 + K]`` and returns the
-    policy's input ``[N, 8 + K + H (4 + K)]``: the observation, then the ``beam`` and
-    ``magnets`` parts of the ``H`` previous ones, newest first. At the first step of an
-    episode (after :meth:`clear`) the past is filled with the first observation (no change
-    since). With ``H = 0`` it returns the observation unchanged.
-
-    :param history: ``H``, past observations kept.
-    :param n_act: ``K``, actuators.
-    """
-
-    def __init__(self, history: int, n_act: int) -> None:
-        self.history = history
-        self.width = 4 + n_act
-        self._past: np.ndarray | None = None  # [N, H, 4 + K], newest first
-
-    def clear(self) -> None:
-        """Forget the past (a new episode)."""
-        self._past = None
-
-    def push(self, obs: np.ndarray) -> np.ndarray:
-        """Input of the policy for observations ``obs`` ``[N, 8 + K]``; remembers them."""
-        if not self.history:
-            return obs
-        obs = np.asarray(obs, np.float64)
-        now = obs[:, None, : self.width]
-        if self._past is None or len(self._past) != len(obs):
-            self._past = np.repeat(now, self.history, axis=1)
-        full = np.concatenate([obs, self._past.reshape(len(obs), -1)], axis=1)
-        self._past = np.concatenate([now, self._past[:, :-1]], axis=1)
-        return full
 
 
 def load_policy_optimiser(path: str | Path) -> PolicyOptimiser:

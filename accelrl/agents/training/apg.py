@@ -170,7 +170,10 @@ def train_apg(
         optimiser, config.iterations, eta_min=0.05 * config.learning_rate
     )
     robust = (
-        world is not None or config.reading_noise > 0 or config.history > 0 or config.hold_penalty > 0
+        world is not None
+        or config.reading_noise > 0
+        or config.history > 0
+        or config.hold_penalty > 0
     )
     train_world = (
         TrainingWorld(world, spec, generator, config.ideal_fraction, config.reading_noise)
