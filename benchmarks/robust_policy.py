@@ -96,8 +96,14 @@ def main() -> None:
     trials = load_trials()[: args.trials]
     results: dict[str, dict[str, Any]] = {}
     print(f"{len(trials)} published trials, {args.steps} steps; MAE of the true beam [um]")
-    print(f"{'setting':16s} {'optimiser':20s} {'best':>8s} {'final':>8s} {'final/best':>10s} "
-          f"{'to 20um':>8s} {'reach':>6s} {'zero: final':>11s} {'(start)':>8s} {'wall s':>7s}")  # fmt: skip
+    head = ("setting", "optimiser", "best", "final", "final/best", "to 20um", "reach",
+            "zero: final", "(start)", "wall s")  # fmt: skip
+    widths = (-16, -20, 8, 8, 10, 8, 6, 11, 8, 7)
+    print(
+        " ".join(
+            f"{h:<{-w}s}" if w < 0 else f"{h:>{w}s}" for h, w in zip(head, widths, strict=True)
+        )
+    )
     for setting in args.settings:
         results[setting] = {}
         for label, spec in OPTIMISERS.items():
