@@ -20,6 +20,11 @@ EXAMPLES: dict[str, tuple[list[str], tuple[str, ...], str]] = {
     "lpa_surrogate.py": ([], ("onnxruntime",), "environment, 10 shots"),
     "virtual_accelerator_demo.py": ([], ("caproto",), "setpoints after the rollback"),
     "surrogates_generate.py": ([], ("wake_t",), "energy spread"),
+    "robust_policy.py": (
+        ["--iterations", "2", "--steps", "5", "--out", "runs/robust"],
+        ("onnxruntime",),
+        "bundle: history 4",
+    ),
 }
 
 
