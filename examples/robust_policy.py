@@ -46,7 +46,8 @@ def main() -> None:
     )  # fmt: skip
     result = train_apg(config, out_dir=args.out / "policy", progress=False, world="ares-realistic")
     print(
-        f"trained {args.iterations} iterations in {result.wall_s:.1f} s, loss {result.losses[-1]:.3f}"
+        f"trained {args.iterations} iterations in {result.wall_s:.1f} s, "
+        f"loss {result.losses[-1]:.3f}"
     )
 
     # 2. the bundle carries the history in its input
