@@ -146,3 +146,19 @@ def test_controller_runs_a_history_bundle(bundle) -> None:
         target=plant2.target, plot=False, max_steps=6,
     )  # fmt: skip
     assert controller2.run().final_setpoints == pytest.approx(first, rel=1e-12)
+
+
+def test_shipped_robust_bundle_is_the_shipped_robust_policy() -> None:
+    """``agents/apg-ares-ea-robust/bundle`` verifies and acts as the torch policy on history
+    inputs (1e-6 of the action range)."""
+    from accelrl.agents.export.writer import observation_quantities, sample_observations
+
+    directory = ROOT / "agents" / "apg-ares-ea-robust"
+    policy = OnnxPolicy(directory / "bundle")  # hashes, embedded manifest, self-test
+    source = MLPPolicy.load(directory)
+    assert policy.manifest.history == source.meta.history > 0
+    obs = sample_observations(
+        observation_quantities(ares_ea_spec()), 2000, seed=11, history=source.meta.history
+    )
+    span = 2 * np.asarray(source.meta.action_scale)
+    assert np.max(np.abs(policy.act(obs) - source.act(obs)) / span) <= 1e-6
