@@ -11,6 +11,12 @@ A bundle is a directory::
     selftest.npz    ``observation`` [M, 8 + K] and the source policy's ``action`` [M, K],
                     replayed when the bundle is loaded
 
+A policy that keeps state (``history`` H > 0 in the manifest, format version 2) takes
+``[N, 8 + K + H (4 + K)]``: the current observation, then the ``beam`` and ``magnets``
+parts of the H previous observations of the episode, newest first
+(:class:`ObservationHistory` builds it; at an episode's first step the past is the first
+observation repeated). The self-test holds such inputs.
+
 The manifest is also embedded in ``policy.onnx`` as the metadata property
 ``accelrl.manifest`` -- without its ``files`` section (which holds the hash of
 ``policy.onnx`` itself). Loading checks that both copies agree, so a graph cannot be paired
@@ -35,8 +41,10 @@ from accelrl.config import format_validation_error
 
 #: Value of :attr:`Manifest.format`.
 BUNDLE_FORMAT = "accelrl-policy-bundle"
-#: Current bundle format version (bumped on incompatible changes).
-BUNDLE_FORMAT_VERSION = 1
+#: Current bundle format version (bumped on incompatible changes): 2 added ``history``.
+BUNDLE_FORMAT_VERSION = 2
+#: Most past observations a bundle may take.
+MAX_HISTORY = 32
 #: File names inside a bundle.
 ONNX_FILE = "policy.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -151,6 +159,8 @@ class Manifest(_Model):
     :param selftest: The self-test data.
     :param provenance: Training recipe, seed, commit, package versions, evaluation.
     :param files: File name -> sha256 (hex) of every other file of the bundle.
+    :param history: Past observations in the graph's input (0: none; > 0 needs format
+        version 2): see the module documentation.
     """
 
     format: Literal["accelrl-policy-bundle"] = BUNDLE_FORMAT
@@ -168,6 +178,7 @@ class Manifest(_Model):
     selftest: SelftestInfo
     provenance: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)
+    history: int = Field(0, ge=0, le=MAX_HISTORY)
 
     @model_validator(mode="after")
     def _check(self) -> Manifest:
@@ -176,6 +187,8 @@ class Manifest(_Model):
                 f"format_version {self.format_version} is newer than this runtime's "
                 f"({BUNDLE_FORMAT_VERSION}); update accelrl"
             )
+        if self.history and self.format_version < 2:
+            raise ValueError(f"history = {self.history} needs format_version >= 2")
         k = len(self.action)
         groups = [q.group for q in self.observation]
         if groups != ["beam"] * 4 + ["magnets"] * k + ["target"] * 4:
@@ -212,19 +225,30 @@ class Manifest(_Model):
         return len(self.observation)
 
     @property
+    def n_input(self) -> int:
+        """Width of the graph's input: ``8 + K + history (4 + K)``."""
+        return self.n_obs + self.history * (4 + self.n_act)
+
+    @property
     def n_act(self) -> int:
         """Action size ``K``."""
         return len(self.action)
 
+    def _dump(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        if not self.history:  # bundles without history read as they always did
+            data.pop("history")
+        return data
+
     def embedded(self) -> dict[str, Any]:
         """The manifest as embedded in the graph (everything but ``files``)."""
-        data = self.model_dump(mode="json")
+        data = self._dump()
         data.pop("files")
         return data
 
     def to_json(self) -> str:
         """``manifest.json`` text (indented, keys in schema order)."""
-        return json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
+        return json.dumps(self._dump(), indent=2) + "\n"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -305,3 +329,41 @@ def read_selftest(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if missing:
         raise BundleError(f"{path}: the self-test data lacks the arrays {missing}")
     return arrays["observation"], arrays["action"]
+
+
+class ObservationHistory:
+    """The past observations a history policy sees, for a batch of episodes.
+
+    :meth:`push` takes the current flat observations ``[N, 8 + K]`` and returns the
+    policy's input ``[N, 8 + K + H (4 + K)]``: the observation, then the ``beam`` and
+    ``magnets`` parts of the ``H`` previous ones, newest first. At the first step of an
+    episode (after :meth:`clear`, or when the batch size changes) the past is filled with
+    the first observation (no change since). With ``H = 0`` it returns the observations
+    unchanged.
+
+    :param history: ``H``, past observations kept (>= 0).
+    :param n_act: ``K``, actuators.
+    """
+
+    def __init__(self, history: int, n_act: int) -> None:
+        if history < 0:
+            raise ValueError(f"history must be >= 0, got {history}")
+        self.history = history
+        self.width = 4 + n_act
+        self._past: np.ndarray | None = None  # [N, H, 4 + K], newest first
+
+    def clear(self) -> None:
+        """Forget the past (a new episode)."""
+        self._past = None
+
+    def push(self, obs: np.ndarray) -> np.ndarray:
+        """The policy's input for observations ``obs`` ``[N, 8 + K]``; remembers them."""
+        if not self.history:
+            return obs
+        obs = np.asarray(obs, np.float64)
+        now = obs[:, None, : self.width]
+        if self._past is None or len(self._past) != len(obs):
+            self._past = np.repeat(now, self.history, axis=1)
+        full = np.concatenate([obs, self._past.reshape(len(obs), -1)], axis=1)
+        self._past = np.concatenate([now, self._past[:, :-1]], axis=1)
+        return full

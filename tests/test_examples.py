@@ -22,6 +22,11 @@ EXAMPLES: dict[str, tuple[list[str], tuple[str, ...], str]] = {
     "virtual_accelerator_demo.py": ([], ("caproto",), "setpoints after the rollback"),
     "surrogates_generate.py": ([], ("wake_t",), "energy spread"),
     "robust_evaluation.py": (["--trials", "2", "--steps", "8"], (), "per-class results"),
+    "robust_policy.py": (
+        ["--iterations", "2", "--steps", "5", "--out", "runs/robust"],
+        ("onnxruntime",),
+        "bundle: history 4",
+    ),
 }
 
 

@@ -83,7 +83,9 @@ def test_any_corrupted_number_is_refused_naming_its_field(data: st.DataObject) -
 def test_zero_and_negative_sizes_are_refused(data: st.DataObject) -> None:
     name = data.draw(st.sampled_from(sorted(SHIPPED)))
     recipe = SHIPPED[name]
-    path = data.draw(st.sampled_from(APG_POSITIVE if name == "apg" else SB3_POSITIVE))
+    path = data.draw(
+        st.sampled_from(APG_POSITIVE if recipe["algorithm"] == "apg" else SB3_POSITIVE)
+    )
     node = recipe
     for key in path[:-1]:
         node = node[key]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from accelrl.bundle import ObservationHistory
 from accelrl.names import ARES_EA_ID
 from accelrl.protocol import Observation, ObservationBatch, Problem
 
@@ -45,6 +46,10 @@ class PolicyMeta:
     :param actuator_names: Names of the actuators, in action order.
     :param env_id: Environment the policy was trained on.
     :param action_mode: ``"delta"`` (changes of the settings).
+    :param history: Past observations in the input (0: none). With ``H > 0`` the raw input
+        is the current flat observation followed by the ``beam`` and ``magnets`` parts of
+        the ``H`` previous observations, newest first (``[8 + K + H (4 + K)]``; see
+        :func:`history_features`); needs ``error_scale``.
     :param provenance: Recipe, seed, training time, versions, evaluation summary.
     """
 
@@ -58,7 +63,56 @@ class PolicyMeta:
     error_scale: float | None = None
     env_id: str = ARES_EA_ID
     action_mode: str = "delta"
+    history: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_obs(self) -> int:
+        """Length of the raw network input: ``8 + K + history (4 + K)``."""
+        k = len(self.action_scale)
+        return 8 + k + self.history * (4 + k)
+
+
+def history_features(meta: PolicyMeta) -> tuple[np.ndarray, np.ndarray]:
+    """The linear map ``z = clip(A x + c)`` from the raw input of a history policy to the
+    network's features (float64): the normalised current observation, its scaled beam
+    error, and per past observation ``j`` its scaled beam error against the current target
+    ``(beam_j - target) / error_scale`` and the settings' change since then
+    ``(magnets - magnets_j) / action_scale`` (the actions taken in between).
+
+    :return: ``(A [F, n_obs], c [F])``.
+    :raises ValueError: Without ``error_scale``.
+    """
+    if not meta.error_scale:
+        raise ValueError("a policy with history needs error_scale")
+    K = len(meta.action_scale)
+    n_cur = 8 + K
+    es = meta.error_scale
+    scale = np.asarray(meta.action_scale, np.float64)
+    rows: list[np.ndarray] = []
+    consts: list[float] = []
+
+    def row() -> np.ndarray:
+        r = np.zeros(meta.n_obs)
+        rows.append(r)
+        return r
+
+    for i in range(n_cur):
+        row()[i] = 1.0 / meta.obs_std[i]
+        consts.append(-meta.obs_mean[i] / meta.obs_std[i])
+    for offset in [0] + [n_cur + j * (4 + K) for j in range(meta.history)]:
+        for i in range(4):
+            r = row()
+            r[offset + i] += 1.0 / es
+            r[4 + K + i] -= 1.0 / es
+            consts.append(0.0)
+        if offset:
+            for k in range(K):
+                r = row()
+                r[4 + k] += 1.0 / scale[k]
+                r[offset + 4 + k] -= 1.0 / scale[k]
+                consts.append(0.0)
+    return np.stack(rows), np.asarray(consts)
 
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -78,8 +132,15 @@ class MLPPolicy(nn.Module):
         n_obs, n_act = len(meta.obs_mean), len(meta.action_scale)
         if len(meta.obs_std) != n_obs or n_obs != 8 + n_act:
             raise ValueError(f"inconsistent sizes: {n_obs} observations, {n_act} actions")
+        if meta.history < 0:
+            raise ValueError(f"history must be >= 0, got {meta.history}")
         layers: list[nn.Module] = []
         width = n_obs + (4 if meta.error_scale else 0)
+        if meta.history:
+            A, c = history_features(meta)
+            width = len(A)
+            self.register_buffer("feature_matrix", torch.tensor(A), persistent=False)
+            self.register_buffer("feature_offset", torch.tensor(c), persistent=False)
         for h in meta.hidden:
             layers += [nn.Linear(width, h), _ACTIVATIONS[meta.activation]()]
             width = h
@@ -92,6 +153,8 @@ class MLPPolicy(nn.Module):
     def normalise(self, obs: torch.Tensor) -> torch.Tensor:
         """Normalised, clipped network input (observation, and the scaled error if enabled)."""
         clip = self.meta.obs_clip
+        if self.meta.history:
+            return (obs @ self.feature_matrix.T + self.feature_offset).clamp(-clip, clip)
         z = ((obs - self.obs_mean) / self.obs_std).clamp(-clip, clip)
         if self.meta.error_scale:
             k = len(self.meta.action_scale)
@@ -172,6 +235,9 @@ class PolicyOptimiser:
     :class:`~accelrl.protocol.BatchOptimiser`: the policy evaluates all trials of a batch in
     one forward pass.
 
+    A policy with ``history`` keeps the past observations of each episode
+    (:class:`~accelrl.bundle.ObservationHistory`), cleared by ``reset``/``reset_batch``.
+
     :param policy: The policy.
     :param name: Name in reports (default ``"policy"``).
     """
@@ -181,6 +247,7 @@ class PolicyOptimiser:
         self.name = name
         self._problem: Problem | None = None
         self._bounds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._history = ObservationHistory(policy.meta.history, len(policy.meta.action_scale))
 
     def _check(self, problem: Problem) -> None:
         if list(problem.actuator_names) != list(self.policy.meta.actuator_names):
@@ -192,11 +259,13 @@ class PolicyOptimiser:
     def reset(self, problem: Problem) -> None:
         self._check(problem)
         self._problem = problem
+        self._history.clear()
 
     def ask(self, observation: Observation) -> np.ndarray:
         if self._problem is None:
             raise RuntimeError("call reset(problem) before ask()")
         obs = flat_observation(observation.beam, observation.magnets, observation.target)
+        obs = self._history.push(obs[None])[0]
         delta = np.clip(self.policy.act(obs), -self._problem.max_delta, self._problem.max_delta)
         base = observation.setpoints if observation.setpoints is not None else observation.magnets
         return np.clip(base + delta, self._problem.low, self._problem.high)
@@ -208,12 +277,14 @@ class PolicyOptimiser:
             np.stack([np.asarray(getattr(p, k), np.float64) for p in problems])
             for k in ("max_delta", "low", "high")
         )
+        self._history.clear()
 
     def ask_batch(self, observations: ObservationBatch) -> np.ndarray:
         if self._bounds is None:
             raise RuntimeError("call reset_batch(problems) before ask_batch()")
         max_delta, low, high = self._bounds
         obs = flat_observation(observations.beam, observations.magnets, observations.target)
+        obs = self._history.push(obs)
         delta = np.clip(self.policy.act(obs), -max_delta, max_delta)
         return np.clip(observations.magnets + delta, low, high)
 

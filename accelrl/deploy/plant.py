@@ -78,6 +78,11 @@ class Plant:
         size reading at every :meth:`observe` [m] (0: none). Drawn freshly at each call,
         as a camera would; the true beam (:meth:`beam`) is noise-free.
     :param seed: Seed of the random hidden state (``trial=None``) and of the reading noise.
+    :param world: The world the beamline runs in (:mod:`accelrl.envs.world`: a shipped name
+        such as ``"ares-realistic"``, a YAML path or a ``WorldSpec``); default the task
+        spec's. In a world, :meth:`observe` is the world's camera readout of the jittered
+        beam, the fields are the magnets' (calibration errors, hysteresis) for the settings,
+        and every :meth:`set_knobs` call is one step of the beam's drift and scenarios.
     :raises ValueError: For unknown names, wrong sizes, non-finite values or start settings
         outside the limits (naming them).
     """
@@ -96,13 +101,17 @@ class Plant:
         initial_knobs: Mapping[str, float] | str | None = None,
         reading_noise: float = 0.0,
         seed: int | None = None,
+        world: Any = None,
     ) -> None:
         if not np.isfinite(reading_noise) or reading_noise < 0:
             raise ValueError(f"reading_noise must be a finite value >= 0 m, got {reading_noise}")
         self.spec = spec if spec is not None else _task_spec(env_id)
         self.core: TuningCore = build_core(
-            self.spec, 1, backend=backend, action_mode="direct", terminate_on_target=False
-        )
+            self.spec, 1, backend=backend, action_mode="direct", terminate_on_target=False,
+            world=world,
+        )  # fmt: skip
+        #: The world the plant runs in (its name; ``"ideal"`` without one).
+        self.world_name = self.core.world_spec.name or "ideal"
         self.trial = trial
         self.knob_names: tuple[str, ...] = tuple(a.name for a in self.spec.actuators)
         self.reading_noise = float(reading_noise)
@@ -260,4 +269,4 @@ class Plant:
 
     def __repr__(self) -> str:
         source = f"trial {self.trial.index}" if self.trial is not None else "random hidden state"
-        return f"Plant({self.spec.id}, {source}, knobs={self._knobs()})"
+        return f"Plant({self.spec.id}, {source}, world={self.world_name}, knobs={self._knobs()})"

@@ -11,7 +11,13 @@ reads the pre-bound output buffer (onnxruntime I/O binding), so a call allocates
 the returned copy.
 
 An :class:`OnnxPolicy` is an optimiser of the protocol (:mod:`accelrl.protocol`): the
-machine controller and the evaluation drive it as they drive BO or Nelder-Mead.
+machine controller and the evaluation drive it as they drive BO or Nelder-Mead. A bundle
+with ``history`` H > 0 keeps the state the policy needs: :meth:`~OnnxPolicy.ask` and
+:meth:`~OnnxPolicy.ask_batch` remember the episode's observations
+(:class:`~accelrl.bundle.ObservationHistory`) and pass the last H to the graph;
+:meth:`~OnnxPolicy.reset` and :meth:`~OnnxPolicy.reset_batch` start a new episode.
+:meth:`~OnnxPolicy.act` and :meth:`~OnnxPolicy.act_single` take the graph's whole input
+(``n_input`` values) and keep nothing.
 
 >>> policy = OnnxPolicy("agents/apg-ares-ea/bundle")  # doctest: +SKIP
 >>> # [beam (4) m, magnets (5) SI, target (4) m] -> change of each setting (SI)
@@ -34,6 +40,7 @@ from accelrl.bundle import (
     METADATA_KEY,
     BundleError,
     Manifest,
+    ObservationHistory,
     read_manifest,
     read_selftest,
     verify_files,
@@ -87,8 +94,11 @@ class OnnxPolicy:
         if verify:
             self._check_embedded_manifest()
         self.n_obs, self.n_act = m.n_obs, m.n_act
-        self._x1 = np.zeros((1, self.n_obs), np.float64)
-        self._shape1 = (self.n_obs,)
+        #: Width of the graph's input (``n_obs`` plus the history).
+        self.n_input = m.n_input
+        self.history = ObservationHistory(m.history, m.n_act)
+        self._x1 = np.zeros((1, self.n_input), np.float64)
+        self._shape1 = (self.n_input,)
         self._y1 = np.zeros((1, self.n_act), np.float64)
         self._binding = self.session.io_binding()
         self._binding.bind_input(
@@ -126,10 +136,10 @@ class OnnxPolicy:
         (inp,), (out,) = inputs, outputs
         if inp.type != "tensor(double)" or out.type != "tensor(double)":
             raise BundleError(f"graph must be float64 in and out, got {inp.type} -> {out.type}")
-        if inp.shape[-1] != m.n_obs or out.shape[-1] != m.n_act:
+        if inp.shape[-1] != m.n_input or out.shape[-1] != m.n_act:
             raise BundleError(
                 f"graph maps {inp.shape} -> {out.shape}; the manifest says "
-                f"[N, {m.n_obs}] -> [N, {m.n_act}]"
+                f"[N, {m.n_input}] -> [N, {m.n_act}]"
             )
 
     def _check_embedded_manifest(self) -> None:
@@ -161,10 +171,13 @@ class OnnxPolicy:
         m = self.manifest
         path = self.path / m.selftest.file
         obs, ref = read_selftest(path)
-        if obs.shape != (m.selftest.count, m.n_obs) or ref.shape != (m.selftest.count, m.n_act):
+        if obs.shape != (m.selftest.count, m.n_input) or ref.shape != (
+            m.selftest.count,
+            m.n_act,
+        ):
             raise BundleError(
                 f"{path}: shapes {obs.shape}, {ref.shape}; the manifest says "
-                f"({m.selftest.count}, {m.n_obs}), ({m.selftest.count}, {m.n_act})"
+                f"({m.selftest.count}, {m.n_input}), ({m.selftest.count}, {m.n_act})"
             )
         out = self.act(obs)
         err = np.abs(out - ref)
@@ -184,29 +197,31 @@ class OnnxPolicy:
 
     # ------------------------------------------------------------------ inference
     def act(self, observation: np.ndarray) -> np.ndarray:
-        """Actions ``[N, K]`` (SI) for raw observations ``[N, 8 + K]`` (or ``[8 + K]`` ->
-        ``[K]``).
+        """Actions ``[N, K]`` (SI) for raw graph inputs ``[N, n_input]`` (or ``[n_input]`` ->
+        ``[K]``; ``n_input = 8 + K`` without history).
 
         :raises ValueError: For a wrong observation size.
         """
         x = np.asarray(observation, np.float64)
         single = x.ndim == 1
         x2 = x.reshape(1, -1) if single else x
-        if x2.ndim != 2 or x2.shape[1] != self.n_obs:
-            raise ValueError(f"observation must be [N, {self.n_obs}], got shape {x.shape}")
+        if x2.ndim != 2 or x2.shape[1] != self.n_input:
+            raise ValueError(f"observation must be [N, {self.n_input}], got shape {x.shape}")
         (y,) = self.session.run(None, {self.manifest.graph.input: np.ascontiguousarray(x2)})
         return y[0] if single else y
 
     def act_single(self, observation: np.ndarray) -> np.ndarray:
-        """The batch-1 fast path: action ``[K]`` (SI, a new array) for one raw observation
-        ``[8 + K]``.
+        """The batch-1 fast path: action ``[K]`` (SI, a new array) for one raw graph input
+        ``[n_input]``.
 
         :raises ValueError: For a wrong observation size.
         """
         if getattr(observation, "shape", None) != self._shape1:  # lists, [1, 8 + K], ...
             x = np.asarray(observation, np.float64)
-            if x.size != self.n_obs:
-                raise ValueError(f"observation must have {self.n_obs} values, got shape {x.shape}")
+            if x.size != self.n_input:
+                raise ValueError(
+                    f"observation must have {self.n_input} values, got shape {x.shape}"
+                )
             observation = x.reshape(-1)
         self._x1[0] = observation
         self._run_bound()
@@ -233,6 +248,8 @@ class OnnxPolicy:
         if self._limits is None:
             raise RuntimeError("call reset(problem) before ask()")
         x = self.model_input(observation.beam, observation.magnets, observation.target)
+        if self.manifest.history:
+            x = self.history.push(x[None])[0]
         base = observation.setpoints if observation.setpoints is not None else observation.magnets
         return self._settings(self.act_single(x), np.asarray(base, np.float64))[0]
 
@@ -251,13 +268,14 @@ class OnnxPolicy:
             np.stack([np.asarray(getattr(p, k), np.float64) for p in problems])
             for k in ("max_delta", "low", "high")
         )
+        self.history.clear()
 
     def ask_batch(self, observations: ObservationBatch) -> np.ndarray:
         """The next settings ``[N, K]`` (SI) of ``N`` trials (see :meth:`ask`)."""
         if self._limits is None:
             raise RuntimeError("call reset_batch(problems) before ask_batch()")
         x = self.model_input(observations.beam, observations.magnets, observations.target)
-        return self._settings(self.act(x), observations.magnets)
+        return self._settings(self.act(self.history.push(x)), observations.magnets)
 
     def _settings(self, action: np.ndarray, base: np.ndarray) -> np.ndarray:
         """Settings ``[N, K]`` from actions and the settings they change (delta bundles)."""
@@ -272,5 +290,5 @@ class OnnxPolicy:
         m = self.manifest
         return (
             f"OnnxPolicy({str(self.path)!r}, env={m.env_id}, knobs={list(m.knob_names)}, "
-            f"mode={m.action_mode})"
+            f"mode={m.action_mode}, history={m.history})"
         )

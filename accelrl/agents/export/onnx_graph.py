@@ -7,7 +7,10 @@ float64, for a batch of raw flat observations ``x`` ``[N, 8 + K]``::
     if error_scale:  z = concat(z, clip((x[:, :4] - x[:, 4 + K:]) / error_scale, -c, c))
     h = act(z W1^T + b1) ... ;  action = tanh(h Wn^T + bn) * action_scale
 
-(``Sub, Div, Clip, Slice, Concat, Gemm, Relu/Tanh, Mul``; opset :data:`OPSET`). Writing the
+(``Sub, Div, Clip, Slice, Concat, Gemm, Relu/Tanh, Mul``; opset :data:`OPSET`). A policy
+with history (input ``[N, 8 + K + H (4 + K)]``) has linear features instead of the first
+three lines: ``z = clip(x A^T + c, -c, c)``, one ``Gemm`` and a ``Clip``
+(:func:`accelrl.agents.policy.history_features`). Writing the
 graph from the weights, instead of tracing the torch module, keeps the export independent of
 the torch exporters (the ``torch.export``-based one needs onnxscript and trips on SB3's
 action distributions; the TorchScript one is deprecated) and makes the graph the
@@ -44,6 +47,8 @@ class MLPWeights:
     :param obs_clip: Normalised inputs are clipped to ``+-obs_clip``.
     :param action_scale: Multiplies the ``tanh`` output ``[K]`` (SI).
     :param error_scale: If set, ``(beam - target) / error_scale`` [m] is an extra input.
+    :param features: For a policy with history: ``(A [F, n_input], c [F])``, the features
+        ``clip(A x + c)`` that replace the normalisation above.
     """
 
     weights: tuple[tuple[np.ndarray, np.ndarray], ...]
@@ -53,6 +58,12 @@ class MLPWeights:
     obs_clip: float
     action_scale: np.ndarray
     error_scale: float | None = None
+    features: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def n_input(self) -> int:
+        """Width of the graph's input."""
+        return len(self.obs_mean) if self.features is None else self.features[0].shape[1]
 
     def __post_init__(self) -> None:
         if self.activation not in ("relu", "tanh"):
@@ -63,6 +74,11 @@ class MLPWeights:
         if not np.all(np.asarray(self.obs_std) > 0):
             raise ValueError("obs_std must be > 0")
         width = n_obs + (4 if self.error_scale else 0)
+        if self.features is not None:
+            A, c = self.features
+            if A.ndim != 2 or c.shape != (A.shape[0],) or (A.shape[1] - n_obs) % (4 + n_act):
+                raise ValueError(f"features: shapes {A.shape}, {c.shape} do not fit")
+            width = A.shape[0]
         for i, (w, b) in enumerate(self.weights):
             if w.shape[1] != width or b.shape != (w.shape[0],):
                 raise ValueError(f"layer {i}: shapes {w.shape}, {b.shape} do not chain")
@@ -84,7 +100,7 @@ def build_graph(weights: MLPWeights, metadata: Mapping[str, str] | None = None) 
     :param weights: The policy.
     :param metadata: ``metadata_props`` to embed (string key -> string value).
     """
-    n_obs, n_act = len(weights.obs_mean), len(weights.action_scale)
+    n_obs, n_act = weights.n_input, len(weights.action_scale)
     clip = float(weights.obs_clip)
     inits = [
         _const("obs_mean", weights.obs_mean),
@@ -99,7 +115,24 @@ def build_graph(weights: MLPWeights, metadata: Mapping[str, str] | None = None) 
         helper.make_node("Clip", ["scaled", "clip_low", "clip_high"], ["z_obs"], name="clip_obs"),
     ]
     z = "z_obs"
-    if weights.error_scale:
+    if weights.features is not None:
+        A, c = weights.features
+        inits = [
+            _const("feature_matrix", A),
+            _const("feature_offset", c),
+            _const("clip_low", -clip),
+            _const("clip_high", clip),
+            _const("action_scale", weights.action_scale),
+        ]
+        nodes = [
+            helper.make_node(
+                "Gemm", [INPUT_NAME, "feature_matrix", "feature_offset"], ["features"],
+                transB=1, name="features",
+            ),
+            helper.make_node("Clip", ["features", "clip_low", "clip_high"], ["z"], name="clip"),
+        ]  # fmt: skip
+        z = "z"
+    elif weights.error_scale:
         inits += [
             _const("beam_start", np.array([0], np.int64)),
             _const("beam_end", np.array([4], np.int64)),

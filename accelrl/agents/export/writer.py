@@ -43,7 +43,7 @@ from torch import nn
 
 from accelrl import execution
 from accelrl.agents.export.onnx_graph import OPSET, MLPWeights, build_graph
-from accelrl.agents.policy import MLPPolicy
+from accelrl.agents.policy import MLPPolicy, history_features
 from accelrl.bundle import (
     MANIFEST_FILE,
     METADATA_KEY,
@@ -91,6 +91,7 @@ def mlp_weights(policy: MLPPolicy) -> MLPWeights:
         obs_clip=float(m.obs_clip),
         action_scale=np.asarray(m.action_scale, np.float64),
         error_scale=m.error_scale,
+        features=history_features(m) if m.history else None,
     )
 
 
@@ -288,16 +289,33 @@ def observation_quantities(spec: TaskSpec) -> tuple[Quantity, ...]:
 
 
 def sample_observations(
-    quantities: tuple[Quantity, ...], n: int, seed: int = 0, outside_fraction: float = 0.2
+    quantities: tuple[Quantity, ...],
+    n: int,
+    seed: int = 0,
+    outside_fraction: float = 0.2,
+    history: int = 0,
 ) -> np.ndarray:
     """Raw observations ``[n, 8 + K]``: uniform within the ranges, and a fraction far
-    outside them (up to 100x the range beyond each side), plus the range corners.
+    outside them (up to 100x the range beyond each side), plus the range corners. With
+    ``history`` H, policy inputs ``[n, 8 + K + H (4 + K)]``: each past observation's beam
+    and magnets drawn the same way (a third of them equal to the current ones, as at an
+    episode's start).
 
     :param quantities: The observation components (with finite limits).
     :param n: Number of observations (>= 2).
     :param seed: Random seed.
     :param outside_fraction: Fraction drawn outside the ranges.
+    :param history: Past observations in the input.
     """
+    if history:
+        k = len(quantities) - 8
+        parts = [sample_observations(quantities, n, seed, outside_fraction)]
+        rng = np.random.default_rng(seed + 7919)
+        for j in range(history):
+            past = sample_observations(quantities, n, seed + 1000 * (j + 1), outside_fraction)
+            same = rng.uniform(size=(n, 1)) < 1 / 3
+            parts.append(np.where(same, parts[0], past)[:, : 4 + k])
+        return np.concatenate(parts, axis=1)
     rng = np.random.default_rng(seed)
     low = np.array([q.low for q in quantities], np.float64)
     high = np.array([q.high for q in quantities], np.float64)
@@ -444,14 +462,17 @@ def export_policy(
     )
     weights = mlp_weights(policy)
 
-    parity_obs = sample_observations(observation, PARITY_COUNT, seed=seed + 1)
+    history = meta.history
+    parity_obs = sample_observations(observation, PARITY_COUNT, seed=seed + 1, history=history)
     probe = build_graph(weights).SerializeToString()
     parity = _check_parity(probe, policy, parity_obs, action_range)
 
-    selftest_obs = sample_observations(observation, SELFTEST_COUNT, seed=seed)
+    selftest_obs = sample_observations(observation, SELFTEST_COUNT, seed=seed, history=history)
     selftest_action = policy.act(selftest_obs)
     env_version = meta.env_id.rsplit("-", 1)[-1] if "-v" in meta.env_id else ""
     manifest = Manifest(
+        format_version=2 if history else 1,
+        history=history,
         env_id=meta.env_id,
         env_version=env_version,
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

@@ -27,9 +27,11 @@ import torch
 
 from accelrl.agents.policy import MLPPolicy, PolicyMeta, default_normalisation
 from accelrl.agents.training.recipes import APGConfig, APGRecipe, RecipeError
+from accelrl.agents.training.world import TrainingWorld
 from accelrl.config import load_yaml_mapping
 from accelrl.envs.ares_ea import ENV_ID, ares_ea_spec
 from accelrl.envs.spec import TaskSpec
+from accelrl.envs.world.spec import WorldSpec, load_world
 from accelrl.names import INCOMING
 from accelrl.physics.compiled import CompiledBeamline
 from accelrl.physics.lattices import ares_ea_segment
@@ -66,15 +68,18 @@ class DomainSampler:
         return torch.rand(*shape, dtype=torch.float64, generator=self.generator)
 
     def sample(
-        self, n: int, random_start_fraction: float
+        self, n: int, random_start_fraction: float, zero_target_fraction: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(incoming [n,11], misalignments [n,M], target [n,4], start [n,K])``."""
+        """``(incoming [n,11], misalignments [n,M], target [n,4], start [n,K])``; a fraction
+        ``zero_target_fraction`` of the targets has zero sizes."""
         incoming = self.inc_low + self._u(n, len(INCOMING)) * (self.inc_high - self.inc_low)
         mis = (2 * self._u(n, len(self.mis_half)) - 1) * self.mis_half
         mu = (2 * self._u(n, 2) - 1) * self.target_mu
         sig = self.target_sigma.low + self._u(n, 2) * (
             self.target_sigma.high - self.target_sigma.low
         )
+        if zero_target_fraction > 0:
+            sig = sig * (self._u(n, 1) >= zero_target_fraction)
         target = torch.stack([mu[:, 0], sig[:, 0], mu[:, 1], sig[:, 1]], dim=1)
         start = self.start.expand(n, -1).clone()
         random = self._u(n) < random_start_fraction
@@ -110,8 +115,15 @@ def train_apg(
     out_dir: str | Path | None = None,
     progress: bool = True,
     log_dir: str | Path | None = None,
+    world: WorldSpec | str | None = None,
 ) -> APGResult:
     """Train a delta-action policy by backpropagation through the compiled beamline.
+
+    With ``config.history > 0`` the policy sees its past observations (see
+    :class:`~accelrl.agents.policy.ObservationHistory`); with a ``world`` every rollout draws
+    the world's imperfections (:class:`~accelrl.agents.training.world.TrainingWorld`); with
+    ``config.hold_penalty > 0`` the loss also charges for moving close to the target. With
+    none of these (the defaults) the training is the original one, draw for draw.
 
     :param config: Hyperparameters (default :class:`APGConfig`).
     :param spec: Task (default ARES-EA).
@@ -121,9 +133,15 @@ def train_apg(
         ProgressLog`: the start record, one record per iteration with its loss, learning rate
         and gradient norm, the end), which ``accelrl dashboard`` follows; default
         ``out_dir`` (none without either).
+    :param world: The world to train under (a :class:`~accelrl.envs.world.WorldSpec`, a
+        shipped name or a YAML path); default ideal.
     """
     config = config or APGConfig()
     spec = spec or ares_ea_spec()
+    if world is not None and not isinstance(world, WorldSpec):
+        world = load_world(world)
+    if world is not None:
+        world.check(spec)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     knobs = [(a.element, a.attribute) for a in spec.actuators]
@@ -142,11 +160,25 @@ def train_apg(
         activation="tanh",
         error_scale=config.error_scale,
         env_id=spec.id,
+        history=config.history,
     )
     policy = MLPPolicy(meta)
+    if config.init_policy is not None:
+        initialise_from(policy, config.init_policy)
     optimiser = torch.optim.Adam(policy.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimiser, config.iterations, eta_min=0.05 * config.learning_rate
+    )
+    robust = (
+        world is not None
+        or config.reading_noise > 0
+        or config.history > 0
+        or config.hold_penalty > 0
+    )
+    train_world = (
+        TrainingWorld(world, spec, generator, config.ideal_fraction, config.reading_noise)
+        if robust
+        else None
     )
     half_extent = spec.screen.half_extent
     losses: list[float] = []
@@ -168,6 +200,7 @@ def train_apg(
             batch_size=config.batch_size,
             horizon=config.horizon,
             config=config.model_dump(mode="json"),
+            world=None if world is None else world.name or world.source,
         )  # fmt: skip
         if log_dir is not None
         else contextlib.nullcontext()
@@ -175,18 +208,15 @@ def train_apg(
     with log, _ended(bar):
         for i in range(config.iterations):
             incoming, mis, target, magnets = sampler.sample(
-                config.batch_size, config.random_start_fraction
+                config.batch_size, config.random_start_fraction, config.zero_target_fraction
             )
-            loss = incoming.new_zeros(())
-            beam = beamline(magnets, incoming, mis)
-            for _t in range(config.horizon):
-                reading = screen_reading(beam, half_extent)
-                obs = torch.cat([reading, magnets, target], dim=1)
-                magnets = torch.minimum(torch.maximum(magnets + policy(obs), low), high)
-                beam = beamline(magnets, incoming, mis)
-                mae = (beam - target).abs().mean(dim=1)
-                loss = loss + torch.log(mae + config.eps).mean()
-            loss = loss / config.horizon
+            if train_world is None:
+                loss = _rollout(policy, beamline, config, incoming, mis, target, magnets,
+                                low, high, half_extent)  # fmt: skip
+            else:
+                loss = _robust_rollout(policy, beamline, config, train_world, incoming, mis,
+                                       target, magnets, low, high, max_delta,
+                                       half_extent)  # fmt: skip
             optimiser.zero_grad()
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
@@ -213,10 +243,114 @@ def train_apg(
         "numpy": np.__version__,
         "final_loss": losses[-1] if losses else None,
     }
+    if world is not None:
+        policy.meta.provenance["world"] = world.name or world.source
     policy.eval()
     if out_dir is not None:
         policy.save(out_dir)
     return APGResult(policy, losses, wall)
+
+
+def initialise_from(policy: MLPPolicy, path: str | Path) -> None:
+    """Copy the weights of the policy directory ``path`` into ``policy``.
+
+    The source may have less history than ``policy``: its features are the first ones of
+    ``policy``'s (current observation, current error, then the past, newest first), and the
+    weights of the extra features start at zero, so ``policy`` acts exactly as the source.
+
+    :raises RecipeError: When the architectures or normalisations differ, naming them.
+    """
+    from accelrl.resources import resolve
+
+    source = MLPPolicy.load(resolve(path))
+    a, b = source.meta, policy.meta
+    for name in ("hidden", "activation", "actuator_names", "obs_mean", "obs_std",
+                 "action_scale", "error_scale", "obs_clip"):  # fmt: skip
+        if getattr(a, name) != getattr(b, name):
+            raise RecipeError(
+                f"init_policy {path}: {name} is {getattr(a, name)!r}, the recipe's policy "
+                f"has {getattr(b, name)!r}"
+            )
+    if a.history > b.history:
+        raise RecipeError(f"init_policy {path}: history {a.history} > the recipe's {b.history}")
+    with torch.no_grad():
+        src = dict(source.net.named_parameters())
+        for name, param in policy.net.named_parameters():
+            if name == "0.weight":
+                param.zero_()
+                param[:, : src[name].shape[1]] = src[name]
+            else:
+                param.copy_(src[name])
+
+
+def _rollout(
+    policy: MLPPolicy,
+    beamline: CompiledBeamline,
+    config: APGConfig,
+    incoming: torch.Tensor,
+    mis: torch.Tensor,
+    target: torch.Tensor,
+    magnets: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    half_extent: tuple[float, float],
+) -> torch.Tensor:
+    """Mean ``log(MAE + eps)`` over the rollouts of the ideal world (no history, no hold
+    term, no reading noise): the original training objective."""
+    loss = incoming.new_zeros(())
+    beam = beamline(magnets, incoming, mis)
+    for _t in range(config.horizon):
+        reading = screen_reading(beam, half_extent)
+        obs = torch.cat([reading, magnets, target], dim=1)
+        magnets = torch.minimum(torch.maximum(magnets + policy(obs), low), high)
+        beam = beamline(magnets, incoming, mis)
+        mae = (beam - target).abs().mean(dim=1)
+        loss = loss + torch.log(mae + config.eps).mean()
+    return loss / config.horizon
+
+
+def _robust_rollout(
+    policy: MLPPolicy,
+    beamline: CompiledBeamline,
+    config: APGConfig,
+    world: TrainingWorld,
+    incoming: torch.Tensor,
+    mis: torch.Tensor,
+    target: torch.Tensor,
+    magnets: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    max_delta: torch.Tensor,
+    half_extent: tuple[float, float],
+) -> torch.Tensor:
+    """The loss of one batch of rollouts under the world's randomisation, with the policy's
+    observation history and the hold term; the MAE is that of the true beam."""
+    world.reset(magnets)
+    H = config.history
+    past: list[torch.Tensor] = []
+    loss = incoming.new_zeros(())
+    beam = beamline(world.field(magnets), world.jitter(incoming), mis)
+    for _t in range(config.horizon):
+        reading = screen_reading(world.reading(beam), half_extent)
+        now = torch.cat([reading, magnets], dim=1)
+        if not past:
+            past = [now] * H
+        obs = torch.cat([now, target, *past], dim=1)
+        if H:
+            past = [now, *past[:-1]]
+        action = policy(obs)
+        mae_before = (beam - target).abs().mean(dim=1)
+        magnets = torch.minimum(torch.maximum(magnets + action, low), high)
+        incoming = world.drift(incoming)
+        beam = beamline(world.field(magnets), world.jitter(incoming), mis)
+        mae = (beam - target).abs().mean(dim=1)
+        step = torch.log(mae + config.eps).mean()
+        if config.hold_penalty > 0:
+            near = torch.exp(-mae_before.detach() / config.hold_scale)
+            size = (action.abs() / max_delta).mean(dim=1)
+            step = step + config.hold_penalty * (near * size).mean()
+        loss = loss + step
+    return loss / config.horizon
 
 
 def config_from_dict(data: dict[str, Any]) -> APGConfig:
@@ -267,4 +401,10 @@ def train_apg_recipe(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    return train_apg(recipe.config, out_dir=out_dir / "policy", progress=progress, log_dir=out_dir)
+    return train_apg(
+        recipe.config,
+        out_dir=out_dir / "policy",
+        progress=progress,
+        log_dir=out_dir,
+        world=recipe.world,
+    )

@@ -469,6 +469,23 @@ class APGConfig(_Model):
         settings (the rest from the standard start), in ``[0, 1]``.
     :param error_scale: Scale of the beam-error input of the policy [m], > 0 (``None``: off).
     :param grad_clip: Gradient-norm clip, > 0.
+    :param history: Past observations in the policy's input (0 to 32; 0: none, the
+        original policy form). Needs ``error_scale``.
+    :param hold_penalty: Weight of the hold term added to the per-step loss, >= 0: the
+        mean relative action size ``|a| / max_delta`` weighted by ``exp(-MAE / hold_scale)``
+        of the true beam before the action (small changes are cheap far from the target,
+        costly close to it). 0: off.
+    :param hold_scale: MAE scale of the hold term [m], > 0.
+    :param ideal_fraction: With a ``world``: fraction of rollouts in the ideal world, in
+        ``[0, 1]``.
+    :param reading_noise: Largest Gaussian reading noise [m], >= 0: each rollout draws its
+        level uniformly in ``[0, reading_noise]``.
+    :param zero_target_fraction: Fraction of rollouts whose target sizes are zero (the
+        smallest beam the magnets make), in ``[0, 1]``.
+    :param init_policy: A policy directory (``agents/apg-ares-ea``, found from any folder)
+        whose weights start the training, or ``None`` (random weights). It must have the same
+        hidden layers, activation, actuators and normalisation; a policy without history
+        starts a history policy with zero weights on the past (it acts as before).
     :param seed: Seed of the initial weights and the domain randomisation.
     """
 
@@ -481,7 +498,23 @@ class APGConfig(_Model):
     random_start_fraction: float = Field(0.25, ge=0.0, le=1.0)
     error_scale: float | None = Field(1e-4, gt=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
+    history: int = Field(0, ge=0, le=32)
+    hold_penalty: float = Field(0.0, ge=0.0)
+    hold_scale: float = Field(2e-5, gt=0.0)
+    ideal_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    reading_noise: float = Field(0.0, ge=0.0, le=1e-3)
+    zero_target_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    init_policy: str | None = None
     seed: int = Field(0, ge=0, lt=2**31)
+
+    @model_validator(mode="after")
+    def _history_needs_error(self) -> APGConfig:
+        if self.history and not self.error_scale:
+            raise ValueError(
+                f"history = {self.history} needs error_scale (the policy sees past beam "
+                "errors scaled by it); set error_scale > 0"
+            )
+        return self
 
 
 class APGEnvConfig(_Model):
@@ -509,6 +542,9 @@ class APGRecipe(_Model):
     :param env: The environment.
     :param seed: Seed of the weights and the domain randomisation (overrides ``apg.seed``;
         give it in one place).
+    :param world: The world trained under (:mod:`accelrl.agents.training.world`): a shipped
+        name (``ares-realistic``, ``harsh``, overlays with ``+``) or a YAML path (relative to
+        the working directory); ``None`` or ``ideal``: the ideal world.
     :param apg: The hyperparameters.
     """
 
@@ -516,7 +552,22 @@ class APGRecipe(_Model):
     description: str = ""
     env: APGEnvConfig = APGEnvConfig()
     seed: int = Field(0, ge=0, lt=2**31)
+    world: str | None = None
     apg: APGConfig = APGConfig()
+
+    @field_validator("world")
+    @classmethod
+    def _known_world(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from accelrl.envs.ares_ea import ares_ea_spec
+        from accelrl.envs.world.spec import WorldError, load_world
+
+        try:
+            load_world(v).check(ares_ea_spec())
+        except WorldError as err:
+            raise ValueError(f"not a usable world: {err}") from None
+        return v
 
     @model_validator(mode="before")
     @classmethod

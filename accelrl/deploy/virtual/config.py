@@ -228,6 +228,11 @@ class VirtualConfig(_Model):
     :param heartbeat_period_s: The heartbeat counter increments with this period [s].
     :param beam_loss_level: Beam-loss reading in normal operation (machine units, >= 0).
     :param records: EPICS record settings (refusal mode, deadbands).
+    :param world: The world the simulation runs in (:mod:`accelrl.envs.world`): a shipped
+        name (``ares-realistic``, overlays with ``+``) or a YAML path relative to the IOC
+        config; ``None``: the task spec's (ideal). Its camera readout gives the screen
+        readings, its magnets turn the readbacks into fields, its beam jitters and drifts
+        (each simulation update is one step).
     """
 
     machine: Path
@@ -247,6 +252,7 @@ class VirtualConfig(_Model):
     beam_loss_level: float = Field(0.05, ge=0.0)
     faults: FaultsConfig = FaultsConfig()
     records: RecordsConfig = RecordsConfig()
+    world: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _check_ports(self) -> VirtualConfig:
@@ -441,11 +447,18 @@ def load_virtual_config(path: str | Path, **overrides: object) -> LoadedConfig:
     trials = config.trials_file
     if trials is not None and not trials.is_absolute():
         trials = path.parent / trials
-    config = config.model_copy(update={"machine": machine_path, "trials_file": trials})
+    world = config.world
+    if world is not None and (path.parent / world).is_file() and not Path(world).is_absolute():
+        world = str(path.parent / world)
+    config = config.model_copy(
+        update={"machine": machine_path, "trials_file": trials, "world": world}
+    )
     try:
         machine = load_machine_config(machine_path)
     except ValueError as err:
         raise VirtualConfigError(f"{path}: machine: {err}") from None
+    if world is not None:
+        check_world_name(world, machine.env_id, str(path))
     return LoadedConfig(config, machine, str(path))
 
 
@@ -485,3 +498,19 @@ def scheduled_faults(state: ScheduleState, now: float) -> set[str]:
         if now >= until and name in faults:
             faults.discard(name)
     return faults
+
+
+def check_world_name(world: str, env_id: str, source: str) -> None:
+    """Check that ``world`` loads and fits the task of ``env_id``.
+
+    :raises VirtualConfigError: Naming the file, the field ``world`` and the problem.
+    """
+    from accelrl.envs import TASKS
+    from accelrl.envs.world.spec import WorldError, load_world
+
+    try:
+        spec = load_world(world)
+        if env_id in TASKS:
+            spec.check(TASKS[env_id]())
+    except WorldError as err:
+        raise VirtualConfigError(f"{source}: world = {world!r}: {err}") from None

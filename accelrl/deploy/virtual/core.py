@@ -550,7 +550,7 @@ class AcceleratorCore:
 
 def build_plant(loaded: LoadedConfig) -> Any:
     """The :class:`~accelrl.deploy.plant.Plant` of an IOC config (trial, initial knobs,
-    reading noise, seed); imports torch."""
+    reading noise, seed, world); imports torch."""
     from accelrl.deploy.plant import Plant
 
     cfg = loaded.config
@@ -562,4 +562,5 @@ def build_plant(loaded: LoadedConfig) -> Any:
         initial_knobs=initial,
         reading_noise=cfg.screen.reading_noise,
         seed=cfg.screen.seed,
+        world=cfg.world,
     )

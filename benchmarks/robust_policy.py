@@ -1,0 +1,136 @@
+"""Quality of the shipped policies under world imperfections (the robust-policy targets).
+
+Runs do-nothing, the ideal-world policy (``agents/apg-ares-ea``) and the robust policy
+(``agents/apg-ares-ea-robust``) on the published ARES-EA trials through the evaluation
+protocol's own loop (:func:`accelrl.agents.evaluation.loop.run_trials`), in three settings:
+
+* ``ares-realistic``: the world preset (camera readout, magnets, beam jitter and drift);
+* ``ideal``: today's environment;
+* ``noise-10um``: the ideal world with Gaussian reading noise of 10 um on every read
+  parameter (the task spec's ``screen.reading_noise``).
+
+Per setting and optimiser: median best MAE, median final MAE (mean of the last 10 steps),
+median steps to 20 um (trials that never get there count as ``max_steps``), the fraction
+reaching 20 um, and for the targets with a zero size (either axis: 27 of the 300) the median
+final MAE next to the median initial one (do-nothing's).
+The MAE is the true beam's. Prints a table and ends with one JSON line
+``{setting: {optimiser: {...}}}``.
+
+    PYTHONPATH=. python benchmarks/robust_policy.py --trials 300 --steps 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from accelrl.agents.evaluation.loop import run_trials
+from accelrl.agents.evaluation.metrics import TARGET_MAE, best_so_far
+from accelrl.agents.registry import make_optimiser
+from accelrl.envs import TransverseTuningVectorEnv
+from accelrl.envs.ares_ea import ares_ea_spec
+from accelrl.envs.trials import load_trials
+
+#: Steps averaged for the final MAE.
+FINAL_STEPS = 10
+SETTINGS = ("ares-realistic", "ideal", "noise-10um")
+OPTIMISERS = {
+    "do-nothing": "do-nothing",
+    "apg-ares-ea": "policy:agents/apg-ares-ea",
+    "apg-ares-ea-robust": "policy:agents/apg-ares-ea-robust",
+}
+
+
+def setting_env(setting: str, n: int, steps: int) -> TransverseTuningVectorEnv:
+    """The evaluation environment (direct actions, no termination) of ``setting``."""
+    spec = ares_ea_spec()
+    world: str | None = None
+    if setting == "noise-10um":
+        spec = spec.model_copy(update={"screen": spec.screen.model_copy(
+            update={"reading_noise": 10e-6})})  # fmt: skip
+    elif setting != "ideal":
+        world = setting
+    return TransverseTuningVectorEnv(
+        spec, n, max_episode_steps=steps, action_mode="direct", terminate_on_target=False,
+        world=world,
+    )  # fmt: skip
+
+
+def summary(records: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+    """Medians of one optimiser's trials [m, steps]."""
+    mae = np.stack([r["mae"] for r in records])
+    best = best_so_far(mae.T).T
+    reached = best < TARGET_MAE
+    to_target = np.where(reached.any(axis=1), reached.argmax(axis=1), steps)
+    final = mae[:, -FINAL_STEPS:].mean(axis=1)
+    zero = np.array([r["target"][1] == 0 or r["target"][3] == 0 for r in records])
+    return {
+        "median_best_mae_m": float(np.median(best[:, -1])),
+        "median_final_mae_m": float(np.median(final)),
+        "median_steps_to_20um": float(np.median(to_target)),
+        "fraction_reaching_20um": float(reached.any(axis=1).mean()),
+        "zero_size_trials": int(zero.sum()),
+        "zero_size_median_final_mae_m": float(np.median(final[zero])) if zero.any() else None,
+        "zero_size_median_initial_mae_m": float(np.median(mae[zero, 0])) if zero.any() else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=300, help="first N published trials")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument("--out", type=Path, help="write the JSON summary there too")
+    parser.add_argument(
+        "--robust", default="agents/apg-ares-ea-robust", help="robust policy directory"
+    )
+    args = parser.parse_args()
+    OPTIMISERS["apg-ares-ea-robust"] = f"policy:{args.robust}"
+    torch.set_num_threads(1)
+    trials = load_trials()[: args.trials]
+    results: dict[str, dict[str, Any]] = {}
+    print(f"{len(trials)} published trials, {args.steps} steps; MAE of the true beam [um]")
+    head = ("setting", "optimiser", "best", "final", "final/best", "to 20um", "reach",
+            "zero: final", "(start)", "wall s")  # fmt: skip
+    widths = (-16, -20, 8, 8, 10, 8, 6, 11, 8, 7)
+    print(
+        " ".join(
+            f"{h:<{-w}s}" if w < 0 else f"{h:>{w}s}" for h, w in zip(head, widths, strict=True)
+        )
+    )
+    for setting in args.settings:
+        results[setting] = {}
+        for label, spec in OPTIMISERS.items():
+            env = setting_env(setting, len(trials), args.steps)
+            start = time.perf_counter()
+            records = run_trials(env, make_optimiser(spec), trials, args.steps, args.seed)
+            wall = time.perf_counter() - start
+            s = summary(records, args.steps)
+            s["wall_s"] = wall
+            results[setting][label] = s
+            um = 1e6
+            ratio = s["median_final_mae_m"] / max(s["median_best_mae_m"], 1e-12)
+            zf = s["zero_size_median_final_mae_m"]
+            zi = s["zero_size_median_initial_mae_m"]
+            print(
+                f"{setting:16s} {label:20s} {s['median_best_mae_m'] * um:8.2f} "
+                f"{s['median_final_mae_m'] * um:8.2f} {ratio:10.2f} "
+                f"{s['median_steps_to_20um']:8.1f} {s['fraction_reaching_20um']:6.2f} "
+                f"{(zf or 0) * um:11.1f} {(zi or 0) * um:8.1f} {wall:7.1f}",
+                flush=True,
+            )
+    line = json.dumps(results)
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()
