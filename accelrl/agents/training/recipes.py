@@ -20,6 +20,7 @@ SI bounds rescaled linearly), so action-noise scales are in those units.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -468,6 +469,9 @@ class APGConfig(_Model):
     :param error_scale: Scale of the beam-error input of the policy [m], > 0 (``None``: off).
     :param grad_clip: Gradient-norm clip, > 0.
     :param seed: Seed of the initial weights and the domain randomisation.
+    :param device: Where the rollouts and the policy run: ``"cpu"`` (default), ``"cuda"``,
+        ``"cuda:N"`` or ``"mps"``; a device this machine lacks fails when training starts
+        (never a silent fallback). The saved policy is on the CPU whatever the device.
     """
 
     iterations: int = Field(3000, ge=1)
@@ -480,6 +484,14 @@ class APGConfig(_Model):
     error_scale: float | None = Field(1e-4, gt=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
     seed: int = Field(0, ge=0, lt=2**31)
+    device: str = "cpu"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", v):
+            raise ValueError("must be 'cpu', 'cuda', 'cuda:N' (N = GPU index) or 'mps'")
+        return v
 
 
 class APGEnvConfig(_Model):
