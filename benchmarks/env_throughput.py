@@ -3,12 +3,18 @@
 Measures, in one run and on one CPU thread:
 * the median ``env.step`` latency of the single environment (``gym.make``, all Gymnasium
   wrappers) with the compiled fast map and with Cheetah's ParameterBeam tracking;
-* the env-steps per second of the native vector environment at several batch sizes.
+* the env-steps per second of the native vector environment at several batch sizes;
+* the env-steps per second of the device vector environment (``make_vec(..., device=)``,
+  torch tensors in and out, ``check_actions=False``: nothing waits for the device inside a
+  step) on the CPU at the largest ``--sizes`` entry, and on CUDA at ``--device-sizes``
+  when a GPU is present (the rows are noted as skipped otherwise).
 
 Targets: single step <= 100 us median; batched >= 2e6 env-steps/s per core; fast vs
-Cheetah single step >= 100x. Ends with one line of JSON.
+Cheetah single step >= 100x; on one H200 >= 1e9 env-steps/s at >= 4M envs. Ends with one
+line of JSON.
 
     python benchmarks/env_throughput.py [--sizes 1 64 1024 16384] [--seconds 2]
+                                        [--device-sizes 1000 65536 1048576 4194304 16777216]
 """
 
 from __future__ import annotations
@@ -70,11 +76,52 @@ def vector_steps_per_s(num_envs: int, seconds: float, seed: int = 0) -> float:
     return num_envs / best
 
 
+def device_steps_per_s(device: str, num_envs: int, seconds: float, seed: int = 0) -> float:
+    """Env-steps per second of the device vector env (best of 3 timed blocks)."""
+    venv = make_vec(ARES_EA_ID, num_envs=num_envs, device=device, check_actions=False)
+    venv.reset(seed=seed)
+    gen = torch.Generator(device=venv.device).manual_seed(seed)
+    scale = venv.action_high
+    actions = [
+        (2 * torch.rand(num_envs, 5, generator=gen, dtype=torch.float64, device=venv.device) - 1)
+        * scale
+        for _ in range(4)
+    ]
+
+    def sync() -> None:
+        if venv.device.type == "cuda":
+            torch.cuda.synchronize(venv.device)
+
+    venv.step(actions[0])
+    sync()
+    t = time.perf_counter()
+    venv.step(actions[1])
+    sync()
+    per_step = max(time.perf_counter() - t, 1e-6)
+    n = max(3, int(seconds / 3 / per_step))
+    best = float("inf")
+    for _ in range(3):
+        sync()
+        t = time.perf_counter()
+        for i in range(n):
+            venv.step(actions[i % 4])
+        sync()
+        best = min(best, (time.perf_counter() - t) / n)
+    return num_envs / best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 64, 1024, 16384])
     parser.add_argument("--seconds", type=float, default=2.0, help="time per batch size [s]")
     parser.add_argument("--steps", type=int, default=5000, help="single-env steps (fast)")
+    parser.add_argument(
+        "--device-sizes",
+        type=int,
+        nargs="+",
+        default=[1000, 65536, 1048576, 4194304, 16777216],
+        help="batch sizes of the CUDA rows",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -93,6 +140,23 @@ def main() -> None:
             f"  {n:<32d} {rates[str(n)]:12.3g} {rates[str(n)] / rates[str(args.sizes[0])]:10.1f}x"
         )
     print()
+    device_rates: dict[str, dict[str, float]] = {}
+    skipped: list[str] = []
+    print(f"{'device vector env':34s} {'env-steps/s':>12s} {'vs numpy':>10s}")
+    largest = max(args.sizes)
+    rate = device_steps_per_s("cpu", largest, args.seconds)
+    device_rates["cpu"] = {str(largest): rate}
+    print(f"  cpu (torch) {largest:<20d} {rate:12.3g} {rate / rates[str(largest)]:9.2f}x")
+    if torch.cuda.is_available():
+        device_rates["cuda"] = {}
+        for n in args.device_sizes:
+            rate = device_steps_per_s("cuda", n, args.seconds)
+            device_rates["cuda"][str(n)] = rate
+            print(f"  cuda {n:<27d} {rate:12.3g} {rate / rates[str(largest)]:9.1f}x")
+    else:
+        skipped.append("cuda: no CUDA GPU on this machine")
+        print("  cuda                             skipped: no CUDA GPU on this machine")
+    print()
     print(
         f"targets: single fast <= 100 us ({'met' if fast <= 100 else 'MISSED'}), "
         f"fast vs cheetah >= 100x ({'met' if ratio >= 100 else 'MISSED'}), "
@@ -105,6 +169,10 @@ def main() -> None:
                 "step_us_cheetah": round(cheetah, 2),
                 "ratio": round(ratio, 1),
                 "vec_steps_per_s": {k: round(v) for k, v in rates.items()},
+                "device_steps_per_s": {
+                    d: {k: round(v) for k, v in r.items()} for d, r in device_rates.items()
+                },
+                "skipped": skipped,
             }
         )
     )

@@ -20,6 +20,7 @@ EXAMPLES: dict[str, tuple[list[str], tuple[str, ...], str]] = {
     "lpa_surrogate.py": ([], ("onnxruntime",), "environment, 10 shots"),
     "virtual_accelerator_demo.py": ([], ("caproto",), "setpoints after the rollback"),
     "surrogates_generate.py": ([], ("wake_t",), "energy spread"),
+    "device_vector_env.py": (["--num-envs", "256", "--steps", "3"], (), "numpy view"),
 }
 
 

@@ -66,10 +66,23 @@ class ScalarBackend:
             return math.cos(u), math.sin(u) / w
         return math.cosh(u), math.sinh(u) / w
 
-    @classmethod
-    def focus_pair(cls, k1: float, length: float) -> tuple[float, float, float, float]:
-        """``(Cx, Sx, Cy, Sy)`` of a quadrupole with ``k1`` [1/m^2] (kappa_x = k1 = -kappa_y)."""
-        return cls.focus(k1, length) + cls.focus(-k1, length)
+    @staticmethod
+    def focus_pair(k1: float, length: float) -> tuple[float, float, float, float]:
+        """``(Cx, Sx, Cy, Sy)`` of a quadrupole with ``k1`` [1/m^2] (kappa_x = k1 = -kappa_y):
+        :meth:`focus` of ``k1`` and of ``-k1``, sharing ``sqrt(|k1|) L``."""
+        x = k1 * length * length
+        if abs(x) < TINY:
+            return (
+                1.0 - 0.5 * x,
+                length - length / 6 * x,
+                1.0 - 0.5 * -x,
+                length - length / 6 * -x,
+            )
+        w = math.sqrt(abs(k1))
+        u = w * length
+        if k1 > 0:
+            return math.cos(u), math.sin(u) / w, math.cosh(u), math.sinh(u) / w
+        return math.cosh(u), math.sinh(u) / w, math.cos(u), math.sin(u) / w
 
     @classmethod
     def dispersion(cls, kappa: float, length: float) -> tuple[float, float]:
