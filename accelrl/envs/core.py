@@ -584,7 +584,9 @@ class TuningCore:
                 magnet_range=self._range,
             )
         )
-        within = all(abs(e) < t for e, t in zip(error[0].tolist(), self._threshold_list))
+        within = all(
+            abs(e) < t for e, t in zip(error[0].tolist(), self._threshold_list, strict=True)
+        )
         hold = int(self.hold[0]) + 1 if within else 0
         self.hold = _put(self.hold, ALL, np.array((hold,)), fresh=True)
         return reward, np.array((hold >= self.spec.termination.hold and self.terminate,))
