@@ -73,9 +73,8 @@ def main() -> None:
 
     rows: dict[str, dict[str, float]] = {}
     skipped: list[str] = []
-    print(
-        f"{'device':8s} {'batch':>8s} {'iteration [ms]':>15s} {'rollouts/s':>12s} {'vs cpu@256':>11s}"
-    )
+    head = ("device", "batch", "iteration [ms]", "rollouts/s", "vs cpu@256")
+    print(f"{head[0]:8s} {head[1]:>8s} {head[2]:>15s} {head[3]:>12s} {head[4]:>11s}")
     reference = None
     for device in args.devices:
         if device.startswith("cuda") and not torch.cuda.is_available():
