@@ -79,6 +79,10 @@ class DeviceTuningVectorEnv(VectorEnv):
     :param terminate_on_target: Default the spec's ``termination.enabled``.
     :param world: Only the ideal world (``None``, ``"ideal"``) runs on a device.
     :param check_actions: Raise on NaN/inf actions (one host synchronisation per step).
+    :param compile_backend: Run the beamline through ``torch.compile(fullgraph=True)`` with
+        this backend (``"inductor"``: fused kernels, so small batches on a GPU are not
+        bound by kernel launches; the first step then compiles, for minutes on a CPU);
+        ``None`` (default): eager.
     :raises DeviceError: For a device this machine cannot use.
     :raises ValueError: For a world, action mode or start the device environment lacks.
     """
@@ -99,6 +103,7 @@ class DeviceTuningVectorEnv(VectorEnv):
         terminate_on_target: bool | None = None,
         world: Any = None,
         check_actions: bool = True,
+        compile_backend: str | None = None,
     ) -> None:
         if not isinstance(spec, TaskSpec):
             spec = TaskSpec.from_yaml(spec)
@@ -140,6 +145,11 @@ class DeviceTuningVectorEnv(VectorEnv):
         dev = self.device
         self.beamline = CompiledBeamline(segment, knobs, spec.screen.element, misalign, device=dev)
         self.misalignment_names = self.beamline.misalignment_names
+        self._map = self.beamline
+        if compile_backend is not None:
+            self._map = torch.compile(
+                self.beamline, fullgraph=True, dynamic=False, backend=compile_backend
+            )
 
         def t(values: Any, dtype: torch.dtype = torch.float64) -> torch.Tensor:
             return torch.as_tensor(np.asarray(values), dtype=dtype, device=dev)
@@ -232,7 +242,7 @@ class DeviceTuningVectorEnv(VectorEnv):
         applied = s["magnets"]
         if self.randomisation.gain_error > 0:
             applied = applied * (1.0 + s["gain"])
-        beam = self.beamline(applied, s["incoming"], s["misalignments"])
+        beam = self._map(applied, s["incoming"], s["misalignments"])
         reading = beam
         screen = self.task.screen
         if screen.reading_noise > 0:

@@ -128,6 +128,21 @@ def test_make_vec_device_for_ares_ea_and_a_custom_task(trials) -> None:
     _run(numpy_env, denv, steps=5, seed=2)
 
 
+def test_compiled_beamline_gives_the_same_steps() -> None:
+    """``compile_backend``: Dynamo captures the map in one graph (the ``"eager"`` backend
+    keeps the test short; ``"inductor"`` is the one for speed)."""
+    spec = make_spec(max_episode_steps=3)
+    eager = DeviceTuningVectorEnv(spec, 8, device="cpu")
+    compiled = DeviceTuningVectorEnv(spec, 8, device="cpu", compile_backend="eager")
+    a = torch.full((8, 5), 0.01, dtype=torch.float64)
+    for env in (eager, compiled):
+        env.reset(seed=4)
+    for _ in range(4):
+        out_e, out_c = eager.step(a), compiled.step(a)
+        torch.testing.assert_close(out_c[0]["beam"], out_e[0]["beam"], rtol=0, atol=0)
+        torch.testing.assert_close(out_c[1], out_e[1], rtol=0, atol=0)
+
+
 def test_numpy_view_serves_stable_baselines3() -> None:
     from accelrl.envs.sb3 import SB3VecEnv
 
