@@ -13,10 +13,11 @@ defines the shared live file, its writers and the readers that follow growing fi
     a training iteration (APG: ``iteration``, ``loss``, ``learning_rate``, ``grad_norm``,
     ``wall_s``).
 ``{"type": "evaluation", "time": T, ...}``
-    a held-out evaluation: ``iteration`` (APG) or ``timesteps`` (SB3) and the summary of
-    :class:`accelrl.agents.training.TrialEvaluator` (``median_best_mae_um``,
-    ``median_final_mae_um``, ``iqr_best_mae_um``, ``median_steps_to_target``,
-    ``fraction_on_target``, ``n_trials``, ``steps``, ...).
+    a held-out evaluation: ``iteration`` (APG) or ``timesteps`` (SB3) and the evaluation
+    protocol's summary (e.g. :func:`accelrl.agents.training.monitor.evaluate_policy`:
+    ``median_best_mae_um``, ``median_final_mae_um``, ``iqr_best_mae_um``,
+    ``median_steps_to_target``, ``fraction_reached_target`` (or ``fraction_on_target``),
+    ``n_trials``, ``steps``, ...).
 ``{"type": "step", "time": T, ...}``
     a tuning step (:func:`tuning_step_record`).
 ``{"type": "end", "time": T, "status": "completed" | "interrupted" | "failed", ...}``
@@ -151,6 +152,13 @@ class _SyncPolicy:
         self._last = time.monotonic()
 
 
+def _ends_with_newline(path: Path) -> bool:
+    """Whether the (non-empty) file ``path`` ends with a newline."""
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 class JsonlWriter:
     """Appends JSON objects to a JSON Lines file, one per line, flushed after every record.
 
@@ -176,6 +184,11 @@ class JsonlWriter:
                 f"{self.path} exists: a run's live file is never appended to; choose a new "
                 "folder (or resume explicitly with exclusive=False)"
             ) from None
+        if not exclusive and self._file.tell() > 0 and not _ends_with_newline(self.path):
+            # a run killed mid-line left a torn last line: end it, so that it stays one
+            # (unreadable, skipped) line instead of swallowing the first new record
+            self._file.write("\n")
+            self._file.flush()
         self.records = 0
 
     def write(self, record: Mapping[str, Any]) -> None:
@@ -297,22 +310,36 @@ class ProgressLog:
     :param directory: The run folder (created).
     :param kind: ``"apg"``, ``"sb3"`` or ``"tuning"``.
     :param fsync_s: Longest time between syncs of ordinary records [s].
+    :param append: Continue the progress file already in the folder (a resumed run, e.g.
+        ``accelrl tune --resume``): a new ``start`` record (with ``"resumed": true``) is
+        appended after the earlier run's records. Default: refuse an existing file.
     :param meta: The start record's fields (see the module documentation).
     :raises ValueError: For an unknown ``kind``.
-    :raises FileExistsError: When the folder already holds a progress file.
+    :raises FileExistsError: When the folder already holds a progress file (and not
+        ``append``).
 
     >>> log = ProgressLog("runs/apg", "apg", iterations=3000, batch_size=256)  # doctest: +SKIP
     >>> log.iteration(iteration=0, loss=-7.1, learning_rate=1e-3)  # doctest: +SKIP
     >>> log.end("completed", final_loss=-11.2)  # doctest: +SKIP
     """
 
-    def __init__(self, directory: str | Path, kind: str, fsync_s: float = 2.0, **meta: Any) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        kind: str,
+        fsync_s: float = 2.0,
+        append: bool = False,
+        **meta: Any,
+    ) -> None:
         if kind not in PROGRESS_KINDS:
             raise ValueError(f"kind must be one of {list(PROGRESS_KINDS)}, got {kind!r}")
         self.kind = kind
-        self.writer = JsonlWriter(Path(directory) / PROGRESS_FILE, fsync=fsync_s)
+        path = Path(directory) / PROGRESS_FILE
+        resumed = append and path.exists()
+        self.writer = JsonlWriter(path, fsync=fsync_s, exclusive=not append)
         self.writer.write(
             {"type": "start", "kind": kind, "format_version": FORMAT_VERSION, "time": time.time()}
+            | ({"resumed": True} if resumed else {})
             | dict(meta)
         )
         self.writer.sync()

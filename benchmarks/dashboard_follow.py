@@ -5,7 +5,7 @@ A writer appends deploy-style step records (the fields of
 :class:`accelrl.deploy.controller.Controller`'s ``step`` records, five knobs, through
 :class:`accelrl.deploy.runlog.RunLog`: flushed and fsync'ed, one line each) at ``--rate``
 records per second for ``--seconds`` seconds. ``accelrl dashboard`` (``python -m
-accelrl.dashboard``, a subprocess, ``--poll-ms``) serves the run; headless Chromium (Debian's,
+accelrl.cli dashboard``, a subprocess, ``--poll-ms``) serves the run; headless Chromium (Debian's,
 through Selenium) shows its page, and a script in the page notes the time at which each new
 value of the page's "last step" appears. Measured:
 
@@ -146,7 +146,7 @@ def start_dashboard(root: Path, poll_ms: int) -> tuple[subprocess.Popen[str], st
     """The dashboard as a subprocess on a free port, and its URL."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "accelrl.dashboard", str(root), "--port", "0",
+        [sys.executable, "-m", "accelrl.cli", "dashboard", str(root), "--port", "0",
          "--poll-ms", str(poll_ms)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip

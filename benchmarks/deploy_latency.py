@@ -12,7 +12,8 @@ thread, ``ORT_SEQUENTIAL``):
   of the same hidden sizes on the task's flat observation;
 * **controller overhead per step**: the wall time from one controller step's start to the
   next one's (fresh reading, readbacks, health, policy, safety, verified write, and the
-  step's fsync'ed log record) minus the time spent waiting on the machine in it
+  step's log record, whose fsync is waited for before the next put) minus the time spent
+  waiting on the machine in it
   (``machine.settle`` -- the IOC's completion of the put, then the busy flags -- and polling
   for fresh frames/readbacks beyond the successful read; ``timing.wait_s`` of the step's
   record). Measured against the virtual accelerator on EPICS base (:mod:`accelrl.deploy.virtual`,
@@ -23,21 +24,26 @@ thread, ``ORT_SEQUENTIAL``):
   and against :class:`~accelrl.deploy.sim.SimMachine`. The ``to IOC`` column counts the
   machine calls per step that went to the IOC (a put, a read round trip or a barrier)
   instead of the monitors; ``put done`` is the median time from a put's return to its
-  completion by the IOC (waited for in ``settle``, not part of the overhead).
+  completion by the IOC (waited for in ``settle``, not part of the overhead); ``log`` the
+  median time the controller spends writing a step's record to the run log (JSON and flush:
+  part of the overhead; the record's fsync runs in the background while the next step waits
+  for its frame, and what is left of it when the next put is due -- the barrier -- is part of
+  the overhead too).
 
 Targets: onnxruntime p50 <= 25 us; controller overhead <= 2 ms per step for the best
 transport. The last line is one line of JSON::
 
     {"onnx_p50_us": ..., "onnx_p99_us": ..., "torch_p50_us": ..., "sb3_p50_us": ...,
      "loop_overhead_ms": ..., "best_transport": ..., "loop_overhead_by_transport_ms": {...},
-     "loop_overhead_monitors_all_ms": ..., "load_average": [...]}
+     "loop_overhead_monitors_all_ms": ..., "log_write_p50_ms": ..., "load_average": [...]}
 
 ``loop_overhead_ms`` is the median over steps of the best transport with its default
 monitors when the virtual accelerator ran, else on SimMachine (the table says which);
 ``loop_overhead_by_transport_ms`` the same per transport (``caproto``, ``pyepics``, ``pva``);
 ``loop_overhead_monitors_all_ms`` the best Channel Access client's with ``monitors="all"``
-(``null`` without the virtual accelerator); ``load_average`` the host's 1/5/15-minute load
-when the run ended.
+(``null`` without the virtual accelerator); ``log_write_p50_ms`` the median time of writing one
+step record over all runs (included in the overheads); ``load_average`` the host's
+1/5/15-minute load when the run ended.
 
 Run: ``.venv/bin/python benchmarks/deploy_latency.py [--calls 20000] [--steps 40]``
 """
@@ -186,9 +192,37 @@ class TimedMachine:
         return timed
 
 
+class TimedRunLog:
+    """A :class:`~accelrl.deploy.runlog.RunLog` factory that records how long writing each
+    step record takes the controller [s] (JSON and flush; its fsync runs in the background
+    and is waited for before the next put), in :attr:`write_s`."""
+
+    def __init__(self) -> None:
+        self.write_s: list[float] = []
+
+    def __call__(self, *args, **kwargs):
+        from accelrl.deploy.runlog import RunLog
+
+        log = RunLog(*args, **kwargs)
+        write, times = log.write, self.write_s
+
+        def timed_write(record, sync: bool = True) -> None:
+            t0 = time.perf_counter()
+            try:
+                write(record, sync=sync)
+            finally:
+                if record.get("type") == "step":
+                    times.append(time.perf_counter() - t0)
+
+        log.write = timed_write
+        return log
+
+
 def controller_overhead(machine, config, steps: int, log_dir: Path, target) -> dict[str, float]:
     """Run ``steps`` auto steps; per-step wall time minus machine waits [ms], and the part of
-    it spent in machine calls (Channel Access round trips)."""
+    it spent in machine calls (Channel Access round trips) and in writing the log."""
+    from unittest import mock
+
     from accelrl.deploy.controller import Controller
     from accelrl.deploy.runlog import read_run
     from accelrl.deploy.runtime import OnnxPolicy
@@ -201,7 +235,9 @@ def controller_overhead(machine, config, steps: int, log_dir: Path, target) -> d
         policy, machine, safety, "auto", target=target, max_steps=steps, log_dir=log_dir,
         thresholds=[1e-12] * 4, plot=False,
     )  # fmt: skip
-    result = controller.run()
+    timed_log = TimedRunLog()
+    with mock.patch("accelrl.deploy.controller.RunLog", timed_log):
+        result = controller.run()
     if result.abort_reason is not None:
         raise RuntimeError(f"benchmark run aborted: {result.abort_reason}: {result.abort_detail}")
     records = [r for r in read_run(log_dir) if r["type"] == "step" and "total_s" in r["timing"]]
@@ -230,6 +266,8 @@ def controller_overhead(machine, config, steps: int, log_dir: Path, target) -> d
         "put_done_p50_ms": float(np.median(machine.put_done_s) * 1e3)
         if machine.put_done_s
         else None,
+        "log_p50_ms": float(np.median(timed_log.write_s) * 1e3),
+        "log_s": timed_log.write_s,
     }
 
 
@@ -326,7 +364,7 @@ def main() -> None:
     print()
     print(f"{'controller step (auto, verified writes)':<42} {'overhead p50':>13} {'p99':>8} "
           f"{'step p50':>9} {'calls':>6} {'per call':>9} {'to IOC':>7} {'put done':>9}"
-          "  [ms]")  # fmt: skip
+          f" {'log':>6}  [ms]")  # fmt: skip
     names = {"caproto": "CA, caproto client", "pyepics": "CA, libca (pyepics)", "pva": "PVA (p4p)"}
     machines: list[tuple[str, dict[str, float]]] = []
     if epics is not None:
@@ -339,7 +377,7 @@ def main() -> None:
         print(
             f"{name:<42} {r['overhead_p50_ms']:>13.3f} {r['overhead_p99_ms']:>8.3f} "
             f"{r['step_p50_ms']:>9.2f} {r['calls_per_step']:>6.1f} {r['ms_per_call']:>9.3f}"
-            f" {trips:>7} {done:>9}  ({r['steps']} steps)"
+            f" {trips:>7} {done:>9} {r['log_p50_ms']:>6.2f}  ({r['steps']} steps)"
         )
     by_transport: dict[str, float] = {}
     if epics is None:
@@ -361,8 +399,9 @@ def main() -> None:
     print("(overhead: step time minus settle -- the put's completion, then the busy flags -- and "
           "frame/readback waiting; calls: machine calls per step, settle excluded, with their "
           "mean time; to IOC: those that went to the IOC -- a put, a read round trip or a "
-          "barrier -- instead of the monitors; put done: a put's return to its "
-          "completion)")  # fmt: skip
+          "barrier -- instead of the monitors; put done: a put's return to its completion; "
+          "log: writing the step's record, its fsync in the background)")  # fmt: skip
+    log_write = float(np.median([t for _, r in machines for t in r["log_s"]]) * 1e3)
     print(
         json.dumps(
             {
@@ -374,6 +413,7 @@ def main() -> None:
                 "best_transport": best,
                 "loop_overhead_by_transport_ms": by_transport,
                 "loop_overhead_monitors_all_ms": None if all_mode is None else round(all_mode, 3),
+                "log_write_p50_ms": round(log_write, 3),
                 "load_average": [round(x, 2) for x in load],
             }
         )

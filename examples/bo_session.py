@@ -1,7 +1,8 @@
 """Tune the simulated ARES experimental area with a physics-informed BO session.
 
 Read top to bottom: build the problem, the physics prior and the session; then the ask/tell
-loop against the simulated machine; then diagnostics, the return to the best setting, and a
+loop against the simulated machine, each step written to the live progress file that
+``accelrl dashboard`` follows; then diagnostics, the return to the best setting, and a
 save/resume. Runs in about half a minute on one core.
 
     python examples/bo_session.py [--trial 30] [--steps 20] [--out runs/bo_example]
@@ -15,7 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from accelrl.agents.bo import BeamlinePrior, TuningSession, ares_ea_problem, screen_result
+from accelrl.agents.bo import (
+    BeamlinePrior,
+    SessionProgress,
+    TuningSession,
+    ares_ea_problem,
+    screen_result,
+)
 from accelrl.envs import TASKS, TransverseTuningEnv, load_trials
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,10 +57,16 @@ print("variables:", ", ".join(f"{v.name} [{v.unit}]" for v in problem.variables)
 prior = BeamlinePrior(target)
 session = TuningSession(problem, prior, {"acquisition": "logei", "seed": 0})
 
-# 4. Ask/tell: ingest what the machine reads back, apply the next suggestion.
+# 4. Ask/tell: ingest what the machine reads back, apply the next suggestion. Each step goes
+#    to args.out/progress.jsonl as it happens (start record, then one record per step with
+#    the best so far and the prior's state): `accelrl dashboard args.out` shows it live.
+progress = SessionProgress(args.out, machine="sim:ares-ea", trial=args.trial, prior="physics",
+                           acquisition="logei", steps=args.steps)  # fmt: skip
+print(f"follow it live: accelrl dashboard {args.out}")
 for step in range(1, args.steps + 1):
     session.ingest(problem.named(info["magnets"]), measure())
     setting = session.suggest()  # dict name -> SI value, within bounds and max step
+    progress.update(session)  # the step just ingested, with the diagnostics after it
     _, _, _, _, info = env.step(np.array([setting[n] for n in problem.names]))
     d = session.diagnostics()
     print(
@@ -61,6 +74,8 @@ for step in range(1, args.steps + 1):
         f"{d['best']['objective'] * 1e6:7.1f} um   prior used: {d['uses_prior']}"
     )
 session.ingest(problem.named(info["magnets"]), measure())
+progress.update(session)
+progress.end("completed", best_mae_m=session.best()[1])
 
 # 5. What the model learnt: the prior's correlation with the data and the calibration.
 d = session.diagnostics()

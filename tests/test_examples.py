@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Script -> (extra arguments, modules it needs, a line its output must contain).
 EXAMPLES: dict[str, tuple[list[str], tuple[str, ...], str]] = {
     "bo_session.py": (["--steps", "4", "--out", "runs/bo"], ("botorch",), "back at the best"),
+    "live_runs.py": (["--out", "runs/live"], ("stable_baselines3",), "accelrl dashboard"),
     "deploy_shadow.py": (["--out", "runs/deploy"], ("onnxruntime",), "auto:"),
     "lpa_surrogate.py": ([], ("onnxruntime",), "environment, 10 shots"),
     "virtual_accelerator_demo.py": ([], ("caproto",), "setpoints after the rollback"),

@@ -18,7 +18,15 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 #: Extras installed by `make venv` and CI (and pinned by constraints.txt).
-TESTED_EXTRAS = ("dev", "deploy", "surrogates", "xopt", "dashboard", "cluster")
+TESTED_EXTRAS = (
+    "dev",
+    "deploy",
+    "surrogates",
+    "xopt",
+    "dashboard",
+    "tensorboard",
+    "cluster",
+)
 #: Imports that are optional at run time (guarded by ImportError or only used when already
 #: loaded), with the reason.
 OPTIONAL_IMPORTS = {

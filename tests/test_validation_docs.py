@@ -231,11 +231,38 @@ def _manifest() -> Callable[[], Any]:
     return run
 
 
+def _world_file(data: dict[str, Any]) -> Callable[[], Any]:
+    def run() -> Any:
+        from accelrl.envs.spec import TaskSpec
+        from accelrl.envs.world.spec import load_world
+
+        load_world(_yaml("world.yaml", data)).check(
+            TaskSpec.from_yaml(ROOT / "envs" / "ares_ea.yaml")
+        )
+
+    return run
+
+
 def _add(data: dict[str, Any], section: str, key: str, value: Any) -> None:
     data[section][key] = value
 
 
 CASES: list[tuple[str, str, Callable[[], Callable[[], Any]]]] = [
+    # world files
+    ("world file", "unknown key", lambda: _world_file({"camera": {"gamma": 2.2}})),
+    ("world file", "negative read noise", lambda: _world_file({"camera": {"read_noise": -1.0}})),
+    (
+        "world file",
+        "hysteresis wider than the magnet range",
+        lambda: _world_file({"magnets": {"Q1": {"hysteresis": {"width": 150.0}}}}),
+    ),
+    (
+        "world file",
+        "scenario step beyond the episode",
+        lambda: _world_file(
+            {"scenarios": [{"kind": "actuator_failure", "actuator": "Q3", "step": [40, 60]}]}
+        ),
+    ),
     # task specs
     (
         "task spec",

@@ -8,7 +8,10 @@ Examples::
         --machine deploy/virtual_ares_ea_machine.yaml --mode shadow \\
         --target 0,1e-4,0,1e-4 --ca-address 127.0.0.1:5064
 
-On a ``ca``/``pva`` machine this never imports torch. Exit status: 0 when the run ended at
+It prints one line per step as the run goes (step, mode, what was done, the beam error in
+um, each knob's change in operator units), every safety event, and the abort and the
+rollback in bold (``--quiet``: only those). On a ``ca``/``pva`` machine this never imports
+torch. Exit status: 0 when the run ended at
 the target, the step budget or an operator stop; 2 for invalid input; 3 when the run was
 aborted (the knobs were rolled back).
 """
@@ -108,10 +111,19 @@ def deploy_run_command(
         typer.Option("--stop-file", dir_okay=False, help="Stop when this file appears."),
     ] = None,
     plot: Annotated[bool, typer.Option("--plot/--no-plot", help="Write run.png.")] = True,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No line per step (aborts, rollbacks and safety events are still shown).",
+        ),
+    ] = False,
 ) -> None:
     """Run a policy bundle on a machine through the safety layer (shadow, confirm or auto),
     logging every step; aborts roll the knobs back to their initial settings."""
     from accelrl.bundle import BundleError
+    from accelrl.cli.steplines import StepLines
     from accelrl.deploy.config import MachineConfigError, load_machine_config
     from accelrl.deploy.controller import Controller, StopReason
     from accelrl.deploy.machines import build_machine
@@ -154,12 +166,13 @@ def deploy_run_command(
             log_dir=log_dir,
             stop_file=stop_file,
             plot=plot,
+            on_record=StepLines(console, quiet=quiet),
         )
     except (ValueError, BundleError) as err:
         raise fail(str(err), EXIT_INVALID) from None
     console.print(
         f"{mode.value} run of {policy.manifest.source} on {config.name} ({config.transport}), "
-        f"up to {steps} steps; log: {log_dir}",
+        f"up to {steps} steps; log: {log_dir} (follow it live: accelrl dashboard {log_dir})",
         highlight=False,
     )
     try:

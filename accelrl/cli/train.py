@@ -206,6 +206,7 @@ def train_command(
     except OutputFolderError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
+    err.print(f"follow it live: accelrl dashboard {escape(str(run_dir))}", highlight=False)
     if isinstance(r, APGRecipe):
         from accelrl.agents.training.apg import train_apg_recipe
 

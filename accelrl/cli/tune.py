@@ -16,10 +16,13 @@ With a machine config (``deploy/*.yaml``: the simulation or an EPICS machine) th
 in the deploy controller: every write through the safety layer, modes shadow / confirm / auto,
 the run log in ``--out``/run, rollback on an abort (exit status 3).
 
-Writes into ``--out``: the session (``problem.json``, ``session.json``, ``data.csv``,
-``model.npz``, ``manifest.json``; see :mod:`accelrl.agents.bo.persistence`), ``summary.json``,
-``objective.png`` (objective per step) and ``slices.png`` (GP and prior around the best
-setting). At the end the machine is returned to the best observed setting.
+Writes into ``--out`` as it runs: ``progress.jsonl``, one record per step (setting, MAE,
+best so far, the prior's calibration and fallback state; :mod:`accelrl.agents.bo.live`),
+which ``accelrl dashboard`` follows; on a machine config also the controller's ``run/`` log
+and one printed line per step. At the end: the session (``problem.json``, ``session.json``,
+``data.csv``, ``model.npz``, ``manifest.json``; see :mod:`accelrl.agents.bo.persistence`),
+``summary.json``, ``objective.png`` (objective per step) and ``slices.png`` (GP and prior
+around the best setting). At the end the machine is returned to the best observed setting.
 
 An ``--out`` that holds files is refused unless ``--force`` (replace: the earlier session,
 plots, summary and run logs are removed first) or ``--resume``: continue the session saved
@@ -32,6 +35,7 @@ with the same machine, trial, prior and acquisition.
 from __future__ import annotations
 
 import json
+import math
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -53,11 +57,13 @@ from accelrl.units import um
 
 if TYPE_CHECKING:
     from accelrl.agents.bo import BOOptimiser, TuningSession
+    from accelrl.agents.bo.live import SessionProgress
 
 #: Built-in machines ``--machine`` accepts (besides a machine config file).
 MACHINES: tuple[str, ...] = ("sim:ares-ea",)
 #: What a tuning run writes into ``--out`` (glob patterns; ``--force`` removes these).
 OUT_FILES: tuple[str, ...] = (
+    "progress.jsonl",
     "problem.json",
     "session.json",
     "data.csv",
@@ -171,7 +177,7 @@ def tune_command(
 
         _tune_machine_config(
             out, resolve(machine), trial, prior, acquisition, steps, budget, seed, mode, target,
-            ca_address, resume,
+            ca_address, resume, progress,
         )  # fmt: skip
         return
     if mode is not None or target is not None or ca_address:
@@ -195,6 +201,7 @@ def _optimiser(
     budget: float,
     max_step: float = 1.0,
     resumed: TuningSession | None = None,
+    observer: Any = None,
 ) -> BOOptimiser:
     """The BO optimiser of a run; with ``resumed``, its first reset continues that session
     (after checking it lies within the limits of the problem the machine gives)."""
@@ -209,8 +216,9 @@ def _optimiser(
                 self.session = resumed
 
     return Resumed(
-        prior=prior.value, acquisition=acquisition.value, budget_s=budget, max_step=max_step
-    )
+        prior=prior.value, acquisition=acquisition.value, budget_s=budget, max_step=max_step,
+        observer=observer,
+    )  # fmt: skip
 
 
 def _resumed_session(out: Path, limits: Any, expected: dict[str, Any]) -> TuningSession:
@@ -248,6 +256,75 @@ def _write_session(optimiser: BOOptimiser, out: Path) -> list[str]:
     return [*files, "objective.png", "slices.png"]
 
 
+def _progress(out: Path, resume: bool, **meta: Any) -> SessionProgress:
+    """The session's live progress file in ``out`` (continued when resuming)."""
+    from accelrl.agents.bo.live import SessionProgress
+
+    try:
+        return SessionProgress(out, resume=resume, **meta)
+    except FileExistsError as err:
+        raise fail(f"--out: {err}", EXIT_INVALID) from None
+
+
+def _ended(err: BaseException) -> tuple[str, dict[str, Any]]:
+    """The end status of a progress file for an exception that stopped the session."""
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted", {}
+    return "failed", {"error": f"{type(err).__name__}: {err}"}
+
+
+class _LiveTable:
+    """The terminal table of a simulated session: the last :attr:`ROWS` steps, each with its
+    MAE, the best so far, and how the session stood after it (mode of the next suggestion,
+    the prior's correlation, whether the prior is used or has fallen back, trust region,
+    suggestion time)."""
+
+    ROWS = 12
+
+    def __init__(self, title: str, steps: int) -> None:
+        self.title, self.steps = title, steps
+        self.rows: list[tuple[str, ...]] = []
+        self._seen = 0
+        self._best = math.inf
+
+    def update(self, session: TuningSession) -> None:
+        """Add the session's new rows (with its diagnostics now)."""
+        rows = session.rows
+        if self._seen >= len(rows):
+            return
+        d = session.diagnostics()
+        r = d.get("prior_correlation")
+        if not d.get("has_prior"):
+            used = "none"
+        elif d.get("prior_fallback"):
+            used = "FALLBACK"
+        else:
+            used = "yes" if d.get("uses_prior") else "no"
+        for row in rows[self._seen :]:
+            mae = float(row.get("result.mae", math.nan))
+            if row.get("safe") and row.get("feasible") and math.isfinite(mae):
+                self._best = min(self._best, mae)
+            self.rows.append((
+                f"{row['step']}/{self.steps}", um(mae), um(self._best) if self._best < math.inf
+                else "-", str(d.get("mode") or "-"), "-" if r is None else f"{r:.2f}", used,
+                f"{d.get('trust_length', math.nan):.2f}",
+                "-" if d.get("suggest_s") is None else f"{d['suggest_s']:.3f}",
+            ))  # fmt: skip
+        self._seen = len(rows)
+        del self.rows[: -self.ROWS]
+
+    def render(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=self.title)
+        for col in ("step", "MAE [um]", "best [um]", "next mode", "prior r", "prior used",
+                    "trust", "suggest [s]"):  # fmt: skip
+            table.add_column(col, justify="right")
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+
 def _tune_simulation(
     out: Path,
     trial: int,
@@ -263,7 +340,6 @@ def _tune_simulation(
     """A BO session on one published trial of the simulated ARES-EA, run by the evaluation
     protocol (the same loop as ``accelrl evaluate``), with a live table."""
     from rich.live import Live
-    from rich.table import Table
 
     from accelrl.agents.evaluation import evaluate
     from accelrl.envs import TASKS, load_trials
@@ -281,44 +357,24 @@ def _tune_simulation(
         expected = {"machine": "sim:ares-ea", "trial": trial, "prior": prior.value,
                     "acquisition": acquisition.value}  # fmt: skip
         resumed = _resumed_session(out, limits, expected)
-    # --max-step is a fraction of max(|low|, |high|); the optimiser counts in max_delta.
-    optimiser = _optimiser(prior, acquisition, budget, max_step / spec.delta_fraction, resumed)
-    rows: list[tuple[int, float]] = []
+    err_console.print(f"follow it live: accelrl dashboard {escape(str(out))}", highlight=False)
+    progress_file = _progress(
+        out, resume, machine="sim:ares-ea", trial=trial, prior=prior.value,
+        acquisition=acquisition.value, steps=steps, seed=seed, budget_s=budget,
+    )  # fmt: skip
+    table = _LiveTable(f"accelrl tune {ARES_EA_ID} trial {trial}, prior {prior.value}", steps)
 
-    def view() -> Table:
-        table = Table(title=f"accelrl tune {ARES_EA_ID} trial {trial}, prior {prior.value}")
-        for col in (
-            "step",
-            "MAE [um]",
-            "best [um]",
-            "mode",
-            "prior r",
-            "prior used",
-            "suggest [s]",
-        ):
-            table.add_column(col, justify="right")
-        d = optimiser.session.diagnostics() if optimiser.session is not None else {}
-        for step, mae in rows[-8:]:
-            best = min(m for _, m in rows[: rows.index((step, mae)) + 1])
-            r = d.get("prior_correlation")
-            last = (step, mae) == rows[-1]
-            table.add_row(
-                f"{step}/{steps}",
-                um(mae),
-                um(best),
-                str(d.get("mode") or "-") if last else "",
-                ("-" if r is None else f"{r:.2f}") if last else "",
-                ("yes" if d.get("uses_prior") and d.get("has_prior") else "no") if last else "",
-                ("-" if d.get("suggest_s") is None else f"{d['suggest_s']:.3f}") if last else "",
-            )
-        return table
-
-    def on_step(index: int, step: int, info: Any) -> None:
-        rows.append((step, float(info["mae"])))
+    def observe(session: TuningSession) -> None:
+        progress_file.update(session)
+        table.update(session)
         if progress:
-            live.update(view())
+            live.update(table.render())
 
-    live = Live(view(), console=err_console, refresh_per_second=8)
+    # --max-step is a fraction of max(|low|, |high|); the optimiser counts in max_delta.
+    optimiser = _optimiser(
+        prior, acquisition, budget, max_step / spec.delta_fraction, resumed, observe
+    )
+    live = Live(table.render(), console=err_console, refresh_per_second=8)
     if progress:
         live.start()
     try:
@@ -330,8 +386,10 @@ def _tune_simulation(
             executor="serial",
             progress=False,
             label="bo",
-            on_step=on_step,
         )
+    except BaseException as err:
+        progress_file.end(*_ended(err))
+        raise
     finally:
         if progress:
             live.stop()
@@ -345,6 +403,7 @@ def _tune_simulation(
         reading = [ep[f"reading_{p}"][-1] for p in TRANSVERSE]
         target = [ep[f"target_{p}"][-1] for p in TRANSVERSE]
         session.ingest(last, screen_result(reading, target, bool(ep["on_screen"][-1])))
+        progress_file.update(session)
     out.mkdir(parents=True, exist_ok=True)
     written = _write_session(optimiser, out)
     diag = optimiser.session.diagnostics()
@@ -363,6 +422,10 @@ def _tune_simulation(
         "diagnostics": diag,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    progress_file.end(
+        "completed" if summary["error"] is None else "failed",
+        **{k: summary[k] for k in ("initial_mae_m", "best_mae_m", "final_mae_m", "error")},
+    )
     console.print(
         f"trial {trial}: MAE {um(summary['initial_mae_m'])} um -> best "
         f"{um(summary['best_mae_m'])} um; final (back at the best setting) "
@@ -384,10 +447,12 @@ def _tune_machine_config(
     target: str | None,
     ca_address: list[str] | None,
     resume: bool = False,
+    progress: bool = True,
 ) -> None:
     """A BO session on the machine of a machine config, run by the deploy controller: every
-    write through the safety layer, logged (``run/``; ``run-2/``, ... when resumed); an
-    abort rolls the knobs back."""
+    write through the safety layer, logged (``run/``; ``run-2/``, ... when resumed), one line
+    printed per step (``--no-progress``: only safety events); an abort rolls the knobs back."""
+    from accelrl.cli.steplines import StepLines
     from accelrl.deploy.config import MachineConfigError, load_machine_config
     from accelrl.deploy.controller import Controller, StopReason
     from accelrl.deploy.machines import build_machine
@@ -426,21 +491,33 @@ def _tune_machine_config(
         run_mode = (
             mode if mode is not None else (Mode.auto if config.transport == "sim" else Mode.confirm)
         )
-        optimiser = _optimiser(prior, acquisition, budget, resumed=resumed)
+        progress_file = _progress(
+            out, resume, machine=config.name, machine_config=str(path),
+            transport=config.transport, mode=run_mode.value, prior=prior.value,
+            acquisition=acquisition.value, steps=steps, seed=seed, budget_s=budget,
+            run=log_dir.name,
+        )  # fmt: skip
+        optimiser = _optimiser(
+            prior, acquisition, budget, resumed=resumed, observer=progress_file.update
+        )
         try:
             controller = Controller(
                 optimiser, mach, SafetyLayer(mach, config), run_mode, target=target_values,
                 thresholds=TASKS[config.env_id]().termination.thresholds, max_steps=steps,
-                seed=seed, log_dir=log_dir,
+                seed=seed, log_dir=log_dir, on_record=StepLines(console, quiet=not progress),
             )  # fmt: skip
         except ValueError as err:
             raise fail(str(err), EXIT_INVALID) from None
         console.print(
             f"BO ({prior.value} prior) on {config.name} ({config.transport}), {run_mode.value} "
-            f"mode, up to {steps} steps; log: {log_dir}",
+            f"mode, up to {steps} steps; log: {log_dir} (follow it live: accelrl dashboard {out})",
             highlight=False,
         )
-        result = controller.run()
+        try:
+            result = controller.run()
+        except BaseException as err:
+            progress_file.end(*_ended(err))
+            raise
     finally:
         mach.close()
     written = [f"{log_dir.name}/", *_write_session(optimiser, out)]
@@ -457,6 +534,14 @@ def _tune_machine_config(
         "diagnostics": None if session is None else session.diagnostics(),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    aborted = result.reason is StopReason.abort
+    progress_file.end(
+        "failed" if aborted else "completed", reason=result.reason.value,
+        steps_run=result.steps, writes=result.writes,
+        best_mae_m=None if session is None or session.best() is None else session.best()[1],
+        **({"error": f"abort: {getattr(result.abort_reason, 'value', result.abort_reason)}: "
+                     f"{result.abort_detail}"} if aborted else {}),
+    )  # fmt: skip
     print_run_result(result, log_dir, title="accelrl tune")
     console.print(f"wrote {escape(str(out))}/: {', '.join([*written, 'summary.json'])}")
     if result.reason is StopReason.abort:

@@ -177,9 +177,16 @@ class Controller:
     :param stop_callback: The run stops when this returns ``True`` (checked every step).
     :param rollback_on_stop: Also roll back when the operator stops or the budget ends.
     :param plot: Write ``run.png`` at the end.
-    :param fsync: fsync every log record.
+    :param fsync: fsync every log record (a step's in the background, on disk before the
+        next write; :mod:`~accelrl.deploy.runlog`).
     :param announce: Shows the machine's protections at the start of :meth:`run` (one line
         each, an opt-out marked ``OFF`` with its reason); default: printed on stderr.
+    :param on_record: Called with every log record right after it is written (``start``,
+        each ``step``, each ``rollback`` event, ``end`` with the summary), also when
+        ``log_dir`` is ``None``: how a command shows the run as it goes (``accelrl deploy
+        run`` prints one line per step; the controller does not print steps itself). An
+        exception from it is announced once and the callback is dropped; it never stops
+        the run.
     :raises BundleError: If a bundle does not fit the machine (knobs, observations, task).
     :raises ValueError: For an invalid mode, target, thresholds or budget.
     """
@@ -203,6 +210,7 @@ class Controller:
         plot: bool = True,
         fsync: bool = True,
         announce: Callable[[str], None] | None = None,
+        on_record: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> None:
         if isinstance(optimiser, str | Path):
             optimiser = OnnxPolicy(optimiser)
@@ -252,7 +260,9 @@ class Controller:
         self.plot = plot
         self.fsync = fsync
         self.announce: Callable[[str], None] = announce or _print_stderr
+        self.on_record = on_record
         self._interrupts = 0
+        self._log: RunLog | None = None
 
     # ------------------------------------------------------------------ operator stop
     def request_stop(self) -> None:
@@ -328,6 +338,18 @@ class Controller:
             "protections": self.safety.config.protections(),
             "rollback_config": self.safety.config.rollback.model_dump(),
         }
+
+    def _notify(self, record: Mapping[str, Any]) -> None:
+        """Hand a written record to ``on_record``; a failing callback is dropped, never
+        allowed to stop the run or its rollback."""
+        if self.on_record is None:
+            return
+        try:
+            self.on_record(record)
+        except Exception as err:
+            self.on_record = None
+            with contextlib.suppress(Exception):
+                self.announce(f"record callback failed ({type(err).__name__}: {err}); dropped")
 
     # ------------------------------------------------------------------ one step
     def _problem(self, start: np.ndarray) -> Problem:
@@ -417,6 +439,8 @@ class Controller:
         wrote = False
         if decision == "write":
             t4 = time.perf_counter()
+            if self._log is not None:
+                self._log.sync()  # every earlier record on disk before this write
             result = safety.write(proposal.setpoints)
             rec["writes"] = {} if result is None else result.setpoints
             if result is not None:
@@ -437,7 +461,13 @@ class Controller:
         documentation). Never raises for machine or optimiser failures: they end in an
         abort, a rollback and a complete log."""
         log = RunLog(self.log_dir, fsync=self.fsync) if self.log_dir is not None else None
-        emit = log.write if log is not None else (lambda record: None)
+        self._log = log
+
+        def emit(record: dict[str, Any], sync: bool = True) -> None:
+            if log is not None:
+                log.write(record, sync=sync)
+            self._notify(record)
+
         t_run = time.perf_counter()
         abort: SafetyAbort | None = None
         initial: dict[str, float] | None = None
@@ -461,7 +491,7 @@ class Controller:
         return self._finish(log, reason, steps, writes, initial, last_error, abort, rollback, t_run)
 
     def _loop(
-        self, emit: Callable[[dict[str, Any]], None]
+        self, emit: Callable[..., None]
     ) -> tuple[StopReason, int, int, dict[str, float] | None, SafetyAbort | None]:
         """The steps: ``(reason, steps, writes, last error, abort)``."""
         steps = writes = 0
@@ -476,7 +506,7 @@ class Controller:
                         return StopReason.operator_stop, steps, writes, last_error, None
                     rec = {"type": "step", "step": steps, "time": time.time()}
                     outcome = self.step(steps, rec)
-                    emit(rec)
+                    emit(rec, sync=False)  # on disk before the next write (step)
                     last_error = outcome.error
                     if outcome.decision == "target_reached":
                         return StopReason.target_reached, steps, writes, last_error, None
@@ -513,6 +543,9 @@ class Controller:
         def on_note(note: Mapping[str, Any]) -> None:
             emit({"type": "rollback", "time": time.time(), **note})
 
+        if self._log is not None:  # every step record on disk before the first rollback
+            with contextlib.suppress(OSError):  # write; a disk error must not stop it
+                self._log.sync()
         rb = self.safety.rollback(on_write=on_write, on_note=on_note)
         return {
             "complete": rb.complete,
@@ -563,6 +596,7 @@ class Controller:
         }
         if log is not None:
             summary = log.finish(summary, plot=self.plot)
+        self._notify({"type": "end", **summary})
         return RunResult(
             reason=reason,
             steps=steps,

@@ -2,8 +2,13 @@
 
 A run directory holds::
 
-    run.jsonl      one JSON object per line, each written, flushed and fsync'ed before the
-                   controller goes on (a crash loses at most the line being written):
+    run.jsonl      one JSON object per line, each written and flushed at once (a crash of
+                   the process loses nothing written) and fsync'ed before the controller's
+                   next write to the machine: the start, abort, rollback and end records
+                   before the controller goes on, a step record in the background while the
+                   next step waits for its frame (:meth:`RunLog.sync` is the barrier before
+                   each put; a crash of the host loses at most the step record of the last
+                   write):
                      {"type": "start", ...}     optimiser or bundle, machine, mode,
                                                 limits, protections, target, initial
                                                 settings (a new folder per run; an
@@ -39,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -79,6 +85,9 @@ class RunLog:
 
     :param directory: Run directory (created; must not hold a run already).
     :param fsync: ``os.fsync`` every record (default; turn off only for benchmarks).
+
+    A record written with ``sync=False`` is flushed at once and fsync'ed by a background
+    thread; :meth:`sync` waits until every record written so far is on disk.
     """
 
     def __init__(self, directory: str | Path, fsync: bool = True) -> None:
@@ -93,15 +102,69 @@ class RunLog:
             ) from None
         self._fsync = fsync
         self.records: list[dict[str, Any]] = []
+        # background fsync: records written (requested) and on disk (done), by count
+        self._cv = threading.Condition()
+        self._requested = self._done = 0
+        self._error: OSError | None = None
+        self._worker: threading.Thread | None = None
 
-    def write(self, record: Mapping[str, Any]) -> None:
-        """Append one record; flushed and fsync'ed before returning."""
+    def write(self, record: Mapping[str, Any], sync: bool = True) -> None:
+        """Append one record, flushed at once.
+
+        :param sync: fsync it (and every record before it) before returning; ``False``:
+            fsync it in the background (:meth:`sync` waits for that).
+        :raises OSError: If writing fails, or an earlier background fsync failed.
+        """
         data = jsonable(record)
         self._file.write(json.dumps(data, allow_nan=False) + "\n")
         self._file.flush()
-        if self._fsync:
-            os.fsync(self._file.fileno())
         self.records.append(data)
+        if not self._fsync:
+            return
+        if sync:
+            self.sync()
+            os.fsync(self._file.fileno())
+            return
+        with self._cv:
+            self._requested += 1
+            self._cv.notify_all()
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._fsync_loop, daemon=True,
+                                            name="runlog-fsync")  # fmt: skip
+            self._worker.start()
+
+    def sync(self) -> None:
+        """Return once every record written so far is on disk (the background fsyncs done).
+
+        :raises OSError: If a background fsync failed (once: the records it covered may not
+            be on disk).
+        """
+        with self._cv:
+            self._cv.wait_for(lambda: self._done >= self._requested or self._error is not None)
+            if self._error is not None:  # raised once; the next background write starts anew
+                err, self._error, self._worker = self._error, None, None
+                self._done = self._requested
+                raise err
+
+    def _fsync_loop(self) -> None:
+        """The background fsyncs (one thread per log, until :meth:`close`)."""
+        fd = self._file.fileno()
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._requested > self._done or self._file.closed)
+                if self._done >= self._requested:
+                    return  # closed
+                target = self._requested
+            try:
+                os.fsync(fd)
+            except OSError as err:
+                with self._cv:
+                    self._error = err
+                    self._cv.notify_all()
+                return
+            with self._cv:
+                self._done = target
+                self._cv.notify_all()
 
     def finish(self, summary: Mapping[str, Any], plot: bool = True) -> dict[str, Any]:
         """Write the ``end`` record, ``summary.json`` and (``plot``) ``run.png``; close.
@@ -127,9 +190,18 @@ class RunLog:
         return data
 
     def close(self) -> None:
-        """Close the file (idempotent)."""
-        if not self._file.closed:
-            self._file.close()
+        """Wait for the background fsyncs, then close the file (idempotent).
+
+        :raises OSError: If a background fsync failed (the file is closed all the same).
+        """
+        if self._file.closed:
+            return
+        try:
+            self.sync()
+        finally:
+            with self._cv:
+                self._file.close()
+                self._cv.notify_all()
 
     def __enter__(self) -> RunLog:
         return self

@@ -277,3 +277,108 @@ def test_run_list_and_damaged_runs(browser, dashboard, root, shots):
     for name in ("deploy-ares-ea", "apg-train", "tune-ares-ea", "eval-policy", "not-yet"):
         assert name in links
     screenshot(browser, shots, "dashboard-index.png")
+
+
+def test_real_sb3_training_live(browser, dashboard, root, shots, monkeypatch):
+    """A real (tiny) PPO run writes its live files; the page shows the timesteps and the first
+    held-out evaluation while it trains, then the finished run."""
+    pytest.importorskip("stable_baselines3")
+    import accelrl.agents.training.sb3 as sb3
+    from accelrl.agents.training.recipes import Recipe
+
+    recipe = Recipe.from_dict({
+        "algorithm": "ppo", "num_envs": 4, "total_timesteps": 768, "seed": 1,
+        "hyperparameters": {"n_steps": 32, "batch_size": 64, "n_epochs": 1,
+                            "net_arch": {"actor": [8], "critic": [8]}},
+        "evaluation": {"every": 256, "trials": "0:300:100", "steps": 10},
+    })  # fmt: skip
+    paused, go = threading.Event(), threading.Event()
+    real = sb3.evaluate_policy
+    calls: list[int] = []
+
+    def gated(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # hold the run at its second evaluation until the page is checked
+            paused.set()
+            go.wait(120)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sb3, "evaluate_policy", gated)
+    outcome: dict[str, Any] = {}
+
+    def train() -> None:
+        try:
+            outcome["result"] = sb3.train(recipe, root / "sb3-live", progress=False)
+        except BaseException as err:  # reported by the test below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    try:
+        open_page(browser, dashboard.page("0/sb3-live"))
+        wait_for(paused.is_set, 240, "the run at its second evaluation")
+        wait_for(lambda: field_text(browser, "eval-best") not in (None, "", "-"), 60,
+                 "the first evaluation on the page")  # fmt: skip
+        wait_for(lambda: "RUNNING" in " ".join(deep_texts(browser, "span")), 60, "running")
+        done = float(retry(lambda: field_text(browser, "done")) or 0)
+        assert 256 <= done < 768
+        go.set()
+        thread.join(240)
+        assert "error" not in outcome, outcome.get("error")
+        wait_for(lambda: "FINISHED" in " ".join(deep_texts(browser, "span")), 60, "finished")
+        wait_for(lambda: field_text(browser, "done") == "768", 60, "all 768 timesteps")
+        screenshot(browser, shots, "dashboard-training-sb3.png")
+    finally:
+        go.set()
+        thread.join(240)
+
+
+def test_real_tuning_session_live(browser, dashboard, root, shots):
+    """A real BO session (physics prior) on the simulated ARES-EA writes a step record per
+    observation; the page shows the steps as they come and the prior's state."""
+    pytest.importorskip("botorch")
+    from accelrl.agents.bo.live import SessionProgress
+    from accelrl.agents.bo.optimiser import BOOptimiser
+    from accelrl.agents.evaluation import evaluate
+    from accelrl.envs import load_trials
+
+    run = root / "tune-real"
+    progress = SessionProgress(run, machine="sim:ares-ea", trial=30, prior="physics",
+                               acquisition="logei", steps=8)  # fmt: skip
+    paused, go = threading.Event(), threading.Event()
+
+    def observe(session: Any) -> None:
+        progress.update(session)
+        if len(session.rows) == 3:  # hold after three observations until the page shows them
+            paused.set()
+            go.wait(120)
+
+    optimiser = BOOptimiser(prior="physics", budget_s=0.03, observer=observe)
+    outcome: dict[str, Any] = {}
+
+    def tune() -> None:
+        try:
+            with progress:
+                evaluate(lambda: optimiser, [load_trials()[30]], max_steps=8, executor="serial",
+                         progress=False, label="bo")  # fmt: skip
+        except BaseException as err:  # reported by the test below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=tune)
+    thread.start()
+    try:
+        open_page(browser, dashboard.page("0/tune-real"))
+        wait_for(paused.is_set, 240, "three observations")
+        wait_for(lambda: field_text(browser, "steps") == "3", 60, "3 observations on the page")
+        assert retry(lambda: field_text(browser, "prior-state")) in ("in use", "not used",
+                                                                     "FALLBACK")  # fmt: skip
+        best = float(retry(lambda: field_text(browser, "best")) or "nan")
+        assert 0 < best < 400  # um: below the start (358 um on trial 30)
+        go.set()
+        thread.join(240)
+        assert "error" not in outcome, outcome.get("error")
+        wait_for(lambda: field_text(browser, "steps") == "8", 60, "all 8 observations")
+        wait_for(lambda: "FINISHED" in " ".join(deep_texts(browser, "span")), 60, "finished")
+    finally:
+        go.set()
+        thread.join(240)

@@ -8,6 +8,7 @@
 * :mod:`~accelrl.agents.bo.guard`: hard bounds, max step, trust region, safe returns.
 * :mod:`~accelrl.agents.bo.session`: the ask/tell session (persists and resumes).
 * :mod:`~accelrl.agents.bo.persistence`: the session's files and the checks of a load.
+* :mod:`~accelrl.agents.bo.live`: the live progress file of a session (one record per step).
 * :mod:`~accelrl.agents.bo.optimiser`: the evaluation-protocol optimiser ``"bo"``.
 * :mod:`~accelrl.agents.bo.xopt_interop`: the prior as an Xopt ``mean_modules`` entry.
 * :mod:`~accelrl.agents.bo.plots`: figures of a session.
@@ -39,6 +40,7 @@ _LAZY = {
     "TuningGuard": "accelrl.agents.bo.guard",
     "TrustRegionConfig": "accelrl.agents.bo.guard",
     "SessionFileError": "accelrl.agents.bo.persistence",
+    "SessionProgress": "accelrl.agents.bo.live",
     "SessionPaused": "accelrl.agents.bo.session",
     "TuningSession": "accelrl.agents.bo.session",
 }

@@ -16,6 +16,7 @@ quadrupoles, calibrated: tests the fallback), ``"none"`` (constant mean).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,9 @@ class BOOptimiser:
     :param trust_length: Initial trust-region side length (normalised units).
     :param return_to_best: Spend the last steps on the route back to the best setting.
     :param fit_maxiter: L-BFGS iterations of each GP fit.
+    :param observer: Called with the session after each step (the observation ingested and
+        the next suggestion made, or its failure), e.g. :meth:`accelrl.agents.bo.live.
+        SessionProgress.update`, which writes the step to the live progress file.
     """
 
     name = "bo"
@@ -57,6 +61,7 @@ class BOOptimiser:
         trust_length: float = 0.5,
         return_to_best: bool = True,
         fit_maxiter: int = 15,
+        observer: Callable[[Any], None] | None = None,
     ) -> None:
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
@@ -77,6 +82,7 @@ class BOOptimiser:
         )
         SessionConfig.model_validate(self._config)  # fail early on bad values
         self.session: Any = None  # TuningSession (BoTorch is imported on reset)
+        self.observer = observer
 
     def _prior(self, problem: Problem):  # noqa: ANN202 - BeamlinePrior or None
         if self.prior == "none":
@@ -107,12 +113,16 @@ class BOOptimiser:
         magnets = np.asarray(observation.magnets, np.float64)
         result = screen_result(observation.beam, observation.target, observation.on_screen)
         s.ingest(s.problem.named(magnets), result)
-        remaining = self._problem.max_steps - int(observation.step)
-        if self.return_to_best and not s.pending:
-            best = s.best()
-            if best is not None:
-                moves = s.safety.moves_to(s.problem.vector(best[0]), magnets)
-                if 0 < moves and moves >= remaining:
-                    s.finish()
-        x = s.suggest()
+        try:
+            remaining = self._problem.max_steps - int(observation.step)
+            if self.return_to_best and not s.pending:
+                best = s.best()
+                if best is not None:
+                    moves = s.safety.moves_to(s.problem.vector(best[0]), magnets)
+                    if 0 < moves and moves >= remaining:
+                        s.finish()
+            x = s.suggest()
+        finally:
+            if self.observer is not None:
+                self.observer(s)
         return np.array([x[n] for n in s.names], dtype=np.float64)

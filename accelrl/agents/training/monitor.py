@@ -3,8 +3,10 @@
 :func:`evaluate_policy` runs the current policy on held-out trials through the evaluation
 protocol (:mod:`accelrl.agents.evaluation`, the vectorised path: one vector environment for
 all trials) and summarises it with the protocol's metrics; :class:`TrainingMonitor` is the
-SB3 callback that calls it every ``every`` timesteps; :func:`plot_learning_curve` draws the
-episode return and the evaluation MAE against timesteps.
+SB3 callback that calls it every ``every`` timesteps and appends what it sees to the run's
+live files as it happens (each evaluation to ``progress.jsonl``, each training episode to
+``episodes.csv``); :func:`plot_learning_curve` draws the episode return and the evaluation
+MAE against timesteps.
 """
 
 from __future__ import annotations
@@ -21,11 +23,16 @@ from stable_baselines3.common.callbacks import BaseCallback
 from accelrl.agents.evaluation.metrics import TARGET_MAE
 from accelrl.agents.policy import MLPPolicy, PolicyOptimiser
 from accelrl.progress import progress_bar
+from accelrl.runfiles import CsvWriter, ProgressLog
 
 if TYPE_CHECKING:
     from accelrl.envs import Trial
 
-__all__ = ["TrainingMonitor", "evaluate_policy", "plot_learning_curve"]
+__all__ = ["EPISODE_COLUMNS", "TrainingMonitor", "evaluate_policy", "plot_learning_curve"]
+
+#: Columns of a run's ``episodes.csv``: the timestep at which a training episode ended, its
+#: return (raw reward, before normalisation) and its length [steps].
+EPISODE_COLUMNS: tuple[str, ...] = ("timesteps", "return", "length")
 
 _log = logging.getLogger(__name__)
 
@@ -86,6 +93,10 @@ class TrainingMonitor(BaseCallback):
     :param total: Timesteps of the run (for the progress bar).
     :param progress: Show a rich progress bar on stderr.
     :param time_limit_s: Stop training after this wall time [s].
+    :param log: The run's live progress file (kind ``sb3``): every evaluation is appended to
+        it (and fsync'ed) as soon as it is done.
+    :param episodes_file: The run's live ``episodes.csv`` (columns :data:`EPISODE_COLUMNS`):
+        every training episode is appended (flushed) when it ends.
     """
 
     def __init__(
@@ -96,11 +107,14 @@ class TrainingMonitor(BaseCallback):
         total: int,
         progress: bool = True,
         time_limit_s: float | None = None,
+        log: ProgressLog | None = None,
+        episodes_file: CsvWriter | None = None,
     ) -> None:
         super().__init__()
         self.evaluate_fn, self.export_fn = evaluate, export
         self.every, self.total = every, total
         self.show_progress, self.time_limit_s = progress, time_limit_s
+        self.log, self.episodes_file = log, episodes_file
         self.evaluations: list[dict[str, Any]] = []
         self.episodes: list[tuple[int, float, int]] = []
         self.eval_seconds = 0.0
@@ -119,6 +133,8 @@ class TrainingMonitor(BaseCallback):
         summary["train_wall_s"] = time.perf_counter() - self._start
         self.eval_seconds += time.perf_counter() - start
         self.evaluations.append(summary)
+        if self.log is not None:
+            self.log.evaluation(summary)
         if self.logger is not None:
             for key in ("median_best_mae_um", "median_final_mae_um", "median_steps_to_target"):
                 if summary[key] is not None:
@@ -150,10 +166,13 @@ class TrainingMonitor(BaseCallback):
         for info in self.locals["infos"]:
             episode = info.get("episode")
             if episode is not None:
-                self.episodes.append(
-                    (int(self.num_timesteps), float(episode["r"]), int(episode["l"]))
-                )
-        if self._next_eval is not None and self.num_timesteps >= self._next_eval:
+                record = (int(self.num_timesteps), float(episode["r"]), int(episode["l"]))
+                self.episodes.append(record)
+                if self.episodes_file is not None:
+                    self.episodes_file.write(record)
+        # The last step's evaluation is the caller's (after SB3's final update).
+        due = self._next_eval is not None and self.num_timesteps >= self._next_eval
+        if due and self.num_timesteps < self.total:
             self.run_evaluation()
             while self._next_eval <= self.num_timesteps:
                 self._next_eval += self.every

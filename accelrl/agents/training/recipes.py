@@ -361,7 +361,9 @@ class Recipe(_Model):
     :param vecnormalize: Observation and reward normalisation.
     :param evaluation: Periodic evaluation on held-out trials.
     :param checkpoint_every: Save model and normalisation every this many timesteps (0: never).
-    :param tensorboard: Also write TensorBoard logs (needs the ``tensorboard`` package).
+    :param tensorboard: Also write TensorBoard event files into ``logs/`` (the SB3 logger's
+        values, at each of its dumps; ``tensorboard --logdir RUN/logs``). Needs the
+        ``[tensorboard]`` extra; without it training stops before it starts, saying so.
     :param device: Torch device of the networks (``"cpu"``: best for small MLPs).
     :param torch_threads: Torch intra-op threads (1 per process on a shared machine).
     :param description: Free text.

@@ -9,16 +9,23 @@ During training, the current deterministic policy is exported to the portable fo
 (:func:`~accelrl.agents.training.monitor.evaluate_policy`). A run
 directory holds::
 
-    policy/              the exported MLPPolicy (policy.pt, policy.json with provenance)
-    model.zip            the SB3 model
-    vecnormalize.pkl     the VecNormalize statistics
-    recipe.yaml          the resolved recipe (overrides applied)
-    evaluations.json     evaluation summaries vs timesteps
-    episodes.csv         training episodes: timesteps, return, length
-    learning_curve.png   episode return and evaluation median MAE vs timesteps
-    train_summary.json   the TrainResult
-    logs/                SB3 progress.csv (and TensorBoard events when enabled)
+    progress.jsonl       live: start, every evaluation as it is done, end (completed,
+                         interrupted or failed)                     (accelrl.runfiles)
+    episodes.csv         live: training episodes (timesteps, return, length), one row as
+                         each ends
+    logs/                live: SB3's progress.csv (one row per logger dump) and, with
+                         ``tensorboard: true``, TensorBoard events
+    recipe.yaml          the resolved recipe (overrides applied), first
     checkpoints/         periodic model + VecNormalize snapshots (when enabled)
+    policy/              at the end: the exported MLPPolicy (policy.pt, policy.json)
+    model.zip            at the end: the SB3 model
+    vecnormalize.pkl     at the end: the VecNormalize statistics
+    evaluations.json     at the end: evaluation summaries vs timesteps
+    learning_curve.png   at the end: episode return and evaluation median MAE vs timesteps
+    train_summary.json   at the end: the TrainResult
+
+The live files are flushed as each record is written (``accelrl dashboard`` follows them;
+a killed run leaves them readable up to its last record).
 
 >>> from accelrl.agents.training.sb3 import train
 >>> result = train("agents/td3_icml.yaml", "runs/td3_icml")  # doctest: +SKIP
@@ -27,7 +34,6 @@ directory holds::
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import platform
@@ -44,7 +50,12 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from accelrl.agents.export.sb3 import to_mlp_policy
 from accelrl.agents.policy import MLPPolicy
-from accelrl.agents.training.monitor import TrainingMonitor, evaluate_policy, plot_learning_curve
+from accelrl.agents.training.monitor import (
+    EPISODE_COLUMNS,
+    TrainingMonitor,
+    evaluate_policy,
+    plot_learning_curve,
+)
 from accelrl.agents.training.recipes import (
     PPOParams,
     Recipe,
@@ -55,6 +66,7 @@ from accelrl.agents.training.recipes import (
 from accelrl.agents.training.wrappers import make_training_env
 from accelrl.envs import TASKS, Trial, load_trials
 from accelrl.execution import package_versions
+from accelrl.runfiles import PROGRESS_FILE, CsvWriter, ProgressLog
 
 
 class _Linear:
@@ -205,9 +217,15 @@ def _check_tensorboard() -> None:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError as err:
         raise RuntimeError(
-            "recipe asks for tensorboard: true, but the tensorboard package is missing "
-            "(pip install tensorboard)"
+            "recipe asks for tensorboard: true, but the tensorboard package is missing: "
+            "install the extra (pip install 'accelrl[tensorboard]', i.e. pip install "
+            f"tensorboard), or set tensorboard: false ({err})"
         ) from err
+
+
+#: Live files of a run that a new run never writes into (``accelrl train --force`` removes
+#: them first).
+LIVE_FILES: tuple[str, ...] = (PROGRESS_FILE, "episodes.csv")
 
 
 def evaluation_trials(recipe: Recipe) -> list[Trial]:
@@ -252,13 +270,15 @@ def train(
     ``recipe.seed``; sets ``torch.set_num_threads(recipe.torch_threads)``.
 
     :param recipe: A :class:`Recipe` or the path of its YAML.
-    :param out_dir: Run directory (created; existing files are overwritten: ``accelrl
-        train`` refuses an existing run directory without ``--force``).
+    :param out_dir: Run directory (created; the files of the end are overwritten, but a
+        directory holding another run's live files, :data:`LIVE_FILES`, is refused: ``accelrl
+        train --force`` removes them first).
     :param progress: Show a progress bar on stderr.
     :param time_limit_s: Stop early after this wall time [s] (recorded in the result).
     :return: Paths, timings and evaluation summaries (also in ``train_summary.json``).
     :raises RecipeError: For an invalid recipe, environment or evaluation trial selection,
         before anything is written.
+    :raises FileExistsError: When ``out_dir`` holds a live file of another run.
     """
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.utils import set_random_seed
@@ -267,6 +287,12 @@ def train(
         recipe = Recipe.from_yaml(recipe)
     trials = evaluation_trials(recipe)  # everything is checked before anything is written
     out = Path(out_dir)
+    taken = [name for name in LIVE_FILES if (out / name).exists()]
+    if taken:
+        raise FileExistsError(
+            f"{out} holds {', '.join(taken)} of another run; choose a new directory "
+            "(accelrl train --force replaces that run)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
@@ -292,9 +318,47 @@ def train(
     model = _model(recipe, env, tb_dir)
     model.set_logger(configure(str(out / "logs"), ["csv"] + (["tensorboard"] if tb_dir else [])))
 
+    log = ProgressLog(
+        out, "sb3", algorithm=recipe.algorithm, env_id=recipe.env.id, seed=recipe.seed,
+        total_timesteps=recipe.total_timesteps, num_envs=recipe.num_envs,
+        evaluation_every=ev.every, evaluation_trials=len(trials), evaluation_steps=ev.steps,
+        tensorboard=recipe.tensorboard,
+    )  # fmt: skip
+    episodes = CsvWriter(out / "episodes.csv", EPISODE_COLUMNS)
+    try:
+        return _learn(recipe, out, env, model, log, episodes, evaluator, export, progress,
+                      time_limit_s)  # fmt: skip
+    except BaseException as err:
+        if not log.closed:
+            if isinstance(err, KeyboardInterrupt):
+                log.end("interrupted", timesteps=int(model.num_timesteps))
+            else:
+                log.end("failed", error=f"{type(err).__name__}: {err}",
+                        timesteps=int(model.num_timesteps))  # fmt: skip
+        raise
+    finally:
+        episodes.close()
+        log.close()
+
+
+def _learn(
+    recipe: Recipe,
+    out: Path,
+    env: Any,
+    model: Any,
+    log: ProgressLog,
+    episodes: CsvWriter,
+    evaluator: Any,
+    export: Any,
+    progress: bool,
+    time_limit_s: float | None,
+) -> TrainResult:
+    """Learn, evaluate, export and write the run's files (the body of :func:`train`)."""
+    ev = recipe.evaluation
     monitor = TrainingMonitor(
-        evaluator, export, ev.every, recipe.total_timesteps, progress, time_limit_s
-    )
+        evaluator, export, ev.every, recipe.total_timesteps, progress, time_limit_s,
+        log=log, episodes_file=episodes,
+    )  # fmt: skip
     callbacks: list[BaseCallback] = [monitor]
     if recipe.checkpoint_every > 0:
         callbacks.append(
@@ -344,10 +408,6 @@ def train(
     (out / "evaluations.json").write_text(
         json.dumps(monitor.evaluations, indent=2, default=_json_default)
     )
-    with (out / "episodes.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["timesteps", "return", "length"])
-        writer.writerows(monitor.episodes)
     plot_path = plot_learning_curve(
         monitor.episodes,
         monitor.evaluations,
@@ -374,4 +434,10 @@ def train(
     (out / "train_summary.json").write_text(
         json.dumps(result.to_json(), indent=2, default=_json_default)
     )
+    log.end(
+        "completed", timesteps=timesteps, train_wall_s=train_wall,
+        eval_wall_s=monitor.eval_seconds, stopped_by_time_limit=monitor.stopped_by_time_limit,
+        median_best_mae_um=final_eval.get("median_best_mae_um"),
+        median_final_mae_um=final_eval.get("median_final_mae_um"),
+    )  # fmt: skip
     return result

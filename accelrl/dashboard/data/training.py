@@ -58,6 +58,8 @@ def evaluation_row(record: dict[str, Any], x_key: str) -> dict[str, float]:
     row = {"x": number(record.get(x_key))}
     for key in EVAL_KEYS:
         row[key] = finite_or_nan(number(record.get(key)))
+    if math.isnan(row["fraction_on_target"]):  # the evaluation protocol's name for it
+        row["fraction_on_target"] = finite_or_nan(number(record.get("fraction_reached_target")))
     row["iqr_low_um"], row["iqr_high_um"] = finite_or_nan(number(low)), finite_or_nan(number(high))
     return row
 
@@ -120,9 +122,17 @@ class TrainingFollower(Follower):
         """Iterations or timesteps done so far."""
         if self.trainer == "apg":
             return number(self.iterations[-1]["iteration"]) + 1 if self.iterations else 0.0
+        # SB3: the furthest of what its files say (the logger dumps only now and then)
+        values = [number((self.summary or {}).get("timesteps")),
+                  number((self.end or {}).get("timesteps"))]  # fmt: skip
         if self.sb3_rows:
-            return number(self.sb3_rows[-1].get("time/total_timesteps"))
-        return number((self.summary or {}).get("timesteps"))
+            values.append(number(self.sb3_rows[-1].get("time/total_timesteps")))
+        if self.episodes:
+            values.append(self.episodes[-1]["timesteps"])
+        if self.live_evaluations and self.evaluations:
+            values.append(self.evaluations[-1]["x"])
+        finite = [v for v in values if math.isfinite(v)]
+        return max(finite) if finite else math.nan
 
     @property
     def status(self) -> str:

@@ -1,7 +1,8 @@
 """A BO tuning session, followed live.
 
 Live: the session's ``progress.jsonl`` (kind ``tuning``: one ``step`` record per ingested
-result, :func:`accelrl.runfiles.tuning_step_record`). Saved sessions (``accelrl tune``'s
+result, :func:`accelrl.runfiles.tuning_step_record`; a resumed session appends a new ``start``
+record and goes on with the step numbers). Saved sessions (``accelrl tune``'s
 ``problem.json``, ``session.json``, ``data.csv``, ``summary.json``) are read too, and are
 all there is for a session that was saved without a progress file. Each step becomes a row:
 the objective (MAE in um), the best safe and feasible objective so far, every variable
@@ -148,6 +149,7 @@ class TuningFollower(Follower):
                 self._reset_state()
                 self.restart()
             self.start = record
+            self.end = None  # a resumed session appends a new start: it runs again
             self.live = True
         elif kind == "step":
             if not self.live:

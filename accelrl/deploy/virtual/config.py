@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -447,3 +447,41 @@ def load_virtual_config(path: str | Path, **overrides: object) -> LoadedConfig:
     except ValueError as err:
         raise VirtualConfigError(f"{path}: machine: {err}") from None
     return LoadedConfig(config, machine, str(path))
+
+
+class ScheduleState(Protocol):
+    """What :func:`scheduled_faults` reads and updates (the simulation core and the caproto
+    server both keep it)."""
+
+    config: VirtualConfig
+    faults: set[str]
+    put_count: int
+    started: float
+    fault_until: dict[str, float]
+    fault_writes: dict[str, int]
+    _fired: set[int]
+
+
+def scheduled_faults(state: ScheduleState, now: float) -> set[str]:
+    """The faults active at ``now`` [s, epoch] under the config's fault schedule: the current
+    ones, plus each event that became due (after its number of puts or seconds since the
+    start; marked fired, with its end time and write count recorded in ``state``), minus
+    those whose duration is over."""
+    faults = set(state.faults)
+    for i, event in enumerate(state.config.faults.schedule):
+        if i in state._fired:
+            continue
+        due = (event.after_puts is not None and state.put_count >= event.after_puts) or (
+            event.after_s is not None and now - state.started >= event.after_s
+        )
+        if due:
+            state._fired.add(i)
+            faults.add(event.fault)
+            if event.duration_s is not None:
+                state.fault_until[event.fault] = now + event.duration_s
+            if event.writes is not None:
+                state.fault_writes[event.fault] = event.writes
+    for name, until in list(state.fault_until.items()):
+        if now >= until and name in faults:
+            faults.discard(name)
+    return faults

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from accelrl.deploy.config import KnobConfig
-from accelrl.deploy.virtual.config import FAULTS, LoadedConfig, Refusal
+from accelrl.deploy.virtual.config import FAULTS, LoadedConfig, Refusal, scheduled_faults
 
 log = logging.getLogger("accelrl.virtual")
 
@@ -343,23 +343,7 @@ class AcceleratorCore:
             log.info("faults: %s", self.fault_text())
 
     def _check_schedule(self, now: float) -> None:
-        faults = set(self.faults)
-        for i, event in enumerate(self.config.faults.schedule):
-            if i in self._fired:
-                continue
-            due = (event.after_puts is not None and self.put_count >= event.after_puts) or (
-                event.after_s is not None and now - self.started >= event.after_s
-            )
-            if due:
-                self._fired.add(i)
-                faults.add(event.fault)
-                if event.duration_s is not None:
-                    self.fault_until[event.fault] = now + event.duration_s
-                if event.writes is not None:
-                    self.fault_writes[event.fault] = event.writes
-        for name, until in list(self.fault_until.items()):
-            if now >= until and name in faults:
-                faults.discard(name)
+        faults = scheduled_faults(self, now)
         if faults != self.faults:
             self._set_faults(faults, now)
 

@@ -67,7 +67,7 @@ from caproto.asyncio.server import Context as _AsyncioContext
 from caproto.server import AsyncLibraryLayer
 
 from accelrl.deploy.config import KnobConfig
-from accelrl.deploy.virtual.config import FAULTS, LoadedConfig, common_prefix
+from accelrl.deploy.virtual.config import FAULTS, LoadedConfig, common_prefix, scheduled_faults
 
 log = logging.getLogger("accelrl.virtual")
 
@@ -436,23 +436,7 @@ class VirtualAccelerator:
 
     async def _check_schedule(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        faults = set(self.faults)
-        for i, event in enumerate(self.config.faults.schedule):
-            if i in self._fired:
-                continue
-            due = (event.after_puts is not None and self.put_count >= event.after_puts) or (
-                event.after_s is not None and now - self.started >= event.after_s
-            )
-            if due:
-                self._fired.add(i)
-                faults.add(event.fault)
-                if event.duration_s is not None:
-                    self.fault_until[event.fault] = now + event.duration_s
-                if event.writes is not None:
-                    self.fault_writes[event.fault] = event.writes
-        for name, until in list(self.fault_until.items()):
-            if now >= until and name in faults:
-                faults.discard(name)
+        faults = scheduled_faults(self, now)
         if faults != self.faults:
             await self._set_faults(faults, now)
 
