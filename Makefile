@@ -15,7 +15,7 @@ TORCH_VERSION ?= 2.13.0
 # for the platform). CPU-only anywhere: TORCH_INDEX=https://download.pytorch.org/whl/cpu;
 # CUDA 12.8: TORCH_INDEX=https://download.pytorch.org/whl/cu128.
 TORCH_INDEX   ?=
-EXTRAS        ?= dev,deploy,surrogates,xopt,dashboard,tensorboard
+EXTRAS        ?= dev,deploy,surrogates,xopt,dashboard,tensorboard,cluster
 PYTEST_ARGS   ?=
 
 # One BLAS/OpenMP thread per process (pytest-xdist runs 2 workers).

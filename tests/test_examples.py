@@ -27,6 +27,7 @@ EXAMPLES: dict[str, tuple[list[str], tuple[str, ...], str]] = {
         ("onnxruntime",),
         "bundle: history 4",
     ),
+    "device_vector_env.py": (["--num-envs", "256", "--steps", "3"], (), "numpy view"),
 }
 
 

@@ -18,7 +18,15 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 #: Extras installed by `make venv` and CI (and pinned by constraints.txt).
-TESTED_EXTRAS = ("dev", "deploy", "surrogates", "xopt", "dashboard", "tensorboard")
+TESTED_EXTRAS = (
+    "dev",
+    "deploy",
+    "surrogates",
+    "xopt",
+    "dashboard",
+    "tensorboard",
+    "cluster",
+)
 #: Imports that are optional at run time (guarded by ImportError or only used when already
 #: loaded), with the reason.
 OPTIONAL_IMPORTS = {
@@ -37,7 +45,10 @@ DISTRIBUTION = {
     "pyfftw": "pyfftw",
 }
 #: Declared without an upper bound, with the reason.
-UNBOUNDED = {"dask": "calendar versioning: no major releases to bound by"}
+UNBOUNDED = {
+    "dask": "calendar versioning: no major releases to bound by",
+    "distributed": "calendar versioning, released with dask",
+}
 
 
 def _requirements(group: str | None = None) -> list[Requirement]:

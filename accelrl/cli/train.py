@@ -8,6 +8,7 @@ Examples::
     accelrl train --recipe agents/td3_icml.yaml                 # -> runs/td3_icml-0
     accelrl train --recipe agents/ppo.yaml --seed 3 --timesteps 200000 --out runs/ppo3
     accelrl train --recipe agents/apg.yaml --out runs/apg --force   # reuse a run directory
+    accelrl train --recipe agents/apg.yaml --device cuda            # APG on the GPU
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def prepare(
     seed: int | None,
     time_limit: float | None,
     force: bool,
+    device: str | None = None,
 ) -> tuple[Recipe | APGRecipe, Path]:
     """Validate the recipe, every override and the run directory; write nothing.
 
@@ -88,7 +90,22 @@ def prepare(
             )
         if seed is not None:
             recipe = recipe.replace(f"{recipe_path} with --seed {seed}", seed=seed)
+        if device is not None:
+            data = recipe.to_dict()
+            data["apg"]["device"] = device
+            recipe = APGRecipe.from_dict(data, source=f"{recipe_path} with --device {device}")
+        from accelrl.physics.devices import DeviceError, resolve_device
+
+        try:  # a device this machine lacks fails here, before anything is written
+            resolve_device(recipe.apg.device, "--device" if device else "apg.device")
+        except DeviceError as e:
+            raise typer.BadParameter(str(e), param_hint="'--device'") from None
     else:
+        if device is not None:
+            raise typer.BadParameter(
+                "applies to APG recipes (apg.device); Stable-Baselines3 recipes train on the CPU",
+                param_hint="'--device'",
+            )
         changes: dict[str, int] = {}
         if timesteps is not None:
             changes["total_timesteps"] = timesteps
@@ -156,6 +173,13 @@ def train_command(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
     ] = True,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="Override the recipe's apg.device (APG recipes): cpu, cuda, cuda:N or mps.",
+        ),
+    ] = None,
 ) -> None:
     """Train an agent from a recipe: TD3, SAC or PPO (Stable-Baselines3; periodic evaluation
     on held-out trials, checkpoints, learning curve) or APG (backpropagation through the
@@ -170,7 +194,7 @@ def train_command(
 
     console, err = Console(), Console(stderr=True, soft_wrap=True)
     try:
-        r, run_dir = prepare(recipe, out, timesteps, seed, time_limit, force)
+        r, run_dir = prepare(recipe, out, timesteps, seed, time_limit, force, device)
     except (RecipeError, RuntimeError) as e:  # RuntimeError: a missing optional package
         err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None

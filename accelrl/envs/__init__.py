@@ -26,24 +26,43 @@ from accelrl.envs.vector import TransverseTuningVectorEnv
 TASKS: dict[str, Callable[[], TaskSpec]] = {ARES_EA_ID: ares_ea_spec}
 
 
-def make_vec(env_id: str, num_envs: int, **kwargs: Any) -> gym.vector.VectorEnv:
+def make_vec(
+    env_id: str, num_envs: int, device: str | Any | None = None, **kwargs: Any
+) -> gym.vector.VectorEnv:
     """Native batched version of a registered environment (one process, one array op per step).
 
     :param env_id: A registered id, e.g. ``"accelrl/AresEATransverseTuning-v0"`` (a
         :class:`TransverseTuningVectorEnv`) or ``"accelrl/LPATuning-v0"`` (the environment's
         own vector class).
     :param num_envs: Number of environments.
+    :param device: ``None`` (default): numpy arrays in and out. ``"cpu"``, ``"cuda"``,
+        ``"cuda:N"`` or a ``torch.device``: a
+        :class:`~accelrl.envs.device.DeviceTuningVectorEnv` whose state stays on that device,
+        torch tensors in and out (``NumpyView(env)`` for numpy code such as SB3). Available
+        for the transverse-tuning tasks in the ideal world.
     :param kwargs: As for the vector class (for the transverse-tuning tasks
         ``max_episode_steps`` defaults to the registered TimeLimit).
+    :raises DeviceError: For a device this machine cannot use (never a silent fallback).
+    :raises ValueError: For an unknown id, or a device for an environment without a device
+        version.
     """
     from accelrl.registration import CODE_ENVIRONMENTS
 
     if env_id in CODE_ENVIRONMENTS:
+        if device is not None:
+            raise ValueError(
+                f"{env_id} has no device version (its surrogate stage runs on numpy); "
+                "omit device= (or pass device=None)"
+            )
         return load_env_creator(CODE_ENVIRONMENTS[env_id][1])(num_envs=num_envs, **kwargs)
     if env_id not in TASKS:
         known = sorted([*TASKS, *CODE_ENVIRONMENTS])
         raise ValueError(f"unknown environment {env_id!r}; registered: {known}")
     kwargs.setdefault("max_episode_steps", gym.spec(env_id).max_episode_steps)
+    if device is not None:
+        from accelrl.envs.device import DeviceTuningVectorEnv
+
+        return DeviceTuningVectorEnv(TASKS[env_id](), num_envs, device=device, **kwargs)
     return TransverseTuningVectorEnv(TASKS[env_id](), num_envs, **kwargs)
 
 

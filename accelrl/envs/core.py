@@ -28,6 +28,7 @@ from accelrl.envs.spec import TaskSpec
 from accelrl.envs.world.spec import WorldSpec, load_world
 from accelrl.physics.backends import Beamline
 from accelrl.physics.beam import INCOMING
+from accelrl.physics.compiled import CompiledBeamline
 
 if TYPE_CHECKING:  # the world models (and scipy) load only when a world needs them
     from accelrl.envs.world.model import WorldModel
@@ -155,6 +156,17 @@ class TuningCore:
         M = len(self.misalignment_names)
         self._n_reset = 11 + M + 4 + 2 * K + 3
         self._step_noise = spec.screen.reading_noise > 0 or r.drift.mu > 0 or r.drift.mu_p > 0
+        self._range = self.high - self.low
+        self._threshold_list = [float(v) for v in self._thresholds]
+        self._half = (float(self.half_extent[0]), float(self.half_extent[1]))
+        # One environment on the compiled map without reading noise: the reading is taken
+        # on Python floats (the numbers of the batched path, without its array overhead).
+        self._scalar = (
+            B == 1
+            and isinstance(beamline, CompiledBeamline)
+            and not beamline.stochastic
+            and spec.screen.reading_noise == 0
+        )
 
         self.keys = np.array([rng.key_from_seed(None) for _ in range(B)], dtype=np.uint64)
         self.counters = np.zeros(B, dtype=np.uint64)
@@ -188,6 +200,14 @@ class TuningCore:
             self.world = WorldModel(world, spec, B, max_episode_steps)
         #: The camera's verdict on the beam being on the screen (the reward's ``on_screen``).
         self.readout_on_screen = self.on_screen
+        # The single environment's fast step (see _step_one): nothing random in a step.
+        self._plain = (
+            self._scalar
+            and self.world is None
+            and r.failure.probability == 0
+            and r.drift.mu == 0
+            and r.drift.mu_p == 0
+        )
 
     # ------------------------------------------------------------------ seeding
     def seed(self, index: np.ndarray, seeds: list[int | None]) -> None:
@@ -348,6 +368,9 @@ class TuningCore:
         if w is not None:
             self._measure_world(index, w)
             return
+        if self._scalar:
+            self._measure_one()
+            return
         applied = self.magnets[index]
         if self.spec.randomisation.gain_error > 0:
             applied = applied * (1.0 + h.gain[index])
@@ -376,6 +399,30 @@ class TuningCore:
             reading = np.where(on[:, None], reading, edge)
         self.reading = _put(self.reading, index, reading, fresh=True)
         self.on_screen = _put(self.on_screen, index, on, fresh=True)
+        self.readout_on_screen = self.on_screen
+
+    def _measure_one(self) -> None:
+        """:meth:`_measure` of the one environment of the batch, on Python floats (the same
+        operations in the same order as the batched path, without its array overhead)."""
+        h = self.hidden
+        applied = self.magnets[0]
+        if self.spec.randomisation.gain_error > 0:
+            applied = applied * (1.0 + h.gain[0])
+        out = self.beamline.scalar(
+            applied.tolist(), h.incoming[0].tolist(), h.misalignments[0].tolist()
+        )
+        beam = np.array((out,))
+        hx, hy = self._half
+        on = abs(out[0]) < hx and abs(out[2]) < hy
+        if not on:
+            reading = np.minimum(np.maximum(beam, self._off_low), self._off_high)
+        elif self.spec.screen.quantise:
+            reading = np.round(beam / self._pixel) * self._pixel
+        else:
+            reading = beam
+        self.beam = _put(self.beam, ALL, beam, fresh=True)
+        self.reading = _put(self.reading, ALL, reading, fresh=True)
+        self.on_screen = _put(self.on_screen, ALL, np.array((on,)), fresh=True)
         self.readout_on_screen = self.on_screen
 
     def _measure_world(self, index: np.ndarray | slice, w: WorldModel) -> None:
@@ -432,7 +479,8 @@ class TuningCore:
         K = len(self.low)
         if a.shape != (self.num_envs, K):
             raise ValueError(f"actions must have shape {(self.num_envs, K)}, got {a.shape}")
-        if not math.isfinite(float(a.sum())) and not np.isfinite(a).all():  # sum: cheap check
+        # the sum is finite exactly when every entry is (or overflows: then check each)
+        if not math.isfinite(np.add.reduce(a, axis=None)) and not np.isfinite(a).all():
             env, knob = np.argwhere(~np.isfinite(a))[0]
             raise ValueError(
                 f"action contains NaN or inf (env {env}, "
@@ -447,6 +495,8 @@ class TuningCore:
 
         :return: ``(reward [B], terminated [B])``.
         """
+        if self._plain and index is ALL:
+            return self._step_one(actions)
         previous_error = self.reading[index] - self.target[index]
         previous_magnets = self.magnets[index]
         w = self.world
@@ -499,7 +549,7 @@ class TuningCore:
                 on_screen=self.readout_on_screen[index],
                 magnets=target,
                 previous_magnets=previous_magnets,
-                magnet_range=self.high - self.low,
+                magnet_range=self._range,
             )
         )
         within = np.logical_and.reduce(np.abs(error) < self._thresholds, axis=1)
@@ -507,6 +557,39 @@ class TuningCore:
         self.hold = _put(self.hold, index, hold, fresh=True)
         terminated = (hold >= self.spec.termination.hold) & self.terminate
         return reward, terminated
+
+    def _step_one(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`step` of the one environment of a plain batch (no world, failures or
+        drift): the same numbers, with the per-environment flags on Python scalars."""
+        reading, target, previous_magnets = self.reading, self.target, self.magnets
+        previous_error = reading - target
+        if self.action_mode == "delta":
+            magnets = np.minimum(np.maximum(previous_magnets + actions, self.low), self.high)
+        else:
+            magnets = actions
+        self.magnets = _put(previous_magnets, ALL, magnets, fresh=magnets is not actions)
+        steps = self.steps + 1
+        self.steps = _put(self.steps, ALL, steps, fresh=True)
+        self._measure_one()
+        error = self.reading - target
+        reward = self.reward(
+            RewardInputs(
+                error=error,
+                previous_error=previous_error,
+                initial_reading=self.initial_reading,
+                target=target,
+                on_screen=self.readout_on_screen,
+                magnets=magnets,
+                previous_magnets=previous_magnets,
+                magnet_range=self._range,
+            )
+        )
+        within = all(
+            abs(e) < t for e, t in zip(error[0].tolist(), self._threshold_list, strict=True)
+        )
+        hold = int(self.hold[0]) + 1 if within else 0
+        self.hold = _put(self.hold, ALL, np.array((hold,)), fresh=True)
+        return reward, np.array((hold >= self.spec.termination.hold and self.terminate,))
 
     def _step_world(
         self, index: np.ndarray | slice, w: WorldModel, steps: np.ndarray, setpoints: np.ndarray

@@ -221,10 +221,38 @@ class TransverseTuningEnv(gym.Env):
         return self._obs(), float(reward[0]), bool(terminated[0]), False, self._info()
 
     def _obs(self) -> dict[str, np.ndarray]:
-        return {k: v[0] for k, v in self.core.observation().items()}
+        core = self.core
+        if core.world is None:  # the observation of the core's one environment, directly
+            return {
+                "beam": core.reading[0].astype(np.float32),
+                "magnets": core.magnets[0].astype(np.float32),
+                "target": core.target[0].astype(np.float32),
+            }
+        return {k: v[0] for k, v in core.observation().items()}
 
     def _info(self) -> dict[str, Any]:
-        info = {k: v[0].copy() for k, v in self.core.info().items()}
+        core = self.core
+        if core.world is None:  # TuningCore.info() of the one environment, directly
+            h, r = core.hidden, core.spec.randomisation
+            beam, target = core.beam[0], core.target[0]
+            info: dict[str, Any] = {
+                "beam": beam.copy(),
+                "reading": core.reading[0].copy(),
+                "target": target.copy(),
+                "magnets": core.magnets[0].copy(),
+                "incoming": h.incoming[0].copy(),
+                "misalignments": h.misalignments[0].copy(),
+                "mae": float(np.add.reduce(np.abs(beam - target)) * 0.25),
+                "on_screen": bool(core.on_screen[0]),
+                "step": int(core.steps[0]),
+            }
+            if r.gain_error > 0:
+                info["gain"] = h.gain[0].copy()
+            if r.failure.probability > 0:
+                info["fail_step"] = h.fail_step[0].copy()
+                info["fail_index"] = h.fail_index[0].copy()
+            return info
+        info = {k: v[0].copy() for k, v in core.info().items()}
         info["mae"] = float(info["mae"])
         info["on_screen"] = bool(info["on_screen"])
         info["step"] = int(info["step"])

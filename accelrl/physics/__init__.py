@@ -3,6 +3,7 @@
 from accelrl.physics.backends import BACKENDS, Beamline, CheetahBeamline, make_beamline
 from accelrl.physics.beam import INCOMING, PHASE_SPACE, TRANSVERSE, parameter_beam, particle_beam
 from accelrl.physics.compiled import BeamMoments, CompiledBeamline, compile
+from accelrl.physics.devices import DeviceError, resolve_device
 from accelrl.physics.elements import SUPPORTED, UnsupportedElementError
 from accelrl.physics.lattices import ARES_EA_KNOBS, ARES_EA_SCREEN, ares_ea_segment
 
@@ -14,6 +15,7 @@ __all__ = [
     "Beamline",
     "CheetahBeamline",
     "CompiledBeamline",
+    "DeviceError",
     "INCOMING",
     "PHASE_SPACE",
     "SUPPORTED",
@@ -23,5 +25,6 @@ __all__ = [
     "compile",
     "make_beamline",
     "parameter_beam",
+    "resolve_device",
     "particle_beam",
 ]

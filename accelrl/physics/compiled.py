@@ -27,6 +27,7 @@ from torch import nn
 
 from accelrl.physics import symbolic
 from accelrl.physics.beam import INCOMING, TRANSVERSE
+from accelrl.physics.devices import DeviceError, resolve_device
 from accelrl.physics.elements import Map, TraceContext, UnsupportedElementError, element_map, prim
 from accelrl.physics.numerics import NUMPY, SCALAR, TORCH
 
@@ -113,9 +114,14 @@ class CompiledBeamline(nn.Module):
         screen or BPM. The other elements keep the misalignment stored in the segment.
     :param species: Particle species (default: electron).
     :param dtype: Floating-point type of the default-misalignment buffer.
-    :param device: Device of the default-misalignment buffer.
+    :param device: Device of the default-misalignment buffer (``"cpu"``, ``"cuda"``, ...;
+        default torch's). The map runs on the device of its inputs; every path is
+        branch-free (no host synchronisation), so ``torch.compile(fullgraph=True)`` and
+        CUDA-graph capture take it whole.
     :raises UnsupportedElementError: If the segment holds an element the map cannot represent.
     :raises ValueError: For unknown elements, attributes or observation points.
+    :raises DeviceError: For a device this machine cannot use (see
+        :func:`~accelrl.physics.devices.resolve_device`).
     """
 
     def __init__(
@@ -174,6 +180,8 @@ class CompiledBeamline(nn.Module):
         default = []
         for name in misalign:
             default.extend(float(v) for v in by_name[name].misalignment.detach().reshape(-1)[:2])
+        if device is not None:
+            device = resolve_device(device)
         self.register_buffer(
             "default_misalignments", torch.tensor(default, dtype=dtype, device=device)
         )
@@ -263,7 +271,20 @@ class CompiledBeamline(nn.Module):
         :return: ``[..., 4]`` ``(mu_x, sigma_x, mu_y, sigma_y)`` [m], or :class:`BeamMoments`.
         """
         if misalignments is None:
-            misalignments = self.default_misalignments.to(incoming.dtype)
+            buffer = self.default_misalignments
+            if buffer.device != incoming.device:
+                raise DeviceError(
+                    f"the beamline's default misalignments are on {buffer.device}, the inputs "
+                    f"on {incoming.device}: move the beamline with .to({str(incoming.device)!r}) "
+                    f"(or compile(..., device={str(incoming.device)!r})), or pass misalignments"
+                )
+            misalignments = buffer.to(incoming.dtype)
+        if not knobs.device == incoming.device == misalignments.device:
+            raise DeviceError(
+                f"inputs on different devices: knobs on {knobs.device}, incoming on "
+                f"{incoming.device}, misalignments on {misalignments.device}; move them to one "
+                f"device with .to(device)"
+            )
         self._check(knobs, incoming, misalignments)
         shape = torch.broadcast_shapes(
             knobs.shape[:-1], incoming.shape[:-1], misalignments.shape[:-1]

@@ -66,10 +66,23 @@ class ScalarBackend:
             return math.cos(u), math.sin(u) / w
         return math.cosh(u), math.sinh(u) / w
 
-    @classmethod
-    def focus_pair(cls, k1: float, length: float) -> tuple[float, float, float, float]:
-        """``(Cx, Sx, Cy, Sy)`` of a quadrupole with ``k1`` [1/m^2] (kappa_x = k1 = -kappa_y)."""
-        return cls.focus(k1, length) + cls.focus(-k1, length)
+    @staticmethod
+    def focus_pair(k1: float, length: float) -> tuple[float, float, float, float]:
+        """``(Cx, Sx, Cy, Sy)`` of a quadrupole with ``k1`` [1/m^2] (kappa_x = k1 = -kappa_y):
+        :meth:`focus` of ``k1`` and of ``-k1``, sharing ``sqrt(|k1|) L``."""
+        x = k1 * length * length
+        if abs(x) < TINY:
+            return (
+                1.0 - 0.5 * x,
+                length - length / 6 * x,
+                1.0 - 0.5 * -x,
+                length - length / 6 * -x,
+            )
+        w = math.sqrt(abs(k1))
+        u = w * length
+        if k1 > 0:
+            return math.cos(u), math.sin(u) / w, math.cosh(u), math.sinh(u) / w
+        return math.cosh(u), math.sinh(u) / w, math.cos(u), math.sin(u) / w
 
     @classmethod
     def dispersion(cls, kappa: float, length: float) -> tuple[float, float]:
@@ -87,11 +100,18 @@ class ArrayBackend:
     Both branches of every removable singularity are evaluated on safe inputs and selected
     with ``where``, so that torch gradients stay finite everywhere.
 
+    With ``branch_free=True`` (the torch backend) nothing in a call depends on the values
+    of its inputs: no host synchronisation (such as ``bool(tensor.any())``) breaks a
+    ``torch.compile`` graph or a CUDA-graph capture. The numpy backend skips the Taylor
+    branch when no entry needs it, which gives the same numbers faster.
+
     :param xp: The array namespace, ``numpy`` or ``torch``.
+    :param branch_free: Never branch on values (select with ``where`` only).
     """
 
-    def __init__(self, xp: Any) -> None:
+    def __init__(self, xp: Any, branch_free: bool = False) -> None:
         self.xp = xp
+        self.branch_free = branch_free
         self.sqrt = xp.sqrt
         self.cos = xp.cos
         self.sin = xp.sin
@@ -118,7 +138,7 @@ class ArrayBackend:
         pos = k1 > 0
         cx, cy = xp.where(pos, cos, cosh), xp.where(pos, cosh, cos)
         sx, sy = xp.where(pos, sin, sinh) / w, xp.where(pos, sinh, sin) / w
-        if bool(tiny.any()):
+        if self.branch_free or bool(tiny.any()):  # where() is a no-op where ~tiny
             half_x, sixth_x = 0.5 * x, (length / 6) * x
             cx = xp.where(tiny, 1.0 - half_x, cx)
             cy = xp.where(tiny, 1.0 + half_x, cy)
@@ -165,4 +185,4 @@ class _NumpyTrig:
 
 SCALAR = ScalarBackend()
 NUMPY = ArrayBackend(_NumpyTrig())
-TORCH = ArrayBackend(torch)
+TORCH = ArrayBackend(torch, branch_free=True)

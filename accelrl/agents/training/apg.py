@@ -34,6 +34,7 @@ from accelrl.envs.spec import TaskSpec
 from accelrl.envs.world.spec import WorldSpec, load_world
 from accelrl.names import INCOMING
 from accelrl.physics.compiled import CompiledBeamline
+from accelrl.physics.devices import resolve_device
 from accelrl.physics.lattices import ares_ea_segment
 from accelrl.runfiles import ProgressLog
 
@@ -48,24 +49,27 @@ class APGResult:
 
 
 class DomainSampler:
-    """Draws hidden states, targets and start settings of a task spec as torch tensors."""
+    """Draws hidden states, targets and start settings of a task spec as torch tensors, on
+    the device of ``generator``."""
 
     def __init__(self, spec: TaskSpec, misaligned: list[str], generator: torch.Generator) -> None:
         r = spec.randomisation
         self.generator = generator
-        self.inc_low = torch.tensor([r.incoming[k].low for k in INCOMING], dtype=torch.float64)
-        self.inc_high = torch.tensor([r.incoming[k].high for k in INCOMING], dtype=torch.float64)
+        f64 = {"dtype": torch.float64, "device": generator.device}
+        self.inc_low = torch.tensor([r.incoming[k].low for k in INCOMING], **f64)
+        self.inc_high = torch.tensor([r.incoming[k].high for k in INCOMING], **f64)
         self.mis_half = torch.tensor(
-            [r.misalignments.get(n, 0.0) for n in misaligned for _ in ("x", "y")],
-            dtype=torch.float64,
+            [r.misalignments.get(n, 0.0) for n in misaligned for _ in ("x", "y")], **f64
         )
         self.target_mu, self.target_sigma = r.target_mu, r.target_sigma
-        self.low = torch.tensor([a.low for a in spec.actuators], dtype=torch.float64)
-        self.high = torch.tensor([a.high for a in spec.actuators], dtype=torch.float64)
-        self.start = torch.tensor(spec.start, dtype=torch.float64)
+        self.low = torch.tensor([a.low for a in spec.actuators], **f64)
+        self.high = torch.tensor([a.high for a in spec.actuators], **f64)
+        self.start = torch.tensor(spec.start, **f64)
 
     def _u(self, *shape: int) -> torch.Tensor:
-        return torch.rand(*shape, dtype=torch.float64, generator=self.generator)
+        return torch.rand(
+            *shape, dtype=torch.float64, generator=self.generator, device=self.generator.device
+        )
 
     def sample(
         self, n: int, random_start_fraction: float, zero_target_fraction: float = 0.0
@@ -134,7 +138,9 @@ def train_apg(
         and gradient norm, the end), which ``accelrl dashboard`` follows; default
         ``out_dir`` (none without either).
     :param world: The world to train under (a :class:`~accelrl.envs.world.WorldSpec`, a
-        shipped name or a YAML path); default ideal.
+        shipped name or a YAML path); default ideal. Training under a world runs on the CPU.
+    :raises ValueError: For a device that is not available (naming it and the fix), or a
+        world with a device other than the CPU.
     """
     config = config or APGConfig()
     spec = spec or ares_ea_spec()
@@ -142,11 +148,19 @@ def train_apg(
         world = load_world(world)
     if world is not None:
         world.check(spec)
+    device = resolve_device(config.device, "apg.device")
+    if world is not None and device.type != "cpu":
+        raise ValueError(
+            f"apg.device = {config.device!r}: training under a world "
+            f"({world.name or world.source}) runs on the CPU only (its imperfection model keeps CPU tensors); set device: cpu"
+        )
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
     knobs = [(a.element, a.attribute) for a in spec.actuators]
     misaligned = list(spec.randomisation.misalignments)
-    beamline = CompiledBeamline(ares_ea_segment(), knobs, spec.screen.element, misaligned)
+    beamline = CompiledBeamline(
+        ares_ea_segment(), knobs, spec.screen.element, misaligned, device=device
+    )
     sampler = DomainSampler(spec, misaligned, generator)
     low, high = sampler.low, sampler.high
     max_delta = spec.delta_fraction * torch.maximum(low.abs(), high.abs())
@@ -165,6 +179,7 @@ def train_apg(
     policy = MLPPolicy(meta)
     if config.init_policy is not None:
         initialise_from(policy, config.init_policy)
+    policy = policy.to(device)
     optimiser = torch.optim.Adam(policy.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimiser, config.iterations, eta_min=0.05 * config.learning_rate
@@ -245,7 +260,7 @@ def train_apg(
     }
     if world is not None:
         policy.meta.provenance["world"] = world.name or world.source
-    policy.eval()
+    policy.cpu().eval()
     if out_dir is not None:
         policy.save(out_dir)
     return APGResult(policy, losses, wall)

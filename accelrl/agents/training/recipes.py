@@ -20,6 +20,7 @@ SI bounds rescaled linearly), so action-noise scales are in those units.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -487,6 +488,9 @@ class APGConfig(_Model):
         hidden layers, activation, actuators and normalisation; a policy without history
         starts a history policy with zero weights on the past (it acts as before).
     :param seed: Seed of the initial weights and the domain randomisation.
+    :param device: Where the rollouts and the policy run: ``"cpu"`` (default), ``"cuda"``,
+        ``"cuda:N"`` or ``"mps"``; a device this machine lacks fails when training starts
+        (never a silent fallback). The saved policy is on the CPU whatever the device.
     """
 
     iterations: int = Field(3000, ge=1)
@@ -506,6 +510,14 @@ class APGConfig(_Model):
     zero_target_fraction: float = Field(0.0, ge=0.0, le=1.0)
     init_policy: str | None = None
     seed: int = Field(0, ge=0, lt=2**31)
+    device: str = "cpu"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", v):
+            raise ValueError("must be 'cpu', 'cuda', 'cuda:N' (N = GPU index) or 'mps'")
+        return v
 
     @model_validator(mode="after")
     def _history_needs_error(self) -> APGConfig:
