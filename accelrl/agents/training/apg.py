@@ -152,7 +152,8 @@ def train_apg(
     if world is not None and device.type != "cpu":
         raise ValueError(
             f"apg.device = {config.device!r}: training under a world "
-            f"({world.name or world.source}) runs on the CPU only (its imperfection model keeps CPU tensors); set device: cpu"
+            f"({world.name or world.source}) runs on the CPU only (its imperfection model "
+            "keeps CPU tensors); set device: cpu"
         )
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
