@@ -185,6 +185,15 @@ def evaluate_command(
             "--force", help="Replace the evaluation in --out (its files and figures are removed)."
         ),
     ] = False,
+    env: Annotated[
+        str,
+        typer.Option(
+            "--env",
+            help="Task: a registered id or a task YAML (its lattice: may name a lattice "
+            "file). Without --trials, a task other than ARES-EA is evaluated on 100 trials "
+            "drawn from its randomisation.",
+        ),
+    ] = "accelrl/AresEATransverseTuning-v0",
 ) -> None:
     """Evaluate optimisers on a trial set; write records, summary.json, report.md and plots."""
     from accelrl.agents.evaluation import evaluate_many
@@ -207,6 +216,7 @@ def evaluate_command(
             out=out,
             resume=resume,
             force=force,
+            env_id=env,
         )
     except (ValueError, TypeError, ImportError, FileNotFoundError) as err:
         raise fail(str(err)) from None

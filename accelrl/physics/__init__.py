@@ -4,7 +4,14 @@ from accelrl.physics.backends import BACKENDS, Beamline, CheetahBeamline, make_b
 from accelrl.physics.beam import INCOMING, PHASE_SPACE, TRANSVERSE, parameter_beam, particle_beam
 from accelrl.physics.compiled import BeamMoments, CompiledBeamline, compile
 from accelrl.physics.elements import SUPPORTED, UnsupportedElementError
-from accelrl.physics.lattices import ARES_EA_KNOBS, ARES_EA_SCREEN, ares_ea_segment
+from accelrl.physics.lattices import (
+    ARES_EA_KNOBS,
+    ARES_EA_SCREEN,
+    LatticeFileError,
+    as_screen,
+    ares_ea_segment,
+    load_lattice,
+)
 
 __all__ = [
     "ARES_EA_KNOBS",
@@ -15,12 +22,15 @@ __all__ = [
     "CheetahBeamline",
     "CompiledBeamline",
     "INCOMING",
+    "LatticeFileError",
     "PHASE_SPACE",
     "SUPPORTED",
     "TRANSVERSE",
     "UnsupportedElementError",
+    "as_screen",
     "ares_ea_segment",
     "compile",
+    "load_lattice",
     "make_beamline",
     "parameter_beam",
     "particle_beam",

@@ -78,6 +78,7 @@ def evaluation_env(
     actions, termination disabled, ``num_envs`` environments, truncation after
     ``max_steps``) on ``backend``; built once, every batch resets it fully.
 
+    :param env_id: A registered id or the path of a task YAML.
     :raises ValueError: For an unregistered ``env_id``.
     """
     cache: dict[tuple[str, str, int, int], TransverseTuningVectorEnv] = (
@@ -86,13 +87,13 @@ def evaluation_env(
     _ENVS.envs = cache
     key = (env_id, backend, int(num_envs), int(max_steps))
     if key not in cache:
-        from accelrl.envs import TASKS, TransverseTuningVectorEnv
+        from accelrl.envs import TransverseTuningVectorEnv, resolve_task
 
-        if env_id not in TASKS:
-            raise ValueError(f"unknown environment {env_id!r}; registered: {sorted(TASKS)}")
+        task = resolve_task(env_id)
         cache[key] = TransverseTuningVectorEnv(
-            TASKS[env_id](),
+            task.spec,
             num_envs,
+            segment=task.segment,
             max_episode_steps=max_steps,
             backend=backend,
             action_mode="direct",

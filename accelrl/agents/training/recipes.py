@@ -483,19 +483,29 @@ class APGConfig(_Model):
 
 
 class APGEnvConfig(_Model):
-    """The environment of APG training: the registered ARES-EA task (the compiled lattice
-    the gradient flows through).
+    """The environment of APG training: a transverse-tuning task whose lattice the compiled
+    map represents (the gradient flows through it).
 
-    :param id: Environment id.
+    :param id: A registered task id (default ARES-EA; :func:`accelrl.envs.register_task`)
+        or the path of a task YAML (relative to the recipe file).
     """
 
     id: str = ARES_EA_ID
 
     @field_validator("id")
     @classmethod
-    def _ares_ea(cls, v: str) -> str:
-        if v != ARES_EA_ID:
-            raise ValueError(f"unknown environment id; APG training supports {ARES_EA_ID!r}")
+    def _task(cls, v: str) -> str:
+        if Path(v).suffix.lower() in (".yaml", ".yml"):
+            if not Path(v).is_file():
+                raise ValueError(f"task file {v!r} does not exist")
+            return v
+        from accelrl.envs.tasks import TASKS
+
+        if v not in TASKS:
+            raise ValueError(
+                f"unknown environment id; APG training takes a registered task "
+                f"{sorted(TASKS)} or a task YAML"
+            )
         return v
 
 
@@ -566,6 +576,16 @@ class APGRecipe(_Model):
 ALL_ALGORITHMS: tuple[str, ...] = (*ALGORITHMS, "apg")
 
 
+def task_file_relative(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``data`` with an ``env.id`` that names a task YAML made relative to the recipe file."""
+    env = data.get("env")
+    if isinstance(env, dict) and isinstance(env.get("id"), str):
+        ref = Path(env["id"])
+        if ref.suffix.lower() in (".yaml", ".yml") and not ref.is_absolute():
+            data = {**data, "env": {**env, "id": str((Path(path).parent / ref).resolve())}}
+    return data
+
+
 def load_recipe(path: str | Path) -> Recipe | APGRecipe:
     """Load and validate a recipe file of any algorithm (``apg``: :class:`APGRecipe`; else
     :class:`Recipe`).
@@ -574,7 +594,7 @@ def load_recipe(path: str | Path) -> Recipe | APGRecipe:
     """
     data = load_yaml_mapping(path, RecipeError, "recipe")
     if data.get("algorithm") == "apg":
-        return APGRecipe.from_dict(data, source=str(path))
+        return APGRecipe.from_dict(task_file_relative(data, path), source=str(path))
     return Recipe.from_dict(data, source=str(path))
 
 
