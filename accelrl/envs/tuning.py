@@ -330,12 +330,15 @@ def _uniform(value: Any, where: str) -> Uniform:
     if isinstance(value, Uniform):
         return value
     if isinstance(value, Mapping):
-        return Uniform(**value)
+        value = (value.get("low"), value.get("high"))
     try:
         low, high = value
     except (TypeError, ValueError):
         raise ValueError(f"{where} must be (low, high), got {value!r}") from None
-    return Uniform(low=low, high=high)
+    try:
+        return Uniform(low=low, high=high)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, f"{where} = {value!r}: invalid")) from None
 
 
 def custom_randomisation(

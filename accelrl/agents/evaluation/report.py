@@ -412,7 +412,12 @@ def markdown_report(result: EvaluationResult, figures: Sequence[tuple[str, str]]
     c = result.config
     lines = [f"# Evaluation: {', '.join(result.optimisers)}", ""]
     trials = c["trials"]
-    source = "the published ARES-EA set" if trials.get("default") else f"`{trials['source']}`"
+    if str(trials["source"]).startswith("sampled"):
+        source = f"the task's randomisation ({trials['source']})"
+    elif trials.get("default"):
+        source = "the published ARES-EA set"
+    else:
+        source = f"`{trials['source']}`"
     lines += [
         f"- task: `{c['env_id']}`, backend `{c['backend']}`, {c['max_steps']} steps per trial, "
         f"seed {c['seed']} (trial seed = {c['trial_seed']})",

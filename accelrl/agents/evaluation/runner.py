@@ -288,7 +288,6 @@ def evaluate_many(
         trial_source.update(
             source=f"sampled: {SAMPLED_TRIALS} trials of {task.id}'s randomisation, seeds "
             f"{seed}..{seed + SAMPLED_TRIALS - 1}",
-            default=True,
         )
     entries = _entries(optimisers)
     chunks = chunk_trials(trial_list, chunk_size)
