@@ -45,7 +45,7 @@ def test_train_and_evaluate_on_the_fodo_task(tmp_path):
     label = f"policy:{tmp_path / 'run' / 'policy'}"
     still = summary["do-nothing"]["all"]["median_final_mae_um"]
     tuned = summary[label]["all"]["median_final_mae_um"]
-    # 40 iterations of APG already halve the error of the start settings (measured: ~5x)
-    print("MAE", tuned, still)
+    # 40 iterations of APG already cut the error of the start settings (measured on 8
+    # trials: 39 um vs 324 um, 8x); asserted: 2x
     assert tuned < 0.5 * still, (tuned, still)
     assert "the task's randomisation" in (tmp_path / "eval" / "report.md").read_text()

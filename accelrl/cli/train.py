@@ -227,7 +227,8 @@ def train_command(
         fmt(ev["median_best_mae_um"], " um"),
     )
     table.add_row("median final MAE", fmt(ev["median_final_mae_um"], " um"))
-    table.add_row("median steps to target", fmt(ev["median_steps_to_target"]))
+    steps = ev["median_steps_to_target"]
+    table.add_row("median steps to target", "not reached" if steps is None else fmt(steps))
     sized = ev.get("sigma_pos") or {}
     table.add_row("median best MAE (sigma > 0)", fmt(sized.get("median_best_mae_um"), " um"))
     console.print(table)
