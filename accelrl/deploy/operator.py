@@ -51,9 +51,7 @@ class ConfirmRequest:
             scale, unit = display_unit(self.units.get(n, ""))
             cur, new = scale * self.current[n], scale * self.proposal.setpoints[n]
             mark = "  (clipped)" if n in clipped else ""
-            lines.append(
-                f"  {n:<6} {cur:>12.4f} {new:>12.4f} {new - cur:>+12.4f}  {unit}{mark}"
-            )
+            lines.append(f"  {n:<6} {cur:>12.4f} {new:>12.4f} {new - cur:>+12.4f}  {unit}{mark}")
         err = ", ".join(
             f"{k} {1e6 * (self.observation[k] - self.target[k]):+.1f} um" for k in self.target
         )

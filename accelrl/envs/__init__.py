@@ -32,6 +32,7 @@ from accelrl.envs.tuning import (
 )
 from accelrl.envs.vector import TransverseTuningVectorEnv
 
+
 def make_vec(
     env: str | Path | TaskSpec | gym.Env, num_envs: int, **kwargs: Any
 ) -> gym.vector.VectorEnv:

@@ -304,8 +304,7 @@ class TaskSpec(_Model):
             file = (Path(path).parent / lattice).resolve()
             if not file.is_file():
                 raise SpecError(
-                    f"{path}: invalid task spec\n  lattice: {lattice!r}: no such file "
-                    f"({file})"
+                    f"{path}: invalid task spec\n  lattice: {lattice!r}: no such file ({file})"
                 )
             data["lattice"] = str(file)
         return cls.from_dict(data, source=str(path))

@@ -72,13 +72,12 @@ import cheetah
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-
-from accelrl.envs.batched import reset_core, single_action
-from accelrl.envs.core import ActionMode, StartMode, TuningCore
-from accelrl.envs.render import camera_image, screen_image
 from pydantic import ValidationError
 
 from accelrl.config import format_validation_error
+from accelrl.envs.batched import reset_core, single_action
+from accelrl.envs.core import ActionMode, StartMode, TuningCore
+from accelrl.envs.render import camera_image, screen_image
 from accelrl.envs.spec import (
     Actuator,
     Randomisation,
@@ -90,7 +89,6 @@ from accelrl.envs.spec import (
 from accelrl.envs.validation import real_array
 from accelrl.envs.world.spec import WorldSpec
 from accelrl.physics.backends import make_beamline
-from accelrl.physics.beam import INCOMING
 from accelrl.physics.lattices import LATTICE_SUFFIXES, as_screen, load_lattice
 
 #: Incoming-beam ranges :func:`make_tuning_env` draws from unless ``randomisation`` sets
@@ -441,9 +439,7 @@ def make_tuning_env(
         names = list(elements)
         upstream = names[: names.index(screen)]
         misalignments = {
-            n: DEFAULT_MISALIGNMENT
-            for n in upstream
-            if isinstance(elements[n], cheetah.Quadrupole)
+            n: DEFAULT_MISALIGNMENT for n in upstream if isinstance(elements[n], cheetah.Quadrupole)
         }
         misalignments[screen] = DEFAULT_MISALIGNMENT
     scr = elements[screen]

@@ -8,8 +8,8 @@ from accelrl.physics.lattices import (
     ARES_EA_KNOBS,
     ARES_EA_SCREEN,
     LatticeFileError,
-    as_screen,
     ares_ea_segment,
+    as_screen,
     load_lattice,
 )
 

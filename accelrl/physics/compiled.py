@@ -79,7 +79,6 @@ def _allowed_attributes(element: cheetah.Element) -> tuple[str, ...]:
     return ()
 
 
-
 def _tensor_attributes(element: cheetah.Element) -> tuple[str, ...]:
     """Names of the tensor-valued physical attributes of ``element`` (not its misalignment)."""
     skip = {"misalignment", "length"}

@@ -39,7 +39,11 @@ def cavity_line() -> cheetah.Segment:
         [
             cheetah.Drift(length=t(0.5), name="D0", dtype=F64),
             cheetah.Cavity(
-                length=t(1.0), voltage=t(10e6), phase=t(0.0), frequency=t(1.3e9), name="CAV",
+                length=t(1.0),
+                voltage=t(10e6),
+                phase=t(0.0),
+                frequency=t(1.3e9),
+                name="CAV",
                 dtype=F64,
             ),  # fmt: skip
             cheetah.Quadrupole(length=t(0.1), k1=t(0.0), name="Q", dtype=F64),

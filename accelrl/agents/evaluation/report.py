@@ -18,9 +18,8 @@
 
 from __future__ import annotations
 
-import re
-
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
