@@ -18,6 +18,11 @@ EXAMPLES: dict[str, tuple[list[str], tuple[str, ...], str]] = {
     "bo_session.py": (["--steps", "4", "--out", "runs/bo"], ("botorch",), "back at the best"),
     "deploy_shadow.py": (["--out", "runs/deploy"], ("onnxruntime",), "auto:"),
     "lpa_surrogate.py": ([], ("onnxruntime",), "environment, 10 shots"),
+    "own_lattice.py": (
+        ["--iterations", "20", "--trials", "4", "--out", "runs/own"],
+        (),
+        "nelder-mead: median best MAE",
+    ),
     "virtual_accelerator_demo.py": ([], ("caproto",), "setpoints after the rollback"),
     "surrogates_generate.py": ([], ("wake_t",), "energy spread"),
 }

@@ -18,7 +18,7 @@ import gymnasium as gym
 from gymnasium.envs.registration import load_env_creator
 
 from accelrl.envs.ares_ea import ENV_ID as ARES_EA_ID
-from accelrl.envs.ares_ea import AresEATransverseTuning
+from accelrl.envs.ares_ea import AresEATransverseTuning, ares_ea_spec
 from accelrl.envs.core import TuningCore
 from accelrl.envs.rewards import Reward
 from accelrl.envs.spec import Randomisation, SpecError, TaskSpec
@@ -125,6 +125,7 @@ __all__ = [
     "TransverseTuningVectorEnv",
     "Trial",
     "TuningCore",
+    "ares_ea_spec",
     "load_trials",
     "make_tuning_env",
     "make_vec",

@@ -25,6 +25,7 @@ from accelrl.envs.ares_ea import ENV_ID as ARES_EA_ID
 from accelrl.envs.ares_ea import ares_ea_spec
 from accelrl.envs.spec import TaskSpec
 from accelrl.envs.trials import Trial
+from accelrl.resources import resolve
 
 __all__ = ["SEGMENTS", "TASKS", "RegisteredTask", "register_task", "resolve_task", "sample_trials"]
 
@@ -60,7 +61,8 @@ def register_task(
     be replaced).
 
     :param spec: A task spec, or the path of its YAML (its ``lattice:`` may name a lattice
-        file relative to the YAML).
+        file relative to the YAML); ``envs/...`` names the shipped file when there is no such
+        file in the working folder (``envs/fodo_task.yaml``).
     :param segment: The lattice (default: the spec's ``lattice``).
     :param check: Build the task's beamline once now, so a bad lattice, knob or screen fails
         here rather than at ``gym.make``.
@@ -71,8 +73,8 @@ def register_task(
 
     path = None
     if not isinstance(spec, TaskSpec):
-        path = Path(spec).resolve()
-        spec = TaskSpec.from_yaml(spec)
+        path = resolve(spec).resolve()
+        spec = TaskSpec.from_yaml(path)
     if spec.id in ENVIRONMENTS or spec.id in CODE_ENVIRONMENTS:
         raise ValueError(f"id {spec.id!r} is a shipped task; give your task another id")
     if check:
@@ -101,7 +103,7 @@ def resolve_task(ref: str | Path) -> RegisteredTask:
     :raises ValueError: For an id that is not registered, naming the registered ones.
     """
     if _is_task_file(ref) and (isinstance(ref, Path) or str(ref) not in TASKS):
-        path = Path(ref).resolve()
+        path = resolve(ref).resolve()
         env_id = _FILES.get(path) or register_task(path)
         return RegisteredTask(env_id, TASKS[env_id](), SEGMENTS.get(env_id))
     env_id = str(ref)

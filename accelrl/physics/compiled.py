@@ -27,7 +27,14 @@ from torch import nn
 
 from accelrl.physics import symbolic
 from accelrl.physics.beam import INCOMING, TRANSVERSE
-from accelrl.physics.elements import Map, TraceContext, UnsupportedElementError, element_map, prim
+from accelrl.physics.elements import (
+    SUPPORTED,
+    Map,
+    TraceContext,
+    UnsupportedElementError,
+    element_map,
+    prim,
+)
 from accelrl.physics.numerics import NUMPY, SCALAR, TORCH
 
 #: Attributes that may be knobs, per element type.
@@ -140,6 +147,8 @@ def resolve_inputs(
         allowed = _allowed_attributes(element)
         if not allowed and any_attribute:
             allowed = _tensor_attributes(element)
+        elif not allowed and not isinstance(element, SUPPORTED):
+            element_map(element, None)  # type: ignore[arg-type]  # raises, naming the backends
         if attribute not in allowed:
             raise ValueError(
                 f"{name} ({type(element).__name__}) has no knob {attribute!r}; "

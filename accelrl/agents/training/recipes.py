@@ -496,7 +496,9 @@ class APGEnvConfig(_Model):
     @classmethod
     def _task(cls, v: str) -> str:
         if Path(v).suffix.lower() in (".yaml", ".yml"):
-            if not Path(v).is_file():
+            from accelrl.resources import resolve
+
+            if not resolve(v).is_file():
                 raise ValueError(f"task file {v!r} does not exist")
             return v
         from accelrl.envs.tasks import TASKS
