@@ -269,7 +269,7 @@ def check_training_env_id(env_id: str) -> str:
         from accelrl.resources import resolve
 
         if not resolve(env_id).is_file():
-            raise ValueError(f"task file {env_id!r} does not exist")
+            raise ValueError(f"unknown environment id; task file {env_id!r} does not exist")
         return env_id
     if env_id in ENVIRONMENTS:
         return env_id
@@ -516,7 +516,7 @@ class APGEnvConfig(_Model):
             from accelrl.resources import resolve
 
             if not resolve(v).is_file():
-                raise ValueError(f"task file {v!r} does not exist")
+                raise ValueError(f"unknown environment id; task file {v!r} does not exist")
             return v
         from accelrl.envs.tasks import TASKS
 
