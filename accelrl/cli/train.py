@@ -185,7 +185,10 @@ def train_command(
     if isinstance(r, APGRecipe):
         from accelrl.agents.training.apg import train_apg_recipe
 
-        err.print(f"training by backpropagation through the simulation -> {run_dir}")
+        err.print(
+            f"training APG on {r.env.id} by backpropagation through the simulation -> {run_dir}",
+            highlight=False,
+        )
         result = train_apg_recipe(r, run_dir, progress=progress)
         console.print(f"trained in {result.wall_s:.0f} s; policy: {run_dir / 'policy'}")
         return
