@@ -78,9 +78,12 @@ def main() -> None:
         f"{'optimiser':22s} {'subset':9s} {'best MAE':>9s} {'final MAE':>10s} "
         f"{'to target':>9s} {'converged':>9s} {'ask ms':>7s} {'train s':>8s}"
     )
+    n = summary[next(iter(labels))]["all"]["n_trials"]
+    scope = "all 300 published trials" if args.limit is None else f"the first {n} of 300 trials"
+    print(f"ARES-EA, {scope} (--limit {args.limit}), {args.steps} steps, seed {args.seed}")
     print(head)
     print("-" * len(head))
-    out = {}
+    out: dict = {}
     for label, spec in labels.items():
         wall = train_wall_s(spec)
         out[label] = {**summary[label], "train_wall_s": wall}
@@ -94,13 +97,13 @@ def main() -> None:
                 f"{'' if wall is None else f'{wall:.0f}':>8s}"
             )
     print(
-        "(MAE in um; steps to target: best-so-far MAE < 20 um; all = 300 trials, sigma_pos ="
-        " both target sizes > 0)"
+        f"(MAE in um; steps to target: best-so-far MAE < 20 um; all = {scope}, "
+        "sigma_pos = those with both target sizes > 0)"
     )
     for name, (mae, steps) in PUBLISHED.items():
         print(f"  {name}: {mae} um, {steps} steps to converge")
     print(f"records, report: {args.out}")
-    print(json.dumps(out))
+    print(json.dumps({**out, "_trials": {"n": n, "limit": args.limit, "steps": args.steps}}))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from accelrl.deploy.runtime import OnnxPolicy
 from accelrl.deploy.safety import SafetyLayer
 from accelrl.deploy.virtual import serve_in_subprocess
 from accelrl.envs.trials import load_trials
+from accelrl.units import fmt
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "agents" / "apg-ares-ea" / "bundle"
@@ -88,7 +89,10 @@ with serve_in_subprocess(CONFIG, trial=TRIAL) as ioc:
     ioc.set_faults()
     machine = EpicsMachine(ioc.machine_config, addresses=[ioc.address])
     machine.connect(timeout=5.0)
-    print(f"setpoints after the rollback: {machine.read_setpoints().values}")
+    setpoints = machine.read_setpoints().values
+    units = {k.name: k.unit for k in ioc.machine_config.knobs}
+    shown = ", ".join(f"{n} {fmt(v, units.get(n, ''))}" for n, v in setpoints.items())
+    print(f"setpoints after the rollback: {shown}")  # operator units: steerers in mrad
     machine.close()
 
 print(f"run logs (run.jsonl, summary.json, run.png) under {logs}")

@@ -19,6 +19,11 @@ EXAMPLES: dict[str, tuple[list[str], tuple[str, ...], str]] = {
     "live_runs.py": (["--out", "runs/live"], ("stable_baselines3",), "accelrl dashboard"),
     "deploy_shadow.py": (["--out", "runs/deploy"], ("onnxruntime",), "auto:"),
     "lpa_surrogate.py": ([], ("onnxruntime",), "environment, 10 shots"),
+    "own_lattice.py": (
+        ["--iterations", "20", "--trials", "4", "--out", "runs/own"],
+        (),
+        "nelder-mead: median best MAE",
+    ),
     "virtual_accelerator_demo.py": ([], ("caproto",), "setpoints after the rollback"),
     "surrogates_generate.py": ([], ("wake_t",), "energy spread"),
     "robust_evaluation.py": (["--trials", "2", "--steps", "8"], (), "per-class results"),

@@ -23,11 +23,21 @@ from validation_testlib import (
     numeric_leaves,
 )
 
-from accelrl.agents.training.recipes import APGRecipe, Recipe, RecipeError, load_recipe
+from accelrl.agents.training.recipes import (
+    APGRecipe,
+    Recipe,
+    RecipeError,
+    load_recipe,
+    task_file_relative,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "recipe.yaml"
-SHIPPED = {p.stem: yaml.safe_load(p.read_text()) for p in sorted((ROOT / "agents").glob("*.yaml"))}
+# (a task YAML named by a recipe is relative to the recipe file, as load_recipe reads it)
+SHIPPED = {
+    p.stem: task_file_relative(yaml.safe_load(p.read_text()), p)
+    for p in sorted((ROOT / "agents").glob("*.yaml"))
+}
 
 #: Fields of an SB3 recipe that must be >= 1 (or > 0).
 SB3_POSITIVE = [
@@ -83,9 +93,8 @@ def test_any_corrupted_number_is_refused_naming_its_field(data: st.DataObject) -
 def test_zero_and_negative_sizes_are_refused(data: st.DataObject) -> None:
     name = data.draw(st.sampled_from(sorted(SHIPPED)))
     recipe = SHIPPED[name]
-    path = data.draw(
-        st.sampled_from(APG_POSITIVE if recipe["algorithm"] == "apg" else SB3_POSITIVE)
-    )
+    apg = recipe.get("algorithm") == "apg"
+    path = data.draw(st.sampled_from(APG_POSITIVE if apg else SB3_POSITIVE))
     node = recipe
     for key in path[:-1]:
         node = node[key]

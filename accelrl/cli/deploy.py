@@ -34,6 +34,7 @@ from accelrl.cli.common import (
     parse_floats,
     print_run_result,
 )
+from accelrl.cli.options import finite
 from accelrl.names import Mode
 
 #: ``accelrl deploy ...`` commands.
@@ -92,10 +93,22 @@ def deploy_run_command(
         ),
     ] = None,
     settle_delay: Annotated[
-        float, typer.Option("--settle-delay", min=0.0, help="sim: magnet settle time [s].")
+        float,
+        typer.Option(
+            "--settle-delay",
+            min=0.0,
+            callback=finite("--settle-delay", low=0.0, unit="s"),
+            help="sim: magnet settle time [s].",
+        ),
     ] = 0.0,
     reading_noise: Annotated[
-        float, typer.Option("--reading-noise", min=0.0, help="sim: screen noise rms [m].")
+        float,
+        typer.Option(
+            "--reading-noise",
+            min=0.0,
+            callback=finite("--reading-noise", low=0.0, unit="m"),
+            help="sim: screen noise rms [m].",
+        ),
     ] = 0.0,
     seed: Annotated[int, typer.Option("--seed", min=0, help="sim: noise seed.")] = 0,
     thresholds: Annotated[

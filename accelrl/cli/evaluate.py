@@ -236,6 +236,15 @@ def evaluate_command(
             "(~0.3 s per trial).",
         ),
     ] = True,
+    env: Annotated[
+        str,
+        typer.Option(
+            "--env",
+            help="Task: a registered id or a task YAML (its lattice: may name a lattice "
+            "file). Without --trials, a task other than ARES-EA is evaluated on 100 trials "
+            "drawn from its randomisation.",
+        ),
+    ] = "accelrl/AresEATransverseTuning-v0",
 ) -> None:
     """Evaluate optimisers on a trial set; write records, summary.json, report.md and plots."""
     from accelrl.agents.evaluation import evaluate_many
@@ -261,6 +270,7 @@ def evaluate_command(
             world=world,
             reachability=reachability,
             protocol=protocol,
+            env_id=env,
         )
     except (ValueError, TypeError, ImportError, FileNotFoundError) as err:
         raise fail(str(err)) from None

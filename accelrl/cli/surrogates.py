@@ -19,6 +19,7 @@ The standalone entry point for a machine without the full ``accelrl`` command li
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
 import sys
@@ -30,6 +31,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from accelrl.cli.common import command_group
+from accelrl.cli.options import finite
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -38,6 +40,11 @@ err_console = Console(stderr=True, soft_wrap=True)
 surrogates_app = command_group(
     "Plasma-accelerator simulation datasets (Wake-T, FBPIC) and surrogate models."
 )
+
+
+def dask_available() -> bool:
+    """Whether ``dask.distributed`` (the ``[cluster]`` extra) is installed."""
+    return importlib.util.find_spec("distributed") is not None
 
 
 @surrogates_app.callback()
@@ -83,7 +90,12 @@ def generate_command(
     ] = None,
     timeout: Annotated[
         float,
-        typer.Option("--timeout", min=0, help="Wall-time limit of one run [s] (0: none)."),
+        typer.Option(
+            "--timeout",
+            min=0,
+            callback=finite("--timeout", low=0.0, unit="s"),
+            help="Wall-time limit of one run [s] (0: none).",
+        ),
     ] = 600.0,
     checkpoint_every: Annotated[
         int, typer.Option("--checkpoint-every", min=1, help="Write the table every N runs.")
@@ -116,6 +128,13 @@ def generate_command(
     executor = None
     address = None
     if dask is not None:
+        if not dask_available():
+            err_console.print(
+                "[bold red]error:[/] --dask needs dask.distributed, which is not installed: "
+                "pip install 'accelrl\\[cluster]'",
+                highlight=False,
+            )
+            raise typer.Exit(1)
         executor = "dask"
         address = None if dask == "local" else dask
     command = "accelrl surrogates generate " + " ".join(shlex.quote(a) for a in sys.argv[3:])
@@ -137,7 +156,7 @@ def generate_command(
             resume=resume,
             force=force,
         )
-    except (DatasetSpecError, DatasetError, ValueError) as err:
+    except (DatasetSpecError, DatasetError, ValueError, ImportError) as err:
         err_console.print(f"[bold red]error:[/] {escape(str(err))}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt as err:
@@ -303,7 +322,13 @@ def resimulate_command(
         Path | None, typer.Option(help="Dataset spec [default: surrogates/<dataset>.yaml].")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Write the comparison as JSON.")] = None,
-    timeout_s: Annotated[float | None, typer.Option(help="Limit per run [s].")] = None,
+    timeout_s: Annotated[
+        float | None,
+        typer.Option(
+            callback=finite("--timeout-s", low=0.0, low_open=True, unit="s"),
+            help="Limit per run [s].",
+        ),
+    ] = None,
 ) -> None:
     """Re-simulate settings in the real code and compare with the surrogate (mean, 95%)."""
     import numpy as np

@@ -210,7 +210,10 @@ def train_command(
     if isinstance(r, APGRecipe):
         from accelrl.agents.training.apg import train_apg_recipe
 
-        err.print(f"training by backpropagation through the simulation -> {run_dir}")
+        err.print(
+            f"training APG on {r.env.id} by backpropagation through the simulation -> {run_dir}",
+            highlight=False,
+        )
         result = train_apg_recipe(r, run_dir, progress=progress)
         console.print(f"trained in {result.wall_s:.0f} s; policy: {run_dir / 'policy'}")
         return
@@ -252,7 +255,8 @@ def train_command(
         fmt(ev["median_best_mae_um"], " um"),
     )
     table.add_row("median final MAE", fmt(ev["median_final_mae_um"], " um"))
-    table.add_row("median steps to target", fmt(ev["median_steps_to_target"]))
+    steps = ev["median_steps_to_target"]
+    table.add_row("median steps to target", "not reached" if steps is None else fmt(steps))
     sized = ev.get("sigma_pos") or {}
     table.add_row("median best MAE (sigma > 0)", fmt(sized.get("median_best_mae_um"), " um"))
     console.print(table)

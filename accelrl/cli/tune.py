@@ -52,6 +52,7 @@ from accelrl.cli.common import (
     parse_floats,
     print_run_result,
 )
+from accelrl.cli.options import finite
 from accelrl.names import ARES_EA_ID, TRANSVERSE, Mode
 from accelrl.units import um
 
@@ -120,13 +121,19 @@ def tune_command(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Tuning steps.")] = 75,
     budget: Annotated[
         float,
-        typer.Option("--budget", min=0.001, help="Acquisition budget per step, in seconds."),
+        typer.Option(
+            "--budget",
+            min=0.001,
+            callback=finite("--budget", low=0.001, unit="s"),
+            help="Acquisition budget per step, in seconds.",
+        ),
     ] = 0.08,
     max_step: Annotated[
         float,
         typer.Option(
             "--max-step",
             min=0.0,
+            callback=finite("--max-step", low=0.0),
             help="Largest change per step as a fraction of max(|low|, |high|) (0: none).",
         ),
     ] = 0.1,

@@ -4,7 +4,7 @@
 a :data:`Prompt` answers it (``"yes"`` write, ``"no"`` skip this step, ``"quit"`` stop the
 run). :func:`terminal_prompt` asks on the terminal; a control-room GUI passes its own.
 
-This module needs nothing but the standard library.
+This module needs nothing but the standard library (and :mod:`accelrl.units`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from accelrl.units import display_unit
 
 if TYPE_CHECKING:
     from accelrl.deploy.safety import Proposal
@@ -41,17 +43,15 @@ class ConfirmRequest:
     target: Mapping[str, float]
 
     def describe(self) -> str:
-        """A plain-text table of the proposed change."""
+        """A plain-text table of the proposed change, in operator units (steerers in mrad)."""
         lines = [f"step {self.step}: proposed write"]
-        lines.append(f"  {'knob':<6} {'current':>14} {'proposed':>14} {'change':>14}  unit")
+        lines.append(f"  {'knob':<6} {'current':>12} {'proposed':>12} {'change':>12}  unit")
         clipped = {c.knob for c in self.proposal.clips}
         for n in self.knob_names:
-            cur, new = self.current[n], self.proposal.setpoints[n]
+            scale, unit = display_unit(self.units.get(n, ""))
+            cur, new = scale * self.current[n], scale * self.proposal.setpoints[n]
             mark = "  (clipped)" if n in clipped else ""
-            lines.append(
-                f"  {n:<6} {cur:>14.6g} {new:>14.6g} {new - cur:>+14.6g}  "
-                f"{self.units.get(n, '')}{mark}"
-            )
+            lines.append(f"  {n:<6} {cur:>12.4f} {new:>12.4f} {new - cur:>+12.4f}  {unit}{mark}")
         err = ", ".join(
             f"{k} {1e6 * (self.observation[k] - self.target[k]):+.1f} um" for k in self.target
         )

@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from accelrl.units import display_unit
+
 RUN_FILE = "run.jsonl"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "run.png"
@@ -227,13 +229,25 @@ def _num(v: Any) -> float:
     return math.nan if v is None else float(v)
 
 
+def _symlog_ticks(linthresh: float, largest: float, most: int = 4) -> list[float]:
+    """Ticks of a symlog axis that never crowd: 0 and at most ``most`` decades each side,
+    spread from ``linthresh`` to ``largest`` (both [um])."""
+    lo = math.ceil(math.log10(max(linthresh, 1e-3)))  # none inside the linear band
+    hi = max(lo, math.ceil(math.log10(max(largest, linthresh, 1e-3))))
+    step = max(1, math.ceil((hi - lo + 1) / most))
+    decades = [10.0**k for k in range(hi, lo - 1, -step)][::-1]
+    return [-d for d in reversed(decades)] + [0.0] + decades
+
+
 def plot_run(records: list[Mapping[str, Any]], path: str | Path) -> Path:
-    """Beam errors [um] and knob values (SI) vs step, abort marked; saved as PNG.
+    """Beam errors [um] and knob values (operator units: steerers in mrad) vs step, abort
+    marked; saved as PNG.
 
     :param records: The run's records (``start``, ``step``, ``rollback`` ...).
     :param path: PNG file to write.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator, NullLocator
 
     steps = [r for r in records if r.get("type") == "step"]
     start = next((r for r in records if r.get("type") == "start"), {})
@@ -242,8 +256,10 @@ def plot_run(records: list[Mapping[str, Any]], path: str | Path) -> Path:
     limits = start.get("limits", {})
     units = {k: limits.get(k, {}).get("unit", "") for k in knobs}
 
-    fig = Figure(figsize=(9, 2.0 + 1.4 * (1 + len(knobs))), layout="constrained")
-    axes = fig.subplots(1 + len(knobs), 1, sharex=True, squeeze=False)[:, 0]
+    fig = Figure(figsize=(9, 3.0 + 1.4 * (1 + len(knobs))), layout="constrained")
+    axes = fig.subplots(
+        1 + len(knobs), 1, sharex=True, squeeze=False, height_ratios=[2.2] + [1.0] * len(knobs)
+    )[:, 0]
     x = [r["step"] for r in steps]
     ax = axes[0]
     for name in beam_names:
@@ -257,6 +273,10 @@ def plot_run(records: list[Mapping[str, Any]], path: str | Path) -> Path:
         linthresh = max(t / 4, 1e-3)
     ax.axhline(0.0, color="0.5", lw=0.8)
     ax.set_yscale("symlog", linthresh=linthresh)
+    errors = [abs(v) for r in steps for v in map(_num, (r.get("error") or {}).values())]
+    ticks = _symlog_ticks(linthresh, 1e6 * max([v for v in errors if math.isfinite(v)] or [0]))
+    ax.set_yticks(ticks, [f"{v:g}" for v in ticks])
+    ax.yaxis.set_minor_locator(NullLocator())
     ax.set_ylabel("beam - target [um]")
     ax.legend(loc="upper right", fontsize=7, ncol=3)
     abort = next((r for r in records if r.get("decision") == "abort"), None)
@@ -265,14 +285,16 @@ def plot_run(records: list[Mapping[str, Any]], path: str | Path) -> Path:
     x0 = abort["step"] if abort is not None else (x[-1] if x else 0)
     xr = [x0 + (i + 1) / (len(rollback) + 1) for i in range(len(rollback))]
     for ax, name in zip(axes[1:], knobs, strict=True):
-        y = [_num(r.get("knobs", {}).get(name)) for r in steps]
+        scale, unit = display_unit(units.get(name) or "")  # operator units: mrad, not rad
+        y = [scale * _num(r.get("knobs", {}).get(name)) for r in steps]
         ax.plot(x, y, marker=".", color="C0", label="readback")
-        safe = [_num(r.get("safe_setpoints", {}).get(name)) for r in steps]
+        safe = [scale * _num(r.get("safe_setpoints", {}).get(name)) for r in steps]
         ax.plot(x, safe, ls="--", color="C1", lw=0.8, label="safe setpoint")
         if rollback:
-            yr = [_num(r["setpoints"].get(name, math.nan)) for r in rollback]
+            yr = [scale * _num(r["setpoints"].get(name, math.nan)) for r in rollback]
             ax.plot(xr, yr, "x", color="red", label="rollback write")
-        ax.set_ylabel(f"{name} [{units.get(name) or '-'}]", fontsize=8)
+        ax.yaxis.set_major_locator(MaxNLocator(4))
+        ax.set_ylabel(f"{name} [{unit}]", fontsize=8)
     if len(axes) > 1:
         axes[1].legend(loc="upper right", fontsize=7)
     end = next((r for r in records if r.get("type") == "end"), {})
@@ -290,6 +312,7 @@ def plot_run(records: list[Mapping[str, Any]], path: str | Path) -> Path:
             va="bottom",
         )
     axes[-1].set_xlabel("step")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     title = f"{start.get('machine', '')}  mode {start.get('mode', '')}"
     if end:
         title += f"  -> {end.get('reason', '')}"

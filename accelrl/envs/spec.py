@@ -198,8 +198,11 @@ class TaskSpec(_Model):
     """A transverse beam-tuning task.
 
     :param id: Environment id, e.g. ``accelrl/AresEATransverseTuning-v0``.
-    :param lattice: Name of a shipped lattice (``ares_ea``) — custom lattices are passed as
-        a Cheetah segment to :func:`accelrl.envs.make_tuning_env` instead.
+    :param lattice: A shipped lattice (``ares_ea``) or a lattice file, relative to the spec
+        file (LatticeJSON ``.json``, Bmad ``.bmad``, Elegant ``.lte``; read by
+        :func:`accelrl.physics.load_lattice`); or pass a Cheetah segment to the environment,
+        :func:`accelrl.envs.register_task` or :func:`accelrl.envs.make_tuning_env`.
+    :param lattice_line: The beamline to read from an Elegant file.
     :param actuators: The knobs in action order.
     :param screen: The observing screen.
     :param start: Default start settings, one per actuator (SI).
@@ -215,6 +218,7 @@ class TaskSpec(_Model):
     id: str
     description: str = ""
     lattice: str | None = None
+    lattice_line: str | None = None
     actuators: list[Actuator]
     screen: ScreenSpec
     start: list[float]
@@ -295,6 +299,14 @@ class TaskSpec(_Model):
                 data["world"] = load_world(data["world"], relative_to=Path(path).parent)
             except WorldError as err:
                 raise SpecError(f"{path}: invalid task spec\n  world: {err}") from None
+        lattice = data.get("lattice")
+        if isinstance(lattice, str) and _is_lattice_file(lattice):  # relative to the spec file
+            file = (Path(path).parent / lattice).resolve()
+            if not file.is_file():
+                raise SpecError(
+                    f"{path}: invalid task spec\n  lattice: {lattice!r}: no such file ({file})"
+                )
+            data["lattice"] = str(file)
         return cls.from_dict(data, source=str(path))
 
     @classmethod
@@ -303,6 +315,14 @@ class TaskSpec(_Model):
             return cls.model_validate(data)
         except ValidationError as err:
             raise SpecError(format_validation_error(err, f"{source}: invalid task spec")) from None
+
+
+#: Suffixes that make ``lattice:`` a file name rather than a shipped lattice's name.
+LATTICE_FILE_SUFFIXES: tuple[str, ...] = (".json", ".bmad", ".lte", ".py")
+
+
+def _is_lattice_file(name: str) -> bool:
+    return Path(name).suffix.lower() in LATTICE_FILE_SUFFIXES
 
 
 def shipped_spec_path(name: str) -> Path:

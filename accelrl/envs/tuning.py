@@ -72,15 +72,45 @@ import cheetah
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from pydantic import ValidationError
 
+from accelrl.config import format_validation_error
 from accelrl.envs.batched import reset_core, single_action
 from accelrl.envs.core import ActionMode, StartMode, TuningCore
 from accelrl.envs.render import camera_image, screen_image
-from accelrl.envs.spec import Actuator, Randomisation, ScreenSpec, TaskSpec, shipped_spec_path
+from accelrl.envs.spec import (
+    Actuator,
+    Randomisation,
+    ScreenSpec,
+    SpecError,
+    TaskSpec,
+    Uniform,
+)
 from accelrl.envs.validation import real_array
 from accelrl.envs.world.spec import WorldSpec
 from accelrl.physics.backends import make_beamline
-from accelrl.physics.beam import INCOMING
+from accelrl.physics.lattices import LATTICE_SUFFIXES, as_screen, load_lattice
+
+#: Incoming-beam ranges :func:`make_tuning_env` draws from unless ``randomisation`` sets
+#: them (SI: eV, m, rad): the published ARES-EA ranges (Kaiser et al., ICML 2022), a 80-160
+#: MeV electron beam. Set your machine's with ``randomisation={"incoming": {...}}``.
+DEFAULT_INCOMING: dict[str, tuple[float, float]] = {
+    "energy": (80e6, 160e6),
+    "mu_x": (-1e-3, 1e-3),
+    "mu_px": (-1e-4, 1e-4),
+    "mu_y": (-1e-3, 1e-3),
+    "mu_py": (-1e-4, 1e-4),
+    "sigma_x": (1e-5, 5e-4),
+    "sigma_px": (1e-6, 5e-5),
+    "sigma_y": (1e-5, 5e-4),
+    "sigma_py": (1e-6, 5e-5),
+    "sigma_tau": (1e-6, 5e-5),
+    "sigma_p": (1e-4, 1e-3),
+}
+
+#: Default misalignment half-range [m] of :func:`make_tuning_env`: every quadrupole
+#: upstream of the screen and the screen itself (the published ARES-EA value).
+DEFAULT_MISALIGNMENT = 4e-4
 
 
 def shipped_lattice(name: str) -> cheetah.Segment:
@@ -89,7 +119,40 @@ def shipped_lattice(name: str) -> cheetah.Segment:
         from accelrl.physics.lattices import ares_ea_segment
 
         return ares_ea_segment()
-    raise ValueError(f"unknown shipped lattice {name!r}; pass a Cheetah segment instead")
+    raise ValueError(
+        f"lattice {name!r}: not a shipped lattice (ares_ea) nor a lattice file "
+        f"({', '.join(LATTICE_SUFFIXES)}); pass a Cheetah segment instead"
+    )
+
+
+def task_segment(spec: TaskSpec, segment: cheetah.Segment | None = None) -> cheetah.Segment:
+    """The lattice of a task, with its screen element a ``cheetah.Screen``.
+
+    :param spec: The task; its ``lattice`` is a shipped name or a lattice file (a path,
+        made absolute by :meth:`TaskSpec.from_yaml`; read by
+        :func:`~accelrl.physics.lattices.load_lattice`).
+    :param segment: The lattice to use instead of the spec's.
+    :raises ValueError: When there is no lattice, or the screen element is neither a
+        ``Screen`` nor a monitor (``Marker``, ``BPM``) that
+        :func:`~accelrl.physics.lattices.as_screen` turns into one with the spec's
+        resolution, pixel size and binning.
+    """
+    if segment is None:
+        if spec.lattice is None:
+            raise ValueError(f"task {spec.id} names no lattice; pass segment=")
+        if Path(spec.lattice).suffix.lower() in (*LATTICE_SUFFIXES, ".py"):
+            segment = load_lattice(spec.lattice, spec.lattice_line)
+        else:
+            segment = shipped_lattice(spec.lattice)
+    elements = {e.name: e for e in segment.flattened().elements}
+    screen = elements.get(spec.screen.element)
+    if screen is not None and not isinstance(screen, cheetah.Screen):
+        s = spec.screen
+        try:
+            segment = as_screen(segment, s.element, s.resolution, s.pixel_size, s.binning)
+        except ValueError as err:
+            raise ValueError(f"task {spec.id}: screen.element {err}") from None
+    return segment
 
 
 def observation_space(spec: TaskSpec) -> spaces.Dict:
@@ -127,10 +190,7 @@ def build_core(
     **core_kwargs: Any,
 ) -> TuningCore:
     """Beamline + :class:`TuningCore` for ``spec`` (shared by the single and vector envs)."""
-    if segment is None:
-        if spec.lattice is None:
-            raise ValueError(f"task {spec.id} names no shipped lattice; pass segment=")
-        segment = shipped_lattice(spec.lattice)
+    segment = task_segment(spec, segment)
     knobs = [(a.element, a.attribute) for a in spec.actuators]
     misalign = [name for name in spec.randomisation.misalignments]
     names = {e.name for e in segment.flattened().elements}
@@ -194,6 +254,17 @@ class TransverseTuningEnv(gym.Env):
             world=world,
         )
         self.backend = backend
+        self.segment = segment
+        #: The settings this environment was made with (reused by :func:`accelrl.envs.make_vec`).
+        self.settings: dict[str, Any] = {
+            "backend": backend,
+            "num_particles": num_particles,
+            "action_mode": action_mode,
+            "reward": reward,
+            "start": start,
+            "terminate_on_target": terminate_on_target,
+            "world": world,
+        }
         self.render_mode = render_mode
         self.observation_space = observation_space(spec)
         self.action_space = spaces.Box(
@@ -280,6 +351,53 @@ def render_core(core: TuningCore, i: int) -> np.ndarray:
     return screen_image(core.reading[i], core.target[i], half, on_screen=bool(core.on_screen[i]))
 
 
+def _uniform(value: Any, where: str) -> Uniform:
+    """A :class:`Uniform` from ``(low, high)``, ``{"low": .., "high": ..}`` or a Uniform."""
+    if isinstance(value, Uniform):
+        return value
+    if isinstance(value, Mapping):
+        value = (value.get("low"), value.get("high"))
+    try:
+        low, high = value
+    except (TypeError, ValueError):
+        raise ValueError(f"{where} must be (low, high), got {value!r}") from None
+    try:
+        return Uniform(low=low, high=high)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, f"{where} = {value!r}: invalid")) from None
+
+
+def custom_randomisation(
+    randomisation: Randomisation | Mapping[str, Any] | None,
+    misalignments: Mapping[str, float],
+) -> Randomisation:
+    """The :class:`Randomisation` of a custom task.
+
+    :param randomisation: ``None`` (all defaults), a :class:`Randomisation`, or a mapping of
+        its fields whose ``incoming`` may name only some moments (``(low, high)`` in SI);
+        the others keep :data:`DEFAULT_INCOMING`.
+    :param misalignments: The misalignment half-ranges [m] unless ``randomisation`` sets them.
+    :raises ValueError: For an unknown field or moment, or an invalid range, naming it.
+    """
+    if isinstance(randomisation, Randomisation):
+        return randomisation
+    data = dict(randomisation or {})
+    incoming = {k: _uniform(v, f"incoming.{k}") for k, v in DEFAULT_INCOMING.items()}
+    for key, value in dict(data.pop("incoming", None) or {}).items():
+        if key not in DEFAULT_INCOMING:
+            raise ValueError(
+                f"randomisation.incoming.{key}: unknown moment; known: {list(DEFAULT_INCOMING)}"
+            )
+        incoming[key] = _uniform(value, f"randomisation.incoming.{key}")
+    if "target_sigma" in data:
+        data["target_sigma"] = _uniform(data["target_sigma"], "randomisation.target_sigma")
+    data.setdefault("misalignments", dict(misalignments))
+    try:
+        return Randomisation(incoming=incoming, **data)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err, "randomisation: invalid")) from None
+
+
 def make_tuning_env(
     segment: cheetah.Segment,
     knobs: Sequence[tuple[str, str, float, float]],
@@ -287,22 +405,52 @@ def make_tuning_env(
     start: Sequence[float] | None = None,
     misalignments: dict[str, float] | None = None,
     max_episode_steps: int = 50,
+    randomisation: Randomisation | Mapping[str, Any] | None = None,
+    env_id: str | None = None,
     **kwargs: Any,
 ) -> gym.Env:
     """A tuning environment for your own beamline, wrapped in a ``TimeLimit``.
 
     :param segment: Any Cheetah segment (e.g. from ``Segment.from_ocelot``/``from_bmad``/
-        ``from_elegant``/``from_lattice_json``).
+        ``from_elegant``/``from_lattice_json``, or :func:`accelrl.physics.load_lattice`).
+        The compiled map (``backend="fast"``, default) takes drifts, quadrupoles, dipoles,
+        correctors and diagnostics; other elements (e.g. a ``Cavity``) need
+        ``backend="cheetah"`` or ``"cheetah-particles"``.
     :param knobs: ``(element, attribute, low, high)`` per actuator, limits in SI units.
-    :param screen: Name of the observing ``Screen`` element.
+    :param screen: Name of the observing ``Screen`` element (a monitor that arrived as a
+        ``Marker`` or ``BPM`` is turned into one by :func:`accelrl.physics.as_screen`).
     :param start: Start settings (default: 0 clipped into the limits).
     :param misalignments: Element name -> uniform misalignment half-range [m]
-        (default: +-400 um on every quadrupole upstream of the screen and on the screen).
-    :param kwargs: Forwarded to :class:`TransverseTuningEnv` (backend, reward, ...).
+        (default: :data:`DEFAULT_MISALIGNMENT` = +-400 um on every quadrupole upstream of
+        the screen and on the screen).
+    :param max_episode_steps: TimeLimit [steps].
+    :param randomisation: What is drawn at every reset (:class:`~accelrl.envs.spec.
+        Randomisation` or a mapping of its fields): ``incoming`` beam ranges (any subset of
+        the moments as ``(low, high)``, SI; the rest from :data:`DEFAULT_INCOMING`, the
+        ARES-EA ranges, 80-160 MeV), ``target_mu`` (default +-2 mm), ``target_sigma``
+        (default 0-2 mm), ``gain_error``, ``drift``, ``failure``, ``misalignments``.
+    :param env_id: Id of the task (default ``"custom/<segment name>"``).
+    :param kwargs: Forwarded to :class:`TransverseTuningEnv` (backend, reward, world, ...).
+    :raises ValueError: For an unknown element or attribute, a screen that is not a
+        ``cheetah.Screen`` (naming :func:`~accelrl.physics.as_screen` for a monitor),
+        limits, start values or ranges out of order, naming the value.
     """
     elements = {e.name: e for e in segment.flattened().elements}
-    if screen not in elements or not isinstance(elements[screen], cheetah.Screen):
-        raise ValueError(f"screen={screen!r} is not a cheetah.Screen of the segment")
+    if screen not in elements:
+        raise ValueError(f"screen={screen!r} is not an element of the segment {segment.name!r}")
+    if not isinstance(elements[screen], cheetah.Screen):
+        kind = type(elements[screen]).__name__
+        hint = ""
+        if isinstance(elements[screen], (cheetah.Marker, cheetah.BPM)):
+            hint = (
+                " (an Ocelot Monitor arrives as a Marker); make it a screen first: "
+                f"segment = accelrl.physics.as_screen(segment, {screen!r}, "
+                "resolution=(width, height), pixel_size=(dx, dy))"
+            )
+        raise ValueError(f"screen={screen!r} is a cheetah.{kind}, not a cheetah.Screen{hint}")
+    if misalignments is not None and randomisation is not None:
+        if not isinstance(randomisation, Randomisation) and "misalignments" in randomisation:
+            raise ValueError("give misalignments either as an argument or in randomisation")
     actuators = []
     for knob in knobs:
         if len(knob) != 4:
@@ -318,12 +466,13 @@ def make_tuning_env(
     if misalignments is None:
         names = list(elements)
         upstream = names[: names.index(screen)]
-        misalignments = {n: 4e-4 for n in upstream if isinstance(elements[n], cheetah.Quadrupole)}
-        misalignments[screen] = 4e-4
-    ares = TaskSpec.from_yaml(shipped_spec_path("ares_ea"))
+        misalignments = {
+            n: DEFAULT_MISALIGNMENT for n in upstream if isinstance(elements[n], cheetah.Quadrupole)
+        }
+        misalignments[screen] = DEFAULT_MISALIGNMENT
     scr = elements[screen]
     spec = TaskSpec(
-        id=f"custom/{segment.name}",
+        id=env_id or f"custom/{segment.name}",
         actuators=actuators,
         screen=ScreenSpec(
             element=screen,
@@ -332,10 +481,7 @@ def make_tuning_env(
             binning=int(scr.binning),
         ),
         start=list(start),
-        randomisation=Randomisation(
-            incoming={k: ares.randomisation.incoming[k] for k in INCOMING},
-            misalignments=misalignments,
-        ),
+        randomisation=custom_randomisation(randomisation, misalignments),
         max_episode_steps=max_episode_steps,
     )
     env = TransverseTuningEnv(spec, segment=segment, **kwargs)

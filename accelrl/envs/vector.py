@@ -6,6 +6,11 @@ the trajectory of a single environment reset with ``seed=s + i``: the same hidde
 targets, terminations and truncations, and beams equal to floating-point rounding (~1e-14
 relative: the single environment evaluates the map on Python floats, the batch on numpy).
 :class:`accelrl.envs.sb3.SB3VecEnv` adapts it to Stable-Baselines3's ``VecEnv`` interface.
+
+Make one with :func:`accelrl.envs.make_vec` from a registered id, a task YAML, a
+:class:`~accelrl.envs.spec.TaskSpec` or an environment of :func:`accelrl.envs.make_tuning_env`
+(``docs/custom_lattice.md``), or directly: ``TransverseTuningVectorEnv(spec, num_envs,
+segment=...)``.
 """
 
 from __future__ import annotations

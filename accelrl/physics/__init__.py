@@ -5,7 +5,14 @@ from accelrl.physics.beam import INCOMING, PHASE_SPACE, TRANSVERSE, parameter_be
 from accelrl.physics.compiled import BeamMoments, CompiledBeamline, compile
 from accelrl.physics.devices import DeviceError, resolve_device
 from accelrl.physics.elements import SUPPORTED, UnsupportedElementError
-from accelrl.physics.lattices import ARES_EA_KNOBS, ARES_EA_SCREEN, ares_ea_segment
+from accelrl.physics.lattices import (
+    ARES_EA_KNOBS,
+    ARES_EA_SCREEN,
+    LatticeFileError,
+    ares_ea_segment,
+    as_screen,
+    load_lattice,
+)
 
 __all__ = [
     "ARES_EA_KNOBS",
@@ -17,12 +24,15 @@ __all__ = [
     "CompiledBeamline",
     "DeviceError",
     "INCOMING",
+    "LatticeFileError",
     "PHASE_SPACE",
     "SUPPORTED",
     "TRANSVERSE",
     "UnsupportedElementError",
+    "as_screen",
     "ares_ea_segment",
     "compile",
+    "load_lattice",
     "make_beamline",
     "parameter_beam",
     "resolve_device",

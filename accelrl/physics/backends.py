@@ -18,7 +18,8 @@ from torch import nn
 
 from accelrl.names import Backend
 from accelrl.physics.beam import parameter_beam, particle_beam
-from accelrl.physics.compiled import BeamMoments, CompiledBeamline, Knob
+from accelrl.physics.compiled import BeamMoments, CompiledBeamline, Knob, resolve_inputs
+from accelrl.physics.elements import UnsupportedElementError
 
 #: Backend names (:class:`accelrl.names.Backend`).
 BACKENDS: tuple[str, ...] = tuple(b.value for b in Backend)
@@ -49,27 +50,49 @@ class Beamline(Protocol):
 class CheetahBeamline(nn.Module):
     """Tracks through Cheetah itself, with the inputs and outputs of :class:`CompiledBeamline`.
 
-    :param compiled: A compiled beamline whose knobs, observation point and misalignment
-        inputs are reused (so both backends take identical inputs).
-    :param segment: The segment it was compiled from.
+    Any element Cheetah tracks is allowed (e.g. a ``Cavity``, which the compiled map cannot
+    represent); on element types the compiled map does not know, any tensor attribute (a
+    cavity's ``voltage`` [V] or ``phase`` [deg]) may be a knob.
+
+    :param segment: The lattice (nested segments are flattened; copied, never modified).
+    :param knobs: ``(element, attribute)`` pairs, the columns of the ``knobs`` input (SI).
+    :param observe: Element at whose entrance the beam is read (``None``: the end).
+    :param misalign: Elements whose misalignment ``(dx, dy)`` [m] is an input; default as
+        for :class:`CompiledBeamline`.
     :param num_particles: ``None`` tracks a ``ParameterBeam``; an integer tracks a
         ``ParticleBeam`` with that many particles.
+    :param species: Particle species (default: electron, float64).
+    :param dtype: Floating-point type of the tracking (default float64).
     """
 
     def __init__(
-        self, compiled: CompiledBeamline, segment: cheetah.Segment, num_particles: int | None = None
+        self,
+        segment: cheetah.Segment,
+        knobs: Sequence[Knob],
+        observe: str | None = None,
+        misalign: Sequence[str] | None = None,
+        num_particles: int | None = None,
+        species: cheetah.Species | None = None,
+        dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__()
+        if isinstance(segment, CompiledBeamline):  # the former (compiled, segment, n) form
+            raise TypeError(
+                "CheetahBeamline(segment, knobs, observe=..., misalign=...) takes the segment "
+                "first; build it with make_beamline(segment, knobs, observe, 'cheetah')"
+            )
         if num_particles is not None and num_particles < 2:
             raise ValueError(f"num_particles must be >= 2, got {num_particles}")
-        self.knobs = compiled.knobs
-        self.misaligned = compiled.misaligned
-        self.observe = compiled.observe
-        self.species = compiled.species
+        inputs = resolve_inputs(segment, knobs, observe, misalign, any_attribute=True)
+        self.knobs = inputs.knobs
+        self.misaligned = inputs.misaligned
+        self.observe = observe
+        self.species = (
+            species if species is not None else cheetah.Species("electron", dtype=torch.float64)
+        )
         self.num_particles = num_particles
         self.stochastic = num_particles is not None
-        self.register_buffer("default_misalignments", compiled.default_misalignments.clone())
-        dtype = compiled.default_misalignments.dtype
+        self.register_buffer("default_misalignments", torch.tensor(inputs.defaults, dtype=dtype))
         flat = copy.deepcopy(segment.flattened()).to(dtype)  # e.g. float32 segments -> float64
         if self.observe is not None:
             flat = flat.subcell(end=self.observe, include_end=True)
@@ -173,14 +196,21 @@ def make_beamline(
 ) -> Beamline:
     """Build the beamline of ``backend`` (one of :data:`BACKENDS`).
 
+    Only ``"fast"`` compiles the map; the Cheetah backends track any lattice Cheetah can.
+
     :param num_particles: Particles per beam for ``"cheetah-particles"``.
     :raises ValueError: For an unknown backend, naming the allowed ones.
+    :raises UnsupportedElementError: For ``"fast"`` on a lattice with an element the compiled
+        map cannot represent, naming the element and the backends that can.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not one of {BACKENDS}")
-    compiled = CompiledBeamline(segment, knobs, observe=observe, misalign=misalign)
     if backend == "fast":
-        return compiled
-    return CheetahBeamline(
-        compiled, segment, num_particles if backend == "cheetah-particles" else None
-    )
+        try:
+            return CompiledBeamline(segment, knobs, observe=observe, misalign=misalign)
+        except UnsupportedElementError as err:
+            raise UnsupportedElementError(
+                f"backend='fast' (the compiled map) cannot represent this lattice: {err}"
+            ) from None
+    particles = num_particles if backend == "cheetah-particles" else None
+    return CheetahBeamline(segment, knobs, observe, misalign, particles)

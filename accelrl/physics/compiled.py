@@ -28,7 +28,14 @@ from torch import nn
 from accelrl.physics import symbolic
 from accelrl.physics.beam import INCOMING, TRANSVERSE
 from accelrl.physics.devices import DeviceError, resolve_device
-from accelrl.physics.elements import Map, TraceContext, UnsupportedElementError, element_map, prim
+from accelrl.physics.elements import (
+    SUPPORTED,
+    Map,
+    TraceContext,
+    UnsupportedElementError,
+    element_map,
+    prim,
+)
 from accelrl.physics.numerics import NUMPY, SCALAR, TORCH
 
 #: Attributes that may be knobs, per element type.
@@ -78,6 +85,95 @@ def _allowed_attributes(element: cheetah.Element) -> tuple[str, ...]:
         if isinstance(element, cls):
             return attributes
     return ()
+
+
+def _tensor_attributes(element: cheetah.Element) -> tuple[str, ...]:
+    """Names of the tensor-valued physical attributes of ``element`` (not its misalignment)."""
+    skip = {"misalignment", "length"}
+    names = [
+        n
+        for n, v in vars(element).items()
+        if isinstance(v, torch.Tensor) and not n.startswith("_") and n not in skip
+    ]
+    names += [n for n, _ in element.named_buffers(recurse=False) if n not in skip]
+    names += [n for n, _ in element.named_parameters(recurse=False) if n not in skip]
+    return tuple(dict.fromkeys(names + ["length"]))
+
+
+class LatticeInputs(NamedTuple):
+    """What a backend needs to know about its inputs (see :func:`resolve_inputs`).
+
+    :param knobs: ``(element, attribute)`` per knob column.
+    :param misaligned: Elements whose misalignment ``(dx, dy)`` [m] is an input.
+    :param defaults: Their misalignments stored in the segment, flattened ``[2M]`` [m].
+    :param upstream: The elements before the observation point.
+    :param observed: The observed element (``None``: the end of the segment).
+    """
+
+    knobs: list[Knob]
+    misaligned: list[str]
+    defaults: list[float]
+    upstream: list[cheetah.Element]
+    observed: cheetah.Element | None
+
+
+def resolve_inputs(
+    segment: cheetah.Segment,
+    knobs: Sequence[Knob],
+    observe: str | None = None,
+    misalign: Sequence[str] | None = None,
+    any_attribute: bool = False,
+) -> LatticeInputs:
+    """Check knobs, observation point and misaligned elements against ``segment``.
+
+    :param any_attribute: Also allow, on element types the compiled map does not know (e.g.
+        ``Cavity``), any of their tensor attributes (``voltage`` [V], ``phase`` [deg], ...) as
+        a knob (what Cheetah tracking can vary).
+    :raises ValueError: Naming the unknown element, attribute or observation point.
+    """
+    elements = list(segment.flattened().elements)
+    names = [e.name for e in elements]
+    if observe is not None and observe not in names:
+        raise ValueError(f"observe={observe!r} is not an element of the segment {segment.name!r}")
+    stop = names.index(observe) if observe is not None else len(elements)
+    upstream = elements[:stop]
+    observed = elements[stop] if observe is not None else None
+
+    out: list[Knob] = [tuple(k) for k in knobs]  # type: ignore[misc]
+    by_name = {e.name: e for e in elements}
+    for name, attribute in out:
+        if name not in by_name:
+            raise ValueError(f"knob element {name!r} is not in the segment")
+        element = by_name[name]
+        allowed = _allowed_attributes(element)
+        if not allowed and any_attribute:
+            allowed = _tensor_attributes(element)
+        elif not allowed and not isinstance(element, SUPPORTED):
+            element_map(element, None)  # type: ignore[arg-type]  # raises, naming the backends
+        if attribute not in allowed:
+            raise ValueError(
+                f"{name} ({type(element).__name__}) has no knob {attribute!r}; "
+                f"allowed: {allowed or 'none'}"
+            )
+        if name not in {e.name for e in upstream}:
+            raise ValueError(f"knob element {name!r} is not upstream of observe={observe!r}")
+    if len(set(out)) != len(out):
+        raise ValueError(f"duplicate knobs in {out}")
+
+    if misalign is None:
+        misalign = [e.name for e in upstream if isinstance(e, cheetah.Quadrupole)]
+        if observed is not None and isinstance(observed, (cheetah.Screen, cheetah.BPM)):
+            misalign.append(observed.name)
+    misalign = list(dict.fromkeys(misalign))
+    for name in misalign:
+        if name not in by_name or not isinstance(by_name[name], MISALIGNABLE):
+            raise ValueError(
+                f"cannot misalign {name!r}: not a quadrupole, screen or BPM of the segment"
+            )
+    defaults: list[float] = []
+    for name in misalign:
+        defaults.extend(float(v) for v in by_name[name].misalignment.detach().reshape(-1)[:2])
+    return LatticeInputs(out, misalign, defaults, upstream, observed)
 
 
 def _total_row(i: int, maps: list[Map]) -> list[symbolic.Value]:
@@ -135,56 +231,20 @@ class CompiledBeamline(nn.Module):
         device: torch.device | str | None = None,
     ) -> None:
         super().__init__()
-        elements = list(segment.flattened().elements)
-        names = [e.name for e in elements]
-        if observe is not None and observe not in names:
-            raise ValueError(
-                f"observe={observe!r} is not an element of the segment {segment.name!r}"
-            )
-        stop = names.index(observe) if observe is not None else len(elements)
-        upstream = elements[:stop]
-        observed = elements[stop] if observe is not None else None
-
-        self.knobs: list[Knob] = [tuple(k) for k in knobs]  # type: ignore[misc]
-        by_name = {e.name: e for e in elements}
-        for name, attribute in self.knobs:
-            if name not in by_name:
-                raise ValueError(f"knob element {name!r} is not in the segment")
-            allowed = _allowed_attributes(by_name[name])
-            if attribute not in allowed:
-                raise ValueError(
-                    f"{name} ({type(by_name[name]).__name__}) has no knob {attribute!r}; "
-                    f"allowed: {allowed or 'none'}"
-                )
-            if name not in {e.name for e in upstream}:
-                raise ValueError(f"knob element {name!r} is not upstream of observe={observe!r}")
-        if len(set(self.knobs)) != len(self.knobs):
-            raise ValueError(f"duplicate knobs in {self.knobs}")
-
-        if misalign is None:
-            misalign = [e.name for e in upstream if isinstance(e, cheetah.Quadrupole)]
-            if observed is not None and isinstance(observed, (cheetah.Screen, cheetah.BPM)):
-                misalign.append(observed.name)
-        misalign = list(dict.fromkeys(misalign))
-        for name in misalign:
-            if name not in by_name or not isinstance(by_name[name], MISALIGNABLE):
-                raise ValueError(
-                    f"cannot misalign {name!r}: not a quadrupole, screen or BPM of the segment"
-                )
-        self.misaligned: list[str] = misalign
+        inputs = resolve_inputs(segment, knobs, observe, misalign)
+        self.knobs: list[Knob] = inputs.knobs
+        self.misaligned: list[str] = inputs.misaligned
         self.observe = observe
         # float64 rest energy: Cheetah's default species is float32 (510998.9375 eV)
         self.species = (
             species if species is not None else cheetah.Species("electron", dtype=torch.float64)
         )
-        default = []
-        for name in misalign:
-            default.extend(float(v) for v in by_name[name].misalignment.detach().reshape(-1)[:2])
         if device is not None:
             device = resolve_device(device)
         self.register_buffer(
-            "default_misalignments", torch.tensor(default, dtype=dtype, device=device)
+            "default_misalignments", torch.tensor(inputs.defaults, dtype=dtype, device=device)
         )
+        upstream, observed = inputs.upstream, inputs.observed
 
         transverse, full = self._trace(upstream, observed)
         self._transverse_fn, self.source = symbolic.generate(transverse, "transverse_map")

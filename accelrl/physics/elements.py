@@ -126,8 +126,8 @@ def _check_linear(element: cheetah.Element) -> None:
     if method != "linear" and type(element).__name__.lower() != method:
         raise UnsupportedElementError(
             f"{element.name} ({type(element).__name__}) uses tracking_method={method!r}; the "
-            "compiled map is first order only. Set tracking_method='linear' or use "
-            "backend='cheetah'."
+            "compiled map is first order only. Set tracking_method='linear' or track it "
+            "with backend='cheetah' (ParameterBeam) or backend='cheetah-particles'."
         )
 
 

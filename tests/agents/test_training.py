@@ -507,3 +507,15 @@ def test_cli_default_run_directory() -> None:
     from accelrl.cli.train import default_out
 
     assert default_out(Path("agents/td3_icml.yaml"), 4) == Path("runs/td3_icml-4")
+
+
+def test_sb3_trains_on_a_task_yaml(tmp_path):
+    """A recipe whose ``env.id`` names a task YAML (the shipped FODO task): trained, evaluated
+    on trials drawn from that task, and exported with its actuators."""
+    task = Path(__file__).resolve().parents[2] / "envs" / "fodo_task.yaml"
+    recipe = tiny_recipe("ppo", env={"id": str(task)}, total_timesteps=128)
+    run = train(recipe, tmp_path, progress=False)
+    policy = MLPPolicy.load(run.policy_dir)
+    assert policy.meta.actuator_names == ["QF", "QD", "HCOR", "VCOR"]
+    assert policy.meta.env_id == "accelrl/FODOTransverseTuning-v0"
+    assert run.final_eval["n_trials"] >= 1

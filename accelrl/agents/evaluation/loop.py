@@ -83,6 +83,7 @@ def evaluation_env(
     actions, termination disabled, ``num_envs`` environments, truncation after
     ``max_steps``) on ``backend`` in ``world``; built once, every batch resets it fully.
 
+    :param env_id: A registered id or the path of a task YAML.
     :param world: The world between the optimiser and the beam
         (:class:`~accelrl.envs.world.WorldSpec`); ``None``: the task spec's own world
         (``ideal`` for the shipped tasks).
@@ -96,13 +97,13 @@ def evaluation_env(
     wkey = "" if world is None else world.model_dump_json()
     key = (env_id, backend, int(num_envs), int(max_steps), wkey)
     if key not in cache:
-        from accelrl.envs import TASKS, TransverseTuningVectorEnv
+        from accelrl.envs import TransverseTuningVectorEnv, resolve_task
 
-        if env_id not in TASKS:
-            raise ValueError(f"unknown environment {env_id!r}; registered: {sorted(TASKS)}")
+        task = resolve_task(env_id)
         cache[key] = TransverseTuningVectorEnv(
-            TASKS[env_id](),
+            task.spec,
             num_envs,
+            segment=task.segment,
             max_episode_steps=max_steps,
             backend=backend,
             action_mode="direct",

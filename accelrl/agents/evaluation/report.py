@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -258,6 +259,24 @@ def plot_mae_vs_step(result: EvaluationResult, path: str | Path, subset: str = "
     return path
 
 
+def tick_label(label: str, width: int = 18) -> str:
+    """``label`` broken into lines of at most ``width`` characters after ``/``, ``:`` or
+    spaces (a policy path stays readable under its box, and never runs into the
+    next one); a part longer than ``width`` is kept whole.
+
+    >>> tick_label("policy:runs/fodo-apg/policy", 12)
+    'policy:runs/\nfodo-apg/\npolicy'
+    """
+    parts, current = [], ""
+    for piece in re.split(r"(?<=[/: ])", label):
+        if current and len(current) + len(piece) > width:
+            parts.append(current)
+            current = ""
+        current += piece
+    parts.append(current)
+    return "\n".join(p.strip() for p in parts if p.strip())
+
+
 def plot_mae_distributions(result: EvaluationResult, path: str | Path) -> Path:
     """Final and best MAE per optimiser [um]: box plots plus every trial as a point."""
     plt = _pyplot()
@@ -265,7 +284,7 @@ def plot_mae_distributions(result: EvaluationResult, path: str | Path) -> Path:
     fig, axes = plt.subplots(
         1,
         2,
-        figsize=(max(8.0, 2.2 + 1.6 * len(labels)) * 1.6 / 1.3, 4.8),
+        figsize=(max(8.0, 2.2 + 1.6 * len(labels)) * 1.6 / 1.3, 5.2),
         sharey=True,
         layout="constrained",
     )
@@ -288,11 +307,13 @@ def plot_mae_distributions(result: EvaluationResult, path: str | Path) -> Path:
         ax.boxplot(
             data, widths=0.55, showfliers=False, medianprops={"color": "k", "lw": 2}, whis=(5, 95)
         )
+        many = len(labels) > 6
         ax.set_xticks(
             range(1, len(labels) + 1),
-            labels,
-            rotation=20 if len(labels) > 3 else 0,
-            ha="right" if len(labels) > 3 else "center",
+            [tick_label(label, 14 if many else 18) for label in labels],
+            rotation=30 if many else 0,
+            ha="right" if many else "center",
+            fontsize=8 if len(labels) > 3 else 9,
         )
         _target_line(ax, left=False)
         ax.set_yscale("log")
@@ -465,7 +486,12 @@ def markdown_report(result: EvaluationResult, figures: Sequence[tuple[str, str]]
     c = result.config
     lines = [f"# Evaluation: {', '.join(result.optimisers)}", ""]
     trials = c["trials"]
-    source = "the published ARES-EA set" if trials.get("default") else f"`{trials['source']}`"
+    if str(trials["source"]).startswith("sampled"):
+        source = f"the task's randomisation ({trials['source']})"
+    elif trials.get("default"):
+        source = "the published ARES-EA set"
+    else:
+        source = f"`{trials['source']}`"
     lines += [
         f"- task: `{c['env_id']}`, backend `{c['backend']}`, {c['max_steps']} steps per trial, "
         f"seed {c['seed']} (trial seed = {c['trial_seed']})",

@@ -84,6 +84,9 @@ if TYPE_CHECKING:
 
 #: Default task.
 DEFAULT_ENV_ID = ARES_EA_ID
+
+#: Trials drawn from a task's randomisation when it has no trial set (``trials=None``).
+SAMPLED_TRIALS = 100
 #: Episode length of the published evaluation [steps].
 DEFAULT_MAX_STEPS = 150
 #: Distributions whose versions every run records.
@@ -283,8 +286,10 @@ def evaluate_many(
         or a mapping ``label -> spec or factory``. Labels default to the spec string, or the
         optimiser's ``name`` for factories (repeats get ``#2``, ``#3``). Each factory is
         called once up front, in this process, to fail early and read the name.
-    :param trials: Trials, a trial-set YAML path, or ``None`` for the 300 published ARES-EA
-        trials. Trial indices must be unique.
+    :param trials: Trials, a trial-set YAML path, or ``None``: the 300 published ARES-EA
+        trials for ARES-EA, :data:`SAMPLED_TRIALS` trials drawn from the task's
+        randomisation (:func:`accelrl.envs.sample_trials`, seeds ``seed``, ``seed + 1``,
+        ...) for any other task. Trial indices must be unique.
     :param max_steps: Steps per trial (default 150, as published).
     :param backend: ``"fast"`` (compiled map), ``"cheetah"`` or ``"cheetah-particles"``.
     :param seed: Base seed (>= 0); trial ``t`` uses
@@ -298,7 +303,8 @@ def evaluate_many(
     :param dask_address: Scheduler address, e.g. ``"tcp://10.0.0.1:8786"``; implies
         ``executor="dask"``.
     :param progress: Show a progress bar (rich, on stderr) over trials.
-    :param env_id: Registered task (default ARES-EA).
+    :param env_id: Registered task (default ARES-EA), or the path of a task YAML
+        (registered on first use, also in every worker).
     :param chunk_size: Trials per task (default ``ceil(N / 64)``); one optimiser instance
         serves a chunk. Fixed by the trial list, so results do not depend on the executor.
     :param limit: Evaluate only the first ``limit`` trials (the source stays recorded).
@@ -334,13 +340,11 @@ def evaluate_many(
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    from accelrl.envs import TASKS
+    from accelrl.envs import resolve_task, sample_trials
     from accelrl.physics import BACKENDS
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-    if env_id not in TASKS:
-        raise ValueError(f"unknown environment {env_id!r}; registered: {sorted(TASKS)}")
     if on_step is not None and executor != "serial":
         raise ValueError("on_step needs executor='serial' (it runs in this process)")
     protocol_name = None
@@ -355,8 +359,17 @@ def evaluate_many(
         protocol_name = chosen.name
         if chosen.name != "published":
             trials = chosen.trials()
-    spec = TASKS[env_id]()
+    task = resolve_task(env_id)
+    spec = task.spec
+    sampled = trials is None and task.id != DEFAULT_ENV_ID
+    if sampled:  # a task without a published trial set: trials from its randomisation
+        trials = sample_trials(env_id, SAMPLED_TRIALS, seed)
     trial_list, trial_source = resolve_trials(trials, limit)
+    if sampled:
+        trial_source.update(
+            source=f"sampled: {SAMPLED_TRIALS} trials of {task.id}'s randomisation, seeds "
+            f"{seed}..{seed + SAMPLED_TRIALS - 1}",
+        )
     if protocol_name is not None:
         trial_source["protocol"] = protocol_name
     world_spec, world_entry = resolve_world(world, spec, max_steps, seed)
@@ -371,7 +384,7 @@ def evaluate_many(
     actuators = [{k: getattr(a, k) for k in keys} for a in spec.actuators]
     plan = {
         "format_version": FORMAT_VERSION,
-        "env_id": env_id,
+        "env_id": task.id,
         "backend": backend,
         "max_steps": max_steps,
         "seed": seed,

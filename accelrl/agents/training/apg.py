@@ -26,16 +26,20 @@ import numpy as np
 import torch
 
 from accelrl.agents.policy import MLPPolicy, PolicyMeta, default_normalisation
-from accelrl.agents.training.recipes import APGConfig, APGRecipe, RecipeError
+from accelrl.agents.training.recipes import (
+    APGConfig,
+    APGRecipe,
+    RecipeError,
+    task_file_relative,
+)
 from accelrl.agents.training.world import TrainingWorld
 from accelrl.config import load_yaml_mapping
-from accelrl.envs.ares_ea import ENV_ID, ares_ea_spec
+from accelrl.envs.ares_ea import ares_ea_spec
 from accelrl.envs.spec import TaskSpec
 from accelrl.envs.world.spec import WorldSpec, load_world
 from accelrl.names import INCOMING
 from accelrl.physics.compiled import CompiledBeamline
 from accelrl.physics.devices import resolve_device
-from accelrl.physics.lattices import ares_ea_segment
 from accelrl.runfiles import ProgressLog
 
 
@@ -120,6 +124,7 @@ def train_apg(
     progress: bool = True,
     log_dir: str | Path | None = None,
     world: WorldSpec | str | None = None,
+    segment: Any = None,
 ) -> APGResult:
     """Train a delta-action policy by backpropagation through the compiled beamline.
 
@@ -130,7 +135,7 @@ def train_apg(
     none of these (the defaults) the training is the original one, draw for draw.
 
     :param config: Hyperparameters (default :class:`APGConfig`).
-    :param spec: Task (default ARES-EA).
+    :param spec: Task (default ARES-EA); any task whose lattice the compiled map represents.
     :param out_dir: If given, the policy is saved there (``policy.pt``, ``policy.json``).
     :param progress: Show a progress bar.
     :param log_dir: Where the live ``progress.jsonl`` goes (:class:`accelrl.runfiles.
@@ -141,6 +146,7 @@ def train_apg(
         shipped name or a YAML path); default ideal. Training under a world runs on the CPU.
     :raises ValueError: For a device that is not available (naming it and the fix), or a
         world with a device other than the CPU.
+    :param segment: The task's lattice (a ``cheetah.Segment``; default: the spec's).
     """
     config = config or APGConfig()
     spec = spec or ares_ea_spec()
@@ -159,9 +165,10 @@ def train_apg(
     generator = torch.Generator(device=device).manual_seed(config.seed)
     knobs = [(a.element, a.attribute) for a in spec.actuators]
     misaligned = list(spec.randomisation.misalignments)
-    beamline = CompiledBeamline(
-        ares_ea_segment(), knobs, spec.screen.element, misaligned, device=device
-    )
+    from accelrl.envs.tuning import task_segment
+
+    lattice = task_segment(spec, segment)
+    beamline = CompiledBeamline(lattice, knobs, spec.screen.element, misaligned, device=device)
     sampler = DomainSampler(spec, misaligned, generator)
     low, high = sampler.low, sampler.high
     max_delta = spec.delta_fraction * torch.maximum(low.abs(), high.abs())
@@ -254,7 +261,7 @@ def train_apg(
         "method": "apg",
         "config": config.model_dump(mode="json"),
         "train_wall_s": wall,
-        "env_id": ENV_ID,
+        "env_id": spec.id,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "final_loss": losses[-1] if losses else None,
@@ -388,7 +395,7 @@ def load_apg_recipe(path: str | Path) -> APGRecipe:
         raise RecipeError(
             f"{path}: not an APG recipe (needs 'algorithm: apg', got {data.get('algorithm')!r})"
         )
-    return APGRecipe.from_dict(data, source=str(path))
+    return APGRecipe.from_dict(task_file_relative(data, path), source=str(path))
 
 
 def train_apg_recipe(
@@ -414,13 +421,21 @@ def train_apg_recipe(
         recipe = load_apg_recipe(recipe)
     if seed is not None:
         recipe = recipe.replace(seed=seed)
+    from accelrl.envs import resolve_task
+
+    try:
+        task = resolve_task(recipe.env.id)
+    except ValueError as err:
+        raise RecipeError(f"env.id = {recipe.env.id!r}: {err}") from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     return train_apg(
         recipe.config,
+        task.spec,
         out_dir=out_dir / "policy",
         progress=progress,
         log_dir=out_dir,
         world=recipe.world,
+        segment=task.segment,
     )

@@ -141,10 +141,12 @@ class TrainingMonitor(BaseCallback):
                     self.logger.record(f"eval/{key}", summary[key])
         best, final = summary["median_best_mae_um"], summary["median_final_mae_um"]
         self._note = f"eval median best {best:.1f} um" if best is not None else ""
+        to_target = summary["median_steps_to_target"]
+        to_target = "not reached" if to_target is None else f"{to_target:g}"
         line = (
             f"{summary['timesteps']:>10,d} timesteps  {summary['train_wall_s']:7.0f} s  "
             f"eval: median best MAE {best:.1f} um, final {final:.1f} um, "
-            f"steps to target {summary['median_steps_to_target']}"
+            f"median steps to target {to_target}"
         )
         _log.info(line)
         if self._progress is not None:

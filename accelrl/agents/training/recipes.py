@@ -258,15 +258,30 @@ class EnvConfig(_Model):
 
 
 def check_training_env_id(env_id: str) -> str:
-    """``env_id`` if it is a registered transverse-tuning task (the environments training
-    builds from a task spec).
+    """``env_id`` if it names a transverse-tuning task training builds from a task spec: a
+    registered id (shipped, or from :func:`accelrl.envs.register_task`) or the path of a task
+    YAML.
 
     :raises ValueError: Naming the id and the registered ones.
     """
     from accelrl.registration import ENVIRONMENTS
 
-    if env_id not in ENVIRONMENTS:
-        raise ValueError(f"unknown environment id; training supports {sorted(ENVIRONMENTS)}")
+    if Path(env_id).suffix.lower() in (".yaml", ".yml"):
+        from accelrl.resources import resolve
+
+        if not resolve(env_id).is_file():
+            raise ValueError(f"unknown environment id; task file {env_id!r} does not exist")
+        return env_id
+    if env_id in ENVIRONMENTS:
+        return env_id
+    import sys
+
+    tasks = getattr(sys.modules.get("accelrl.envs.tasks"), "TASKS", {})
+    if env_id not in tasks:
+        known = sorted({*ENVIRONMENTS, *tasks})
+        raise ValueError(
+            f"unknown environment id; training supports {known} or the path of a task YAML"
+        )
     return env_id
 
 
@@ -297,7 +312,8 @@ class EvaluationConfig(_Model):
 
     :param every: Evaluate every this many timesteps (0: only at the end).
     :param trials: Trial indices: a Python slice ``"start:stop[:step]"`` or a list.
-    :param trial_file: Trial set (``null``: the 300 published ARES-EA trials).
+    :param trial_file: Trial set (``null``: the 300 published ARES-EA trials for ARES-EA,
+        100 trials drawn from the task's randomisation for any other task).
     :param steps: Steps per trial (150 as published, or 50 as the training TimeLimit).
     :param seed: Base seed of the evaluation environments.
     """
@@ -427,7 +443,8 @@ class Recipe(_Model):
 
         :raises RecipeError: Naming the file, the field, the value and the allowed range.
         """
-        return cls.from_dict(load_yaml_mapping(path, RecipeError, "recipe"), source=str(path))
+        data = load_yaml_mapping(path, RecipeError, "recipe")
+        return cls.from_dict(task_file_relative(data, path), source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "recipe") -> Recipe:
@@ -530,19 +547,31 @@ class APGConfig(_Model):
 
 
 class APGEnvConfig(_Model):
-    """The environment of APG training: the registered ARES-EA task (the compiled lattice
-    the gradient flows through).
+    """The environment of APG training: a transverse-tuning task whose lattice the compiled
+    map represents (the gradient flows through it).
 
-    :param id: Environment id.
+    :param id: A registered task id (default ARES-EA; :func:`accelrl.envs.register_task`)
+        or the path of a task YAML (relative to the recipe file).
     """
 
     id: str = ARES_EA_ID
 
     @field_validator("id")
     @classmethod
-    def _ares_ea(cls, v: str) -> str:
-        if v != ARES_EA_ID:
-            raise ValueError(f"unknown environment id; APG training supports {ARES_EA_ID!r}")
+    def _task(cls, v: str) -> str:
+        if Path(v).suffix.lower() in (".yaml", ".yml"):
+            from accelrl.resources import resolve
+
+            if not resolve(v).is_file():
+                raise ValueError(f"unknown environment id; task file {v!r} does not exist")
+            return v
+        from accelrl.envs.tasks import TASKS
+
+        if v not in TASKS:
+            raise ValueError(
+                f"unknown environment id; APG training takes a registered task "
+                f"{sorted(TASKS)} or a task YAML"
+            )
         return v
 
 
@@ -631,6 +660,16 @@ class APGRecipe(_Model):
 ALL_ALGORITHMS: tuple[str, ...] = (*ALGORITHMS, "apg")
 
 
+def task_file_relative(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``data`` with an ``env.id`` that names a task YAML made relative to the recipe file."""
+    env = data.get("env")
+    if isinstance(env, dict) and isinstance(env.get("id"), str):
+        ref = Path(env["id"])
+        if ref.suffix.lower() in (".yaml", ".yml") and not ref.is_absolute():
+            data = {**data, "env": {**env, "id": str((Path(path).parent / ref).resolve())}}
+    return data
+
+
 def load_recipe(path: str | Path) -> Recipe | APGRecipe:
     """Load and validate a recipe file of any algorithm (``apg``: :class:`APGRecipe`; else
     :class:`Recipe`).
@@ -639,8 +678,8 @@ def load_recipe(path: str | Path) -> Recipe | APGRecipe:
     """
     data = load_yaml_mapping(path, RecipeError, "recipe")
     if data.get("algorithm") == "apg":
-        return APGRecipe.from_dict(data, source=str(path))
-    return Recipe.from_dict(data, source=str(path))
+        return APGRecipe.from_dict(task_file_relative(data, path), source=str(path))
+    return Recipe.from_dict(task_file_relative(data, path), source=str(path))
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -48,6 +48,7 @@ import yaml
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
+from accelrl.agents.evaluation.runner import SAMPLED_TRIALS
 from accelrl.agents.export.sb3 import to_mlp_policy
 from accelrl.agents.policy import MLPPolicy
 from accelrl.agents.training.monitor import (
@@ -64,7 +65,7 @@ from accelrl.agents.training.recipes import (
     TD3Params,
 )
 from accelrl.agents.training.wrappers import make_training_env
-from accelrl.envs import TASKS, Trial, load_trials
+from accelrl.envs import ARES_EA_ID, Trial, load_trials, resolve_task, sample_trials
 from accelrl.execution import package_versions
 from accelrl.runfiles import PROGRESS_FILE, CsvWriter, ProgressLog
 
@@ -236,17 +237,20 @@ def evaluation_trials(recipe: Recipe) -> list[Trial]:
     :raises RecipeError: Naming the field, the value and the problem.
     :raises RuntimeError: When ``tensorboard: true`` and the package is missing.
     """
-    if recipe.env.id not in TASKS:
-        raise RecipeError(
-            f"env.id = {recipe.env.id!r}: unknown environment; registered: {sorted(TASKS)}"
-        )
+    try:
+        task = resolve_task(recipe.env.id)
+    except ValueError as err:
+        raise RecipeError(f"env.id = {recipe.env.id!r}: {err}") from None
     if recipe.tensorboard:
         _check_tensorboard()
     ev = recipe.evaluation
-    try:
-        all_trials = load_trials(ev.trial_file)
-    except (OSError, ValueError) as err:
-        raise RecipeError(f"evaluation.trial_file = {str(ev.trial_file)!r}: {err}") from None
+    if ev.trial_file is None and task.id != ARES_EA_ID:  # a task without a published set
+        all_trials = sample_trials(recipe.env.id, SAMPLED_TRIALS, ev.seed)
+    else:
+        try:
+            all_trials = load_trials(ev.trial_file)
+        except (OSError, ValueError) as err:
+            raise RecipeError(f"evaluation.trial_file = {str(ev.trial_file)!r}: {err}") from None
     return [all_trials[i] for i in ev.select(len(all_trials))]
 
 
@@ -306,13 +310,14 @@ def train(
     )  # fmt: skip
 
     env = make_training_env(recipe)
-    names = [a.name for a in TASKS[recipe.env.id]().actuators]
+    task = resolve_task(recipe.env.id)
+    names = [a.name for a in task.spec.actuators]
     # The bounds SB3VecEnv rescales [-1, 1] to (the float32 action space, as float64).
     space = env.unwrapped.venv.single_action_space
     low, high = space.low.astype(np.float64), space.high.astype(np.float64)
 
     def export(model: Any, provenance: dict[str, Any] | None = None) -> MLPPolicy:
-        return to_mlp_policy(model, env, names, low, high, recipe.env.id, provenance)
+        return to_mlp_policy(model, env, names, low, high, task.id, provenance)
 
     tb_dir = str(out / "logs") if recipe.tensorboard else None
     model = _model(recipe, env, tb_dir)

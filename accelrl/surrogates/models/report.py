@@ -157,9 +157,43 @@ def classifier_metrics(model: Surrogate, x: np.ndarray, ok: np.ndarray) -> dict[
     }
 
 
+def classifier_section(c: dict[str, Any]) -> list[str]:
+    """Markdown lines that read the validity-classifier metrics (:func:`classifier_metrics`)."""
+    if not c.get("n"):
+        return ["Validity classifier: no labelled test rows to check it on.", ""]
+    trained = c.get("trained", False)
+    lines = [
+        "Validity classifier (predicts whether the simulation gives a valid result at a "
+        "design point; `p_valid > 0.5` counts as valid):",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| trained | {'yes' if trained else 'no (every point taken as valid)'} |",
+        f"| test rows | {c['n']} ({c.get('n_invalid', 0)} invalid) |",
+        f"| accuracy | {100 * c['accuracy']:.1f} % |",
+        f"| Brier score (0 best, 0.25 = a coin) | {c['brier']:.3f} |",
+        "",
+    ]
+    return lines
+
+
 def _grid(k: int) -> tuple[int, int]:
     cols = min(4, k)
     return (k + cols - 1) // cols, cols
+
+
+def _readable_ticks(ax: Any) -> None:
+    """At most four labelled ticks per axis (log axes: no labels on minor ticks, which
+    matplotlib otherwise adds on short log ranges and which then overlap)."""
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
+
+    for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
+        if scale == "log":
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=4))
+            axis.set_minor_formatter(NullFormatter())
+        else:
+            axis.set_major_locator(MaxNLocator(4))
+    ax.tick_params(axis="x", labelrotation=30)
 
 
 def plot_parity(model: Surrogate, x: np.ndarray, y: np.ndarray, path: Path) -> None:
@@ -185,6 +219,7 @@ def plot_parity(model: Surrogate, x: np.ndarray, y: np.ndarray, path: Path) -> N
         if info.transform == "log" and m.any() and (yy > 0).all():
             ax.set_xscale("log")
             ax.set_yscale("log")
+        _readable_ticks(ax)
         r2 = r2_score(yy, pm)
         ax.set_title(f"{info.name}  R²={r2:.3f}", fontsize=9)
         ax.set_xlabel(f"simulation [{info.unit}]", fontsize=8)
@@ -324,7 +359,7 @@ def write_report(
             )
         text.append("")
     if classifier:
-        text += [f"Validity classifier: `{json.dumps(classifier)}`", ""]
+        text += classifier_section(classifier)
     text += ["![parity](parity.png)", "", "![uncertainty](uncertainty.png)", ""]
     (out / "report.md").write_text("\n".join(text))
     return metrics
