@@ -48,7 +48,10 @@ file that was truncated, replaced or rewritten (and start over), and report corr
 instead of raising. :class:`FileSnapshot` re-reads a small whole-file document (JSON, CSV)
 only when its size or modification time changes.
 
-This module needs the standard library only.
+This module needs the standard library only. Its size (~800 lines): the writers and the
+incremental readers of the live files stay together so that both sides agree on the format, the
+flushing and the torn last line; a quarter of it is docstrings, the format's specification above
+all.
 """
 
 from __future__ import annotations

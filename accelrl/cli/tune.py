@@ -30,6 +30,10 @@ there for ``--steps`` more steps. A resumed session is loaded only after its fil
 against their sha256 and its bounds and max step lie within the machine's limits (the
 machine config's knobs, or the task's actuators and ``--max-step``); it must have been run
 with the same machine, trial, prior and acquisition.
+
+Its size (~560 lines) is one command: its options and its two runs (on the simulation, and on a
+machine config through the controller), which share the optimiser, the resume, the progress file
+and the saved session.
 """
 
 from __future__ import annotations

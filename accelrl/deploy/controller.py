@@ -38,7 +38,7 @@ The machine reports no "beam on screen" flag: optimisers see the beam as on the 
 a lost beam ends the run through the safety layer (beam loss, non-finite reading).
 
 This module needs numpy and onnxruntime only (no torch). It is one class and its results
-(~590 lines): the step, the loop, the rollback and the summary share the state of one run.
+(~620 lines): the step, the loop, the rollback and the summary share the state of one run.
 """
 
 from __future__ import annotations

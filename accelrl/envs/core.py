@@ -10,6 +10,9 @@ A world (:mod:`accelrl.envs.world`) sits between the agent and the beamline: the
 turn setpoints into fields, the incoming beam jitters, drifts and changes, a camera and the
 control room's image processing turn the beam into the reading. The ideal world takes the
 code paths of the environment without a world, untouched (bit for bit).
+
+Its size (~670 lines) is one class: reset, measurement and step, with and without a world, share
+the batch's state arrays and random streams.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ numpy arrays in and out (one device-to-host copy per step)::
 Not on the device (use ``device=None``, the numpy environments): worlds other than
 ``ideal``, the Cheetah backends, reset options other than ``trial`` and ``magnets``, and
 rendering.
+
+Its size (~540 lines) is one class: reset, step and autoreset share the batch's state tensors
+and random-stream counters on the device; :class:`NumpyView` is a thin wrapper of it.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ objective, with the calibrated prior mean when one is given, and every ``modelle
 constraint), optimises the acquisition inside the box the :class:`~accelrl.agents.bo.guard.
 TuningGuard` allows and passes the result through its final check. Torch runs on
 ``config.threads`` threads (default 1) during a suggestion.
+
+Its size (~510 lines) is one class: its ingest, suggestion, diagnostics and save/load share the
+session's rows, guard, fitted model states and pending proposals.
 """
 
 from __future__ import annotations

@@ -27,6 +27,10 @@ the workers need accelrl installed and the optimiser factories importable.
 >>> from accelrl.agents.evaluation import evaluate
 >>> result = evaluate("nelder-mead", trials=None, executor="process")  # doctest: +SKIP
 >>> result.summary_json()["nelder-mead"]["sigma_pos"]["median_best_mae_um"]  # doctest: +SKIP
+
+Its size (~590 lines) is mostly :func:`evaluate_many` (~260 lines, a quarter of them its
+docstring): the plan, the chunk jobs, the part files and the partial or resumed result are the
+state of one run.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ with full verification (:class:`~accelrl.deploy.runtime.OnnxPolicy`).
 
 >>> from accelrl.agents.export.writer import export
 >>> export("agents/apg-ares-ea", "agents/apg-ares-ea/bundle")  # doctest: +SKIP
+
+Its size (~530 lines): one export pipeline, its functions the stages (reading the model with the
+pickle check, sampling observations, the parity check, the provenance) of :func:`export_policy`
+and :func:`export`.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@
 
 Several evaluations are shown side by side (``/?run=A&run=B``): every optimiser of every
 run is one series.
+
+Its size (~550 lines) is one page class: the figures, data sources and controls made by
+:meth:`EvaluationPage.build` are shared by the callbacks (subset, curve, tapped point, trial)
+that redraw them.
 """
 
 from __future__ import annotations

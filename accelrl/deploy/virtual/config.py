@@ -26,7 +26,9 @@ Channel Access server (no compiled dependencies, plain PVs without record fields
 ``docs/virtual_accelerator.md``.
 
 This module needs pydantic and PyYAML only (the trial set is checked with
-:mod:`accelrl.trialset`, without the simulation).
+:mod:`accelrl.trialset`, without the simulation). Its size (~520 lines): one pydantic schema
+tree (the IOC config and its sections) with its loader and fault schedule; the docstrings
+documenting every field and fault are nearly a third of it.
 """
 
 from __future__ import annotations

@@ -69,6 +69,10 @@ statistics (means within 0.5 px), that the projection means equal the per-pixel 
 
 Cost per reading: ``~2 * 2 * 32 * 16`` table lookups and ``~40`` passes over the ``W + H``
 projection pixels per environment (``docs/worlds.md`` has the measured step times).
+
+Its size (~640 lines): the pixel statistics, the three readouts and :class:`Camera` are one
+model whose fast path must match its pixel-by-pixel pipeline, and docstrings (this derivation
+above all) are over a quarter of it.
 """
 
 from __future__ import annotations
