@@ -224,6 +224,36 @@ class Plant:
             beam = self.core.beam[0]
         return {n: float(v) for n, v in zip(self.observation_names, beam, strict=True)}
 
+    def screen_image(self, shape: tuple[int, int], reading: Mapping[str, float]) -> np.ndarray:
+        """The screen image ``[height, width]`` with values in [0, 1] of full scale.
+
+        In a world with a camera: the camera's expected processed image of the true beam
+        (pedestal, saturation and all; :meth:`accelrl.envs.world.camera.Camera.expected_image`),
+        sampled at ``shape`` pixels (nearest camera pixel). Otherwise a 2-D Gaussian of
+        ``reading`` [m], peak 1, at least one pixel wide.
+
+        :param shape: ``(width, height)`` [px].
+        :param reading: ``mu_x, sigma_x, mu_y, sigma_y`` [m] (used without a camera).
+        """
+        w, h = shape
+        world = self.core.world
+        if world is not None and world.camera is not None:
+            camera = world.camera
+            with self._lock:
+                image = camera.expected_image(np.array(self.core.beam[:1], dtype=np.float64))[0]
+            rows = ((np.arange(h) + 0.5) * image.shape[0] / h).astype(np.int64)
+            cols = ((np.arange(w) + 0.5) * image.shape[1] / w).astype(np.int64)
+            sampled = image[np.ix_(rows, cols)] / max(float(camera.spec.full_scale), 1e-12)
+            return np.clip(sampled, 0.0, 1.0)
+        hx, hy = self.spec.screen.half_extent
+        x = np.linspace(-hx, hx, w)
+        y = np.linspace(hy, -hy, h)  # row 0 at the top: up is +y
+        sx = max(float(reading["sigma_x"]), 2 * hx / w)
+        sy = max(float(reading["sigma_y"]), 2 * hy / h)
+        gx = np.exp(-0.5 * ((x - float(reading["mu_x"])) / sx) ** 2)
+        gy = np.exp(-0.5 * ((y - float(reading["mu_y"])) / sy) ** 2)
+        return np.outer(gy, gx)
+
     @property
     def on_screen(self) -> bool:
         """Whether the beam centroid is on the screen."""

@@ -59,3 +59,34 @@ def test_unknown_world_is_refused_naming_the_field() -> None:
         load_virtual_config(CONFIG, world="no-such-world")
     assert "world" in str(info.value) and "no-such-world" in str(info.value)
     assert str(CONFIG) in str(info.value)
+
+
+def test_screen_image_is_the_world_cameras_image() -> None:
+    """In a camera world the served image is the camera's expected processed image (the
+    spot where the camera sees the beam, pedestal included); without one, a Gaussian of the
+    reading with its peak at the read centroid (row 0 at the top)."""
+    trial = load_trials()[30]
+    shape = (128, 96)
+    for world in ("ares-realistic", None):
+        plant = Plant(trial, world=world, seed=5)
+        reading = plant.observe()
+        image = plant.screen_image(shape, reading)
+        assert image.shape == (96, 128) and 0.0 <= image.min() and image.max() <= 1.0
+        half_x, half_y = plant.spec.screen.half_extent
+        row, col = np.unravel_index(np.argmax(image), image.shape)
+        x = (col + 0.5) / 128 * 2 * half_x - half_x
+        y = half_y - (row + 0.5) / 96 * 2 * half_y
+        pixel = (2 * half_x / 128, 2 * half_y / 96)
+        # the brightest pixel lies on the beam centre within the spot's size and 2 pixels
+        beam = plant.beam()
+        assert abs(x - beam["mu_x"]) <= beam["sigma_x"] + 2 * pixel[0]
+        assert abs(y - beam["mu_y"]) <= beam["sigma_y"] + 2 * pixel[1]
+        if world is not None:
+            camera = plant.core.world.camera
+            expected = camera.expected_image(np.array(plant.core.beam[:1]))[0]
+            assert image.max() == pytest.approx(
+                min(expected.max() / camera.spec.full_scale, 1.0), rel=0.05
+            )
+            assert image.min() > 0.0  # the pedestal of clipped background noise
+        else:
+            assert image.min() < 1e-3

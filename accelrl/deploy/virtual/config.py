@@ -92,8 +92,10 @@ class ScreenConfig(_Model):
     :param reading_noise: Standard deviation of the Gaussian noise on each centroid and
         size reading [m].
     :param seed: Seed of the reading noise.
-    :param image: Also serve the screen image (a 2-D Gaussian of the read beam) as a
-        waveform PV ``<prefix>AREABSCR1:IMAGE`` with ``:WIDTH``/``:HEIGHT``.
+    :param image: Also serve the screen image as a waveform PV ``<prefix>AREABSCR1:IMAGE``
+        with ``:WIDTH``/``:HEIGHT`` (row 0 at the top, rows of ``width`` pixels): in a world
+        with a camera, the camera's expected processed image of the beam (the image its
+        readout works on), else a 2-D Gaussian of the read beam.
     :param image_shape: ``(width, height)`` of that image [px].
     :param image_dtype: Pixel type of the image waveform (``uint8``: 0..255, ``uint16``:
         0..65535; the caproto server serves ``uint8`` only).

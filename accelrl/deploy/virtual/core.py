@@ -385,20 +385,12 @@ class AcceleratorCore:
         del self._frames[: -4 * MAX_LATE_FRAMES]  # nobody takes them: keep the newest
 
     def _image(self, reading: dict[str, float]) -> np.ndarray:
-        """A 2-D Gaussian of the read beam, ``height x width`` pixels, full scale at the
-        beam's peak."""
+        """The screen image as the waveform serves it (:meth:`Plant.screen_image`: the world
+        camera's image, else a 2-D Gaussian of the read beam), full scale of the pixel type."""
         screen = self.config.screen
-        w, h = screen.image_shape
-        hx, hy = self.plant.spec.screen.half_extent
-        x = np.linspace(-hx, hx, w)
-        y = np.linspace(-hy, hy, h)
-        sx = max(reading["sigma_x"], 2 * hx / w)
-        sy = max(reading["sigma_y"], 2 * hy / h)
-        gx = np.exp(-0.5 * ((x - reading["mu_x"]) / sx) ** 2)
-        gy = np.exp(-0.5 * ((y - reading["mu_y"]) / sy) ** 2)
         dtype = np.dtype(screen.image_dtype)
-        full = float(np.iinfo(dtype).max)
-        return (full * np.outer(gy, gx)).astype(dtype).ravel()
+        level = self.plant.screen_image(screen.image_shape, reading)
+        return (float(np.iinfo(dtype).max) * level).astype(dtype).ravel()
 
     def tick(self) -> float:
         """Advance to now: ramps, busy flags, plant, frames, heartbeat, fault timers.

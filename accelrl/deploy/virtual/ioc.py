@@ -458,15 +458,12 @@ class VirtualAccelerator:
             await self.image_pv.write(self._image(reading), timestamp=now)
 
     def _image(self, reading: dict[str, float]) -> np.ndarray:
-        w, h = self.config.screen.image_shape
-        hx, hy = self.plant.spec.screen.half_extent
-        x = np.linspace(-hx, hx, w)
-        y = np.linspace(-hy, hy, h)
-        sx = max(reading["sigma_x"], 2 * hx / w)
-        sy = max(reading["sigma_y"], 2 * hy / h)
-        gx = np.exp(-0.5 * ((x - reading["mu_x"]) / sx) ** 2)
-        gy = np.exp(-0.5 * ((y - reading["mu_y"]) / sy) ** 2)
-        return (255 * np.outer(gy, gx)).astype(np.uint8).ravel()
+        """The screen image (:meth:`Plant.screen_image`) as 8-bit pixels."""
+        return (
+            (255 * self.plant.screen_image(self.config.screen.image_shape, reading))
+            .astype(np.uint8)
+            .ravel()
+        )
 
     async def tick(self) -> None:
         """One update: ramps, busy flags, plant, screen frames, heartbeat, fault timers."""
