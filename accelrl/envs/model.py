@@ -30,7 +30,8 @@ class TaskModel:
     """A task's compiled beamline and the ranges of everything an optimiser cannot see.
 
     :param spec: Task spec (default: ARES-EA, :func:`accelrl.envs.ares_ea.ares_ea_spec`).
-    :param segment: Cheetah segment of the lattice (default: the spec's shipped lattice).
+    :param segment: Cheetah segment of the lattice (default: the spec's ``lattice``, a shipped
+        name or a lattice file).
 
     Attributes (SI units, numpy float64):
 
@@ -50,11 +51,9 @@ class TaskModel:
 
             spec = ares_ea_spec()
         if segment is None:
-            from accelrl.envs.tuning import shipped_lattice
+            from accelrl.envs.tuning import task_segment
 
-            if spec.lattice is None:
-                raise ValueError(f"task {spec.id} names no shipped lattice; pass segment=")
-            segment = shipped_lattice(spec.lattice)
+            segment = task_segment(spec)  # a shipped name or a lattice file
         self.spec = spec
         self.actuator_names: tuple[str, ...] = tuple(a.name for a in spec.actuators)
         knobs = [(a.element, a.attribute) for a in spec.actuators]

@@ -92,16 +92,17 @@ def model_optimum(
     model-based tuner's solve finds with the trial's true hidden state (module docs).
 
     :param trials: The trials.
-    :param env_id: Registered task (default ARES-EA).
+    :param env_id: Registered task or task YAML (default ARES-EA).
     :param starts: Random starts besides the task's standard start.
     """
     from accelrl.agents.tuners.model_based import ModelBasedTuner
-    from accelrl.envs import TASKS
+    from accelrl.envs import resolve_task
     from accelrl.names import ARES_EA_ID
     from accelrl.protocol import Problem
 
-    spec = TASKS[env_id or ARES_EA_ID]()
-    tuner = ModelBasedTuner(iterations=60, spec=spec)
+    task = resolve_task(env_id or ARES_EA_ID)
+    spec = task.spec
+    tuner = ModelBasedTuner(iterations=60, spec=spec, segment=task.segment)
     low = np.array([a.low for a in spec.actuators], dtype=np.float64)
     high = np.array([a.high for a in spec.actuators], dtype=np.float64)
     start = np.array(spec.start, dtype=np.float64)
@@ -135,10 +136,11 @@ _OPTIMA: dict[tuple[str, str], dict[int, float]] = {}
 def trial_optimum(trials: Sequence[Trial], env_id: str, digest: str) -> dict[int, float] | None:
     """Trial index -> :func:`model_optimum` [m], solved once per trial set (``digest``, see
     :func:`~accelrl.agents.evaluation.trialset.trials_digest`) and process; ``None`` for a
-    task without a shipped lattice (no model to solve)."""
-    from accelrl.envs import TASKS
+    task without a lattice (no model to solve)."""
+    from accelrl.envs import resolve_task
 
-    if TASKS[env_id]().lattice is None:
+    task = resolve_task(env_id)
+    if task.spec.lattice is None and task.segment is None:
         return None
     key = (env_id, digest)
     if key not in _OPTIMA:
