@@ -50,3 +50,12 @@ def kill(pids: Iterable[int]) -> None:
         if alive(pid):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def default_signals() -> None:
+    """``preexec_fn`` of a subprocess a test interrupts: SIGINT and SIGTERM unblocked and at
+    their default disposition in the child, whatever the test process inherited or set (a
+    process started with SIGINT ignored, as a background job is, never sees Ctrl-C)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import typer
-from proc_testlib import children, kill, left_alive
+from proc_testlib import children, default_signals, kill, left_alive
 from typer.testing import CliRunner
 
 from accelrl.agents.evaluation import (
@@ -702,7 +702,8 @@ def test_a_signal_keeps_finished_trials_and_resume_matches(tmp_path, monkeypatch
             "--executor", executor, "--workers", "2", "--no-progress"]  # fmt: skip
     env = {**os.environ, "ASK_S": "0.05", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(script), *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=default_signals)  # fmt: skip
     deadline = time.monotonic() + 300
     while len(list((out / "parts").glob("*.trials.parquet"))) < 2:
         assert proc.poll() is None, proc.communicate()[0]

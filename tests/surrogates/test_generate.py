@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from proc_testlib import children, kill, left_alive
+from proc_testlib import children, default_signals, kill, left_alive
 from typer.testing import CliRunner
 
 import accelrl.surrogates.generate as gen
@@ -321,6 +321,7 @@ def test_a_killed_generation_leaves_no_process(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=default_signals,
     )  # fmt: skip
     deadline = time.monotonic() + 240
     while len(list(marks.iterdir())) < 2:  # both workers inside a run
