@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -82,6 +82,28 @@ def parse_faults(text: str) -> tuple[set[str], dict[str, int]]:
             writes[name] = max(1, int(count))
         faults.add(name)
     return faults, writes
+
+
+class Ramp(Protocol):
+    """A power supply's move, as :func:`ramped_readback` reads it."""
+
+    setpoint: float
+    readback: float
+    start: float
+    t0: float
+    t1: float
+    frozen: bool
+
+
+def ramped_readback(knob: Ramp, now: float) -> float:
+    """The readback of a supply ramping linearly from ``start`` at ``t0`` to ``setpoint`` at
+    ``t1`` [s], at time ``now`` [s]; held where the ``stuck`` fault froze it."""
+    if knob.frozen:
+        return knob.readback
+    if now >= knob.t1:
+        return knob.setpoint
+    f = (now - knob.t0) / (knob.t1 - knob.t0)
+    return knob.start + f * (knob.setpoint - knob.start)
 
 
 @dataclass
@@ -432,13 +454,7 @@ class AcceleratorCore:
         self._next_ramp = now + 1.0 / self.config.magnets.update_rate_hz
         settled_now = False
         for state in moving:
-            if state.frozen:
-                value = state.readback
-            elif now >= state.t1:
-                value = state.setpoint
-            else:
-                f = (now - state.t0) / (state.t1 - state.t0)
-                value = state.start + f * (state.setpoint - state.start)
+            value = ramped_readback(state, now)
             if value != state.readback:
                 state.readback, state.readback_time = value, now
                 self._dirty = True

@@ -71,6 +71,7 @@ from caproto.server import AsyncLibraryLayer
 
 from accelrl.deploy.config import KnobConfig
 from accelrl.deploy.virtual.config import FAULTS, LoadedConfig, common_prefix, scheduled_faults
+from accelrl.deploy.virtual.core import ramped_readback
 
 log = logging.getLogger("accelrl.virtual")
 
@@ -473,13 +474,7 @@ class VirtualAccelerator:
         for knob in self.knobs.values():
             if not knob.busy:
                 continue
-            if knob.frozen:
-                value = knob.readback
-            elif now >= knob.t1:
-                value = knob.setpoint
-            else:
-                f = (now - knob.t0) / (knob.t1 - knob.t0)
-                value = knob.start + f * (knob.setpoint - knob.start)
+            value = ramped_readback(knob, now)
             if value != knob.readback:
                 knob.readback = value
                 self._dirty = True
