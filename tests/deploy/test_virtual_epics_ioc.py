@@ -294,8 +294,14 @@ def test_documented_fault_syntax_with_caproto_put(va):
     if not os.path.exists(exe):
         pytest.skip("caproto-put not installed")
     env = {**os.environ, **va.env}
+    # no pipes: a CA repeater caproto-put may start outlives it and would hold them open
     subprocess.run(
-        [exe, va.sim_pv("FAULT"), "'reject_put:2'"], check=True, env=env, capture_output=True
+        [exe, va.sim_pv("FAULT"), "'reject_put:2'"],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=60,
     )
     assert va.faults() == {"reject_put"}
     setpoint = va.machine_config.knob("Q1").setpoint
