@@ -37,14 +37,18 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from accelrl.averaging import MAX_COUNT_LIMIT
 from accelrl.config import format_validation_error
 
 #: Value of :attr:`Manifest.format`.
 BUNDLE_FORMAT = "accelrl-policy-bundle"
-#: Current bundle format version (bumped on incompatible changes): 2 added ``history``.
-BUNDLE_FORMAT_VERSION = 2
+#: Current bundle format version (bumped on incompatible changes): 2 added ``history``,
+#: 3 ``averaging`` and ``target_size_floor``.
+BUNDLE_FORMAT_VERSION = 3
 #: Most past observations a bundle may take.
 MAX_HISTORY = 32
+#: Largest ``target_size_floor`` a policy may have [m].
+MAX_TARGET_SIZE_FLOOR = 1e-3
 #: File names inside a bundle.
 ONNX_FILE = "policy.onnx"
 MANIFEST_FILE = "manifest.json"
@@ -139,6 +143,18 @@ class SelftestInfo(_Model):
     atol: tuple[float, ...]
 
 
+class AveragingInfo(_Model):
+    """How the runtime averages the policy's setting changes (:mod:`accelrl.averaging`).
+
+    :param max_count: Largest divisor of a change (>= 1).
+    :param reset_fraction: Fraction of ``max_delta`` that one direction's summed proposals
+        must exceed to be followed at full gain, in ``(0, 1]``.
+    """
+
+    max_count: int = Field(ge=1, le=MAX_COUNT_LIMIT)
+    reset_fraction: float = Field(gt=0.0, le=1.0)
+
+
 class Manifest(_Model):
     """Everything a runtime needs to know about a bundle (``manifest.json``).
 
@@ -161,6 +177,10 @@ class Manifest(_Model):
     :param files: File name -> sha256 (hex) of every other file of the bundle.
     :param history: Past observations in the graph's input (0: none; > 0 needs format
         version 2): see the module documentation.
+    :param averaging: Averaging of the setting changes by the runtime (``None``: none;
+        needs format version 3).
+    :param target_size_floor: Smallest target size the policy is asked for [m]
+        (:func:`floor_target_sizes`; ``None``: the target as given; needs format version 3).
     """
 
     format: Literal["accelrl-policy-bundle"] = BUNDLE_FORMAT
@@ -179,6 +199,10 @@ class Manifest(_Model):
     provenance: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)
     history: int = Field(0, ge=0, le=MAX_HISTORY)
+    averaging: AveragingInfo | None = None
+    target_size_floor: float | None = Field(
+        None, ge=0.0, le=MAX_TARGET_SIZE_FLOOR, allow_inf_nan=False
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Manifest:
@@ -189,6 +213,10 @@ class Manifest(_Model):
             )
         if self.history and self.format_version < 2:
             raise ValueError(f"history = {self.history} needs format_version >= 2")
+        if self.averaging is not None and self.format_version < 3:
+            raise ValueError("averaging needs format_version >= 3")
+        if self.target_size_floor is not None and self.format_version < 3:
+            raise ValueError("target_size_floor needs format_version >= 3")
         k = len(self.action)
         groups = [q.group for q in self.observation]
         if groups != ["beam"] * 4 + ["magnets"] * k + ["target"] * 4:
@@ -238,6 +266,9 @@ class Manifest(_Model):
         data = self.model_dump(mode="json")
         if not self.history:  # bundles without history read as they always did
             data.pop("history")
+        for key in ("averaging", "target_size_floor"):  # nor do bundles without these
+            if data[key] is None:
+                data.pop(key)
         return data
 
     def embedded(self) -> dict[str, Any]:
@@ -329,6 +360,35 @@ def read_selftest(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if missing:
         raise BundleError(f"{path}: the self-test data lacks the arrays {missing}")
     return arrays["observation"], arrays["action"]
+
+
+def check_target_size_floor(floor: float | None) -> None:
+    """:raises ValueError: Unless ``floor`` is ``None`` or in ``[0,``
+    :data:`MAX_TARGET_SIZE_FLOOR` ``]`` m."""
+    if floor is not None and not (math.isfinite(floor) and 0.0 <= floor <= MAX_TARGET_SIZE_FLOOR):
+        raise ValueError(
+            f"target_size_floor must be in [0, {MAX_TARGET_SIZE_FLOOR}] m, got {floor!r}"
+        )
+
+
+def floor_target_sizes(target: np.ndarray, floor: float | None) -> np.ndarray:
+    """The target a policy is asked for: its sizes (``sigma_x``, ``sigma_y``, columns 1 and 3
+    of ``[..., 4]``, m) raised to at least ``floor`` [m]; ``None`` or 0: unchanged.
+
+    A target size below what the optics make and the screen resolves (zero: "as small as
+    possible") lies outside what a policy was trained to reach; asked for it, a policy may
+    push the focusing to its limits and the beam away. The MAE is still judged against the
+    true target.
+
+    >>> floor_target_sizes(np.array([1e-3, 0.0, 0.0, 5e-4]), 2e-5).tolist()
+    [0.001, 2e-05, 0.0, 0.0005]
+    """
+    target = np.asarray(target, np.float64)
+    if not floor:
+        return target
+    out = target.copy()
+    out[..., 1::2] = np.maximum(out[..., 1::2], floor)
+    return out
 
 
 class ObservationHistory:

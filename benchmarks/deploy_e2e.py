@@ -15,8 +15,14 @@ It reports the true final MAE of the beam to the target (from the simulation's h
 state, not from the noisy screen) [um], the steps taken, whether the target was reached
 and the wall time per step; then the medians, and ends with one line of JSON.
 
+With ``--world W`` (``ares-realistic``, ...: :mod:`accelrl.envs.world`) both run in that
+world: the in-process plant and the simulation behind the IOC read the beam through the
+world's camera, with its magnet errors, hysteresis and beam jitter (seeded by the trial
+index; add ``--noise 0`` to leave the reading noise to the world's camera).
+
     python benchmarks/deploy_e2e.py [--trials 30 57 ...] [--max-steps 50]
-        [--settle-time 0.1] [--frame-rate 10] [--noise 2e-6]
+        [--settle-time 0.1] [--frame-rate 10] [--noise 2e-6] [--world ares-realistic]
+        [--bundle agents/apg-ares-ea-averaged/bundle]
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ def main() -> None:
     parser.add_argument("--frame-rate", type=float, default=10.0, help="screen frames [1/s]")
     parser.add_argument("--noise", type=float, default=2.0e-6, help="reading noise [m]")
     parser.add_argument("--bundle", type=Path, default=BUNDLE)
+    parser.add_argument("--world", default=None, help="world of both machines (default ideal)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -97,7 +104,7 @@ def main() -> None:
         trial = trials[index]
         target = trial.target.tolist()
         # in-process: the same controller and safety layer on the simulation
-        plant = Plant(trial)
+        plant = Plant(trial, world=args.world, seed=index)
         sim = SimMachine(plant, base.machine)
         sim.connect(timeout=1.0)
         sim_result, sim_wall = run_controller(
@@ -110,6 +117,7 @@ def main() -> None:
             trial=index,
             magnets={"settle_time_s": args.settle_time, "update_rate_hz": 50.0},
             screen={"frame_rate_hz": args.frame_rate, "reading_noise": args.noise, "seed": index},
+            **({"world": args.world} if args.world else {}),
         ) as ioc:
             machine = EpicsMachine(ioc.machine_config, addresses=[ioc.address])
             machine.connect(timeout=5.0)
@@ -179,6 +187,7 @@ def main() -> None:
         "settle_time_s": args.settle_time,
         "frame_rate_hz": args.frame_rate,
         "reading_noise_m": args.noise,
+        "world": args.world or "ideal",
         "sim_median_final_mae_um": med("sim_mae_um"),
         "sim_median_steps": med("sim_steps"),
         "sim_fraction_reached": reached("sim"),

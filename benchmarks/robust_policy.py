@@ -1,13 +1,22 @@
 """Quality of the shipped policies under world imperfections (the robust-policy targets).
 
-Runs do-nothing, the ideal-world policy (``agents/apg-ares-ea``) and the robust policy
-(``agents/apg-ares-ea-robust``) on the published ARES-EA trials through the evaluation
-protocol's own loop (:func:`accelrl.agents.evaluation.loop.run_trials`), in three settings:
+Runs do-nothing, the ideal-world policy (``agents/apg-ares-ea``), the robust policy
+(``agents/apg-ares-ea-robust``) and the ideal-world policy run with averaging over noisy
+readings (``agents/apg-ares-ea-averaged``, :mod:`accelrl.averaging`) on the published
+ARES-EA trials through the evaluation protocol's own loop
+(:func:`accelrl.agents.evaluation.loop.run_trials`), in three settings:
 
 * ``ares-realistic``: the world preset (camera readout, magnets, beam jitter and drift);
 * ``ideal``: today's environment;
 * ``noise-10um``: the ideal world with Gaussian reading noise of 10 um on every read
-  parameter (the task spec's ``screen.reading_noise``).
+  parameter (the task spec's ``screen.reading_noise``);
+* ``jitter`` (on request, ``--settings jitter``): the ideal world with ``ares-realistic``'s
+  shot-to-shot beam jitter alone (exact readings of the jittered beam).
+
+A reference row, ``hold-optimum``, holds for every trial the settings the ideal-world policy
+ends at after ``--steps`` steps in the ideal world (its optimum there, median 0.8 um) and
+never moves: the final/best ratio that beam jitter and drift alone give a perfectly placed,
+motionless optimiser in each setting.
 
 Per setting and optimiser: median best MAE, median final MAE (mean of the last 10 steps),
 median steps to 20 um (trials that never get there count as ``max_steps``), the fraction
@@ -36,24 +45,31 @@ from accelrl.agents.registry import make_optimiser
 from accelrl.envs import TransverseTuningVectorEnv
 from accelrl.envs.ares_ea import ares_ea_spec
 from accelrl.envs.trials import load_trials
+from accelrl.envs.world import load_world
 
 #: Steps averaged for the final MAE.
 FINAL_STEPS = 10
 SETTINGS = ("ares-realistic", "ideal", "noise-10um")
+#: Settings run on request.
+EXTRA_SETTINGS = ("jitter",)
 OPTIMISERS = {
     "do-nothing": "do-nothing",
     "apg-ares-ea": "policy:agents/apg-ares-ea",
     "apg-ares-ea-robust": "policy:agents/apg-ares-ea-robust",
+    "apg-ares-ea-averaged": "policy:agents/apg-ares-ea-averaged",
 }
 
 
 def setting_env(setting: str, n: int, steps: int) -> TransverseTuningVectorEnv:
     """The evaluation environment (direct actions, no termination) of ``setting``."""
     spec = ares_ea_spec()
-    world: str | None = None
+    world: str | dict[str, Any] | None = None
     if setting == "noise-10um":
         spec = spec.model_copy(update={"screen": spec.screen.model_copy(
             update={"reading_noise": 10e-6})})  # fmt: skip
+    elif setting == "jitter":
+        jitter = load_world("ares-realistic").model_dump()["beam"]["jitter"]
+        world = {"name": "ares-realistic-jitter", "beam": {"jitter": jitter}}
     elif setting != "ideal":
         world = setting
     return TransverseTuningVectorEnv(
@@ -81,12 +97,46 @@ def summary(records: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     }
 
 
+class HoldSettings:
+    """A batch optimiser that answers fixed settings per trial (the ``hold-optimum`` row).
+
+    :param settings: Settings per trial ``[N, K]`` (SI), in the order of the trials run.
+    """
+
+    name = "hold-optimum"
+
+    def __init__(self, settings: np.ndarray) -> None:
+        self.settings = np.asarray(settings, np.float64)
+
+    def reset(self, problem: Any) -> None:
+        raise NotImplementedError("hold-optimum answers for the whole batch only")
+
+    def ask(self, observation: Any) -> np.ndarray:
+        raise NotImplementedError("hold-optimum answers for the whole batch only")
+
+    def reset_batch(self, problems: Any) -> None:
+        if len(problems) != len(self.settings):
+            raise ValueError(f"{len(problems)} trials for {len(self.settings)} held settings")
+
+    def ask_batch(self, observations: Any) -> np.ndarray:
+        return self.settings.copy()
+
+
+def ideal_optimum(trials: list[Any], steps: int, seed: int) -> np.ndarray:
+    """The ideal-world policy's final settings ``[N, K]`` after ``steps`` ideal steps."""
+    env = setting_env("ideal", len(trials), steps)
+    records = run_trials(env, make_optimiser(OPTIMISERS["apg-ares-ea"]), trials, steps, seed)
+    return np.stack([r["settings"][-1] for r in records])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=300, help="first N published trials")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
+    parser.add_argument(
+        "--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS + EXTRA_SETTINGS
+    )
     parser.add_argument("--out", type=Path, help="write the JSON summary there too")
     parser.add_argument(
         "--robust", default="agents/apg-ares-ea-robust", help="robust policy directory"
@@ -105,12 +155,14 @@ def main() -> None:
             f"{h:<{-w}s}" if w < 0 else f"{h:>{w}s}" for h, w in zip(head, widths, strict=True)
         )
     )
+    optimum = ideal_optimum(trials, args.steps, args.seed)
     for setting in args.settings:
         results[setting] = {}
-        for label, spec in OPTIMISERS.items():
+        for label, spec in {**OPTIMISERS, "hold-optimum": None}.items():
             env = setting_env(setting, len(trials), args.steps)
             start = time.perf_counter()
-            records = run_trials(env, make_optimiser(spec), trials, args.steps, args.seed)
+            optimiser = HoldSettings(optimum) if spec is None else make_optimiser(spec)
+            records = run_trials(env, optimiser, trials, args.steps, args.seed)
             wall = time.perf_counter() - start
             s = summary(records, args.steps)
             s["wall_s"] = wall

@@ -20,9 +20,10 @@ LIB = ROOT / "accelrl"
 #: Modules beneath everything: they may import only these (besides the standard library).
 FOUNDATION = {
     "accelrl.protocol": {"numpy"},
-    "accelrl.bundle": {"numpy", "pydantic", "accelrl.config"},
+    "accelrl.bundle": {"numpy", "pydantic", "accelrl.config", "accelrl.averaging"},
     "accelrl.names": set(),
     "accelrl.limits": {"numpy"},
+    "accelrl.averaging": {"numpy"},
     "accelrl.units": set(),
     "accelrl.resources": set(),
     "accelrl.runs": set(),

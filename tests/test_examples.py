@@ -32,6 +32,7 @@ EXAMPLES: dict[str, tuple[list[str], tuple[str, ...], str]] = {
         ("onnxruntime",),
         "bundle: history 4",
     ),
+    "averaging.py": (["--trials", "4", "--steps", "30"], ("onnxruntime",), "median final MAE"),
     "device_vector_env.py": (["--num-envs", "256", "--steps", "3"], (), "numpy view"),
 }
 

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from accelrl.bundle import ObservationHistory
+from accelrl.averaging import StepAverager
+from accelrl.bundle import ObservationHistory, check_target_size_floor, floor_target_sizes
 from accelrl.names import ARES_EA_ID
 from accelrl.protocol import Observation, ObservationBatch, Problem
 
@@ -50,6 +51,12 @@ class PolicyMeta:
         is the current flat observation followed by the ``beam`` and ``magnets`` parts of
         the ``H`` previous observations, newest first (``[8 + K + H (4 + K)]``; see
         :func:`history_features`); needs ``error_scale``.
+    :param averaging: How the policy's setting changes are averaged over noisy readings
+        when it runs (:mod:`accelrl.averaging`: ``{"max_count": n, "reset_fraction": f}``),
+        or ``None`` (none: every change applied as proposed). Training rollouts never
+        average; evaluation and deployment (the bundle) do.
+    :param target_size_floor: Smallest target size the policy is asked for when it runs [m]
+        (:func:`accelrl.bundle.floor_target_sizes`), or ``None`` (the target as given).
     :param provenance: Recipe, seed, training time, versions, evaluation summary.
     """
 
@@ -64,6 +71,8 @@ class PolicyMeta:
     env_id: str = ARES_EA_ID
     action_mode: str = "delta"
     history: int = 0
+    averaging: dict[str, Any] | None = None
+    target_size_floor: float | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -134,6 +143,8 @@ class MLPPolicy(nn.Module):
             raise ValueError(f"inconsistent sizes: {n_obs} observations, {n_act} actions")
         if meta.history < 0:
             raise ValueError(f"history must be >= 0, got {meta.history}")
+        StepAverager.from_spec(meta.averaging)  # a bad entry fails here, naming it
+        check_target_size_floor(meta.target_size_floor)
         layers: list[nn.Module] = []
         width = n_obs + (4 if meta.error_scale else 0)
         if meta.history:
@@ -236,7 +247,9 @@ class PolicyOptimiser:
     one forward pass.
 
     A policy with ``history`` keeps the past observations of each episode
-    (:class:`~accelrl.bundle.ObservationHistory`), cleared by ``reset``/``reset_batch``.
+    (:class:`~accelrl.bundle.ObservationHistory`), and a policy with ``averaging`` the state
+    of its averaging (:class:`~accelrl.averaging.StepAverager`), both cleared by
+    ``reset``/``reset_batch``.
 
     :param policy: The policy.
     :param name: Name in reports (default ``"policy"``).
@@ -248,6 +261,7 @@ class PolicyOptimiser:
         self._problem: Problem | None = None
         self._bounds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._history = ObservationHistory(policy.meta.history, len(policy.meta.action_scale))
+        self._averager = StepAverager.from_spec(policy.meta.averaging)
 
     def _check(self, problem: Problem) -> None:
         if list(problem.actuator_names) != list(self.policy.meta.actuator_names):
@@ -260,15 +274,21 @@ class PolicyOptimiser:
         self._check(problem)
         self._problem = problem
         self._history.clear()
+        self._averager.clear()
 
     def ask(self, observation: Observation) -> np.ndarray:
         if self._problem is None:
             raise RuntimeError("call reset(problem) before ask()")
-        obs = flat_observation(observation.beam, observation.magnets, observation.target)
+        target = floor_target_sizes(observation.target, self.policy.meta.target_size_floor)
+        obs = flat_observation(observation.beam, observation.magnets, target)
         obs = self._history.push(obs[None])[0]
-        delta = np.clip(self.policy.act(obs), -self._problem.max_delta, self._problem.max_delta)
+        p = self._problem
+        delta = np.clip(self.policy.act(obs), -p.max_delta, p.max_delta)
         base = observation.setpoints if observation.setpoints is not None else observation.magnets
-        return np.clip(base + delta, self._problem.low, self._problem.high)
+        proposal = np.clip(base + delta, p.low, p.high)
+        return self._averager.next_settings(base[None], proposal[None], p.max_delta, p.low, p.high)[
+            0
+        ]
 
     def reset_batch(self, problems: Sequence[Problem]) -> None:
         for problem in problems:
@@ -278,15 +298,18 @@ class PolicyOptimiser:
             for k in ("max_delta", "low", "high")
         )
         self._history.clear()
+        self._averager.clear()
 
     def ask_batch(self, observations: ObservationBatch) -> np.ndarray:
         if self._bounds is None:
             raise RuntimeError("call reset_batch(problems) before ask_batch()")
         max_delta, low, high = self._bounds
-        obs = flat_observation(observations.beam, observations.magnets, observations.target)
+        target = floor_target_sizes(observations.target, self.policy.meta.target_size_floor)
+        obs = flat_observation(observations.beam, observations.magnets, target)
         obs = self._history.push(obs)
         delta = np.clip(self.policy.act(obs), -max_delta, max_delta)
-        return np.clip(observations.magnets + delta, low, high)
+        proposal = np.clip(observations.magnets + delta, low, high)
+        return self._averager.next_settings(observations.magnets, proposal, max_delta, low, high)
 
 
 def load_policy_optimiser(path: str | Path) -> PolicyOptimiser:

@@ -14,7 +14,11 @@ An :class:`OnnxPolicy` is an optimiser of the protocol (:mod:`accelrl.protocol`)
 machine controller and the evaluation drive it as they drive BO or Nelder-Mead. A bundle
 with ``history`` H > 0 keeps the state the policy needs: :meth:`~OnnxPolicy.ask` and
 :meth:`~OnnxPolicy.ask_batch` remember the episode's observations
-(:class:`~accelrl.bundle.ObservationHistory`) and pass the last H to the graph;
+(:class:`~accelrl.bundle.ObservationHistory`) and pass the last H to the graph; a bundle
+with ``averaging`` averages the setting changes over noisy readings
+(:class:`~accelrl.averaging.StepAverager`), and a bundle with ``target_size_floor`` is asked
+for target sizes no smaller than it (:func:`~accelrl.bundle.floor_target_sizes`), exactly as
+the torch policy does in evaluation;
 :meth:`~OnnxPolicy.reset` and :meth:`~OnnxPolicy.reset_batch` start a new episode.
 :meth:`~OnnxPolicy.act` and :meth:`~OnnxPolicy.act_single` take the graph's whole input
 (``n_input`` values) and keep nothing.
@@ -36,11 +40,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from accelrl.averaging import StepAverager
 from accelrl.bundle import (
     METADATA_KEY,
     BundleError,
     Manifest,
     ObservationHistory,
+    floor_target_sizes,
     read_manifest,
     read_selftest,
     verify_files,
@@ -97,6 +103,10 @@ class OnnxPolicy:
         #: Width of the graph's input (``n_obs`` plus the history).
         self.n_input = m.n_input
         self.history = ObservationHistory(m.history, m.n_act)
+        #: The averaging of the setting changes (a pass-through for bundles without it).
+        self.averager = StepAverager.from_spec(
+            m.averaging.model_dump() if m.averaging is not None else None
+        )
         self._x1 = np.zeros((1, self.n_input), np.float64)
         self._shape1 = (self.n_input,)
         self._y1 = np.zeros((1, self.n_act), np.float64)
@@ -247,7 +257,8 @@ class OnnxPolicy:
         problem's limits."""
         if self._limits is None:
             raise RuntimeError("call reset(problem) before ask()")
-        x = self.model_input(observation.beam, observation.magnets, observation.target)
+        target = floor_target_sizes(observation.target, self.manifest.target_size_floor)
+        x = self.model_input(observation.beam, observation.magnets, target)
         if self.manifest.history:
             x = self.history.push(x[None])[0]
         base = observation.setpoints if observation.setpoints is not None else observation.magnets
@@ -269,26 +280,30 @@ class OnnxPolicy:
             for k in ("max_delta", "low", "high")
         )
         self.history.clear()
+        self.averager.clear()
 
     def ask_batch(self, observations: ObservationBatch) -> np.ndarray:
         """The next settings ``[N, K]`` (SI) of ``N`` trials (see :meth:`ask`)."""
         if self._limits is None:
             raise RuntimeError("call reset_batch(problems) before ask_batch()")
-        x = self.model_input(observations.beam, observations.magnets, observations.target)
+        target = floor_target_sizes(observations.target, self.manifest.target_size_floor)
+        x = self.model_input(observations.beam, observations.magnets, target)
         return self._settings(self.act(self.history.push(x)), observations.magnets)
 
     def _settings(self, action: np.ndarray, base: np.ndarray) -> np.ndarray:
-        """Settings ``[N, K]`` from actions and the settings they change (delta bundles)."""
+        """Settings ``[N, K]`` from actions and the settings they change (delta bundles),
+        averaged as the manifest's ``averaging`` says."""
         assert self._limits is not None
         max_delta, low, high = self._limits
-        action = np.atleast_2d(action)
+        action = action.reshape(1, -1) if action.ndim == 1 else np.atleast_2d(action)
+        # ndarray.clip: np.clip's own computation, without its dispatch
         if self.manifest.action_mode == "delta":
-            action = base + np.clip(action, -max_delta, max_delta)
-        return np.clip(action, low, high)
+            action = base + action.clip(-max_delta, max_delta)
+        return self.averager.next_settings(base, action.clip(low, high), max_delta, low, high)
 
     def __repr__(self) -> str:
         m = self.manifest
         return (
             f"OnnxPolicy({str(self.path)!r}, env={m.env_id}, knobs={list(m.knob_names)}, "
-            f"mode={m.action_mode}, history={m.history})"
+            f"mode={m.action_mode}, history={m.history}, averaging={self.averager.spec})"
         )

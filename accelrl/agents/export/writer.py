@@ -53,6 +53,7 @@ from accelrl.bundle import (
     METADATA_KEY,
     ONNX_FILE,
     SELFTEST_FILE,
+    AveragingInfo,
     BundleError,
     GraphInfo,
     KnobLimits,
@@ -475,8 +476,10 @@ def export_policy(
     selftest_action = policy.act(selftest_obs)
     env_version = meta.env_id.rsplit("-", 1)[-1] if "-v" in meta.env_id else ""
     manifest = Manifest(
-        format_version=2 if history else 1,
+        format_version=3 if meta.averaging or meta.target_size_floor else 2 if history else 1,
         history=history,
+        averaging=AveragingInfo(**meta.averaging) if meta.averaging else None,
+        target_size_floor=meta.target_size_floor or None,
         env_id=meta.env_id,
         env_version=env_version,
         created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

@@ -183,6 +183,8 @@ def train_apg(
         error_scale=config.error_scale,
         env_id=spec.id,
         history=config.history,
+        averaging=config.averaging.model_dump() if config.averaging is not None else None,
+        target_size_floor=config.target_size_floor,
     )
     policy = MLPPolicy(meta)
     if config.init_policy is not None:

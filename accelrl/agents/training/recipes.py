@@ -37,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from accelrl.bundle import MAX_TARGET_SIZE_FLOOR, AveragingInfo
 from accelrl.config import field_value_errors, load_yaml_mapping
 from accelrl.names import ARES_EA_ID
 
@@ -508,6 +509,13 @@ class APGConfig(_Model):
         whose weights start the training, or ``None`` (random weights). It must have the same
         hidden layers, activation, actuators and normalisation; a policy without history
         starts a history policy with zero weights on the past (it acts as before).
+    :param averaging: How the trained policy averages its setting changes over noisy
+        readings when it runs (:mod:`accelrl.averaging`; ``{max_count, reset_fraction}``),
+        stored with the policy and its bundle; never applied in the training rollouts.
+        ``None``: no averaging.
+    :param target_size_floor: Smallest target size the trained policy is asked for when it
+        runs [m] (:func:`accelrl.bundle.floor_target_sizes`), in ``[0, 1e-3]``; stored with
+        the policy and its bundle, never applied in training. ``None``: the target as given.
     :param seed: Seed of the initial weights and the domain randomisation.
     :param device: Where the rollouts and the policy run: ``"cpu"`` (default), ``"cuda"``,
         ``"cuda:N"`` or ``"mps"``; a device this machine lacks fails when training starts
@@ -530,6 +538,10 @@ class APGConfig(_Model):
     reading_noise: float = Field(0.0, ge=0.0, le=1e-3)
     zero_target_fraction: float = Field(0.0, ge=0.0, le=1.0)
     init_policy: str | None = None
+    averaging: AveragingInfo | None = None
+    target_size_floor: float | None = Field(
+        None, ge=0.0, le=MAX_TARGET_SIZE_FLOOR, allow_inf_nan=False
+    )
     seed: int = Field(0, ge=0, lt=2**31)
     device: str = "cpu"
 
