@@ -138,11 +138,11 @@ class StepLimits:
         for rule, lo, hi in rules:
             new = np.minimum(np.maximum(value, lo), hi)
             changes += [
-                (int(i), rule, float(value[i]), float(new[i])) for i in np.flatnonzero(new != value)
+                (int(i), rule, float(value[i]), float(new[i])) for i in (new != value).nonzero()[0]
             ]
             value = new
         new = self.clip(value)
-        for i in np.flatnonzero(new != value):
+        for i in (new != value).nonzero()[0]:  # 1-D: flatnonzero, one call less
             rule = "low" if value[i] < self.low[i] else "high"
             changes.append((int(i), rule, float(value[i]), float(new[i])))
         return Limited(new, tuple(changes))

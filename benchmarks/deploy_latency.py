@@ -136,7 +136,8 @@ def sb3_predictor():
 
 class TimedMachine:
     """Forwards every call to a machine and adds the time spent in it (``settle`` and
-    ``wait_for_update`` apart: they are waiting); for an
+    ``wait_for_update`` apart: they are waiting; ``connect`` and ``close`` too: they are
+    not calls of a step); for an
     :class:`~accelrl.deploy.epics.EpicsMachine` also the calls that went to the IOC (a read
     round trip, a barrier, or a put) rather than being served from its monitors alone."""
 
@@ -167,13 +168,18 @@ class TimedMachine:
     def _trips(self) -> int:
         if not self.counts_trips:
             return 0
-        stats = self.machine.stats
+        # the transport's counters themselves (machine.stats copies them): the harness
+        # should cost the step as little as it can
+        stats = getattr(self.machine, "_channels", None)
+        stats = self.machine.stats if stats is None else stats.stats
         return stats["round_trips"] + stats.get("barriers", 0)
 
     def __getattr__(self, name: str):
         fn = getattr(self.machine, name)
-        if name in ("settle", "wait_for_update") or not callable(fn):
+        # waiting, and the calls of the run's start and end (not of a step), are not timed
+        if name in ("settle", "wait_for_update", "connect", "close") or not callable(fn):
             return fn
+        put = name == "put"
 
         def timed(*args, **kwargs):
             trips = self._trips()
@@ -184,11 +190,12 @@ class TimedMachine:
                 end = time.perf_counter()
                 self.io_s += end - start
                 self.calls += 1
-                if self._trips() > trips or name == "put":
+                if put or self._trips() > trips:
                     self.round_trips += 1
-                if name == "put":
+                if put:
                     self._put_returned = end
 
+        setattr(self, name, timed)  # made once: later look-ups find it directly
         return timed
 
 
@@ -206,10 +213,10 @@ class TimedRunLog:
         log = RunLog(*args, **kwargs)
         write, times = log.write, self.write_s
 
-        def timed_write(record, sync: bool = True) -> None:
+        def timed_write(record, sync: bool = True, **kwargs) -> None:
             t0 = time.perf_counter()
             try:
-                write(record, sync=sync)
+                write(record, sync=sync, **kwargs)
             finally:
                 if record.get("type") == "step":
                     times.append(time.perf_counter() - t0)

@@ -263,6 +263,9 @@ class Controller:
         self.on_record = on_record
         self._interrupts = 0
         self._log: RunLog | None = None
+        #: Records of this run that could not be written to the log (``log_errors`` of the
+        #: summary): the abort record, rollback records, the end record.
+        self._log_errors: list[str] = []
 
     # ------------------------------------------------------------------ operator stop
     def request_stop(self) -> None:
@@ -394,21 +397,25 @@ class Controller:
         wait0, t0 = safety.wait_s, time.perf_counter()
         reading = safety.read_observation(self.beam_names)
         knobs = safety.read_knobs(health=True)
-        beam = np.array(reading.array(self.beam_names))
-        magnets = np.array(knobs.array(self.knob_names))
-        error = self._named(self.beam_names, beam - self.target)
+        # the record's values as Python floats (float64 arithmetic, as numpy's)
+        beam_v = reading.array(self.beam_names)
+        magnets_v = knobs.array(self.knob_names)
+        target_v = self.target.tolist()
+        error_v = [b - t for b, t in zip(beam_v, target_v, strict=True)]
+        error = dict(zip(self.beam_names, error_v, strict=True))
         rec.update(
-            observation=self._named(self.beam_names, beam),
+            observation=dict(zip(self.beam_names, beam_v, strict=True)),
             observation_time=reading.timestamp,
-            knobs=self._named(self.knob_names, magnets),
-            target=self._named(self.beam_names, self.target),
+            knobs=dict(zip(self.knob_names, magnets_v, strict=True)),
+            target=dict(zip(self.beam_names, target_v, strict=True)),
             error=error,
         )
         timing: dict[str, float] = {"read_s": time.perf_counter() - t0}
         rec["timing"] = timing
-        if np.all(np.abs(beam - self.target) < self.thresholds):
+        if all(abs(e) < t for e, t in zip(error_v, self.thresholds.tolist(), strict=True)):
             rec["decision"] = "target_reached"
             return StepOutcome("target_reached", False, error)
+        beam, magnets = np.array(beam_v), np.array(magnets_v)
         t1 = time.perf_counter()
         if step == 0:
             self.optimiser.reset(self._problem(magnets))
@@ -463,11 +470,25 @@ class Controller:
         log = RunLog(self.log_dir, fsync=self.fsync) if self.log_dir is not None else None
         self._log = log
 
-        def emit(record: dict[str, Any], sync: bool = True) -> None:
+        def emit(record: dict[str, Any], sync: bool = True, plain: bool = False) -> None:
             if log is not None:
-                log.write(record, sync=sync)
+                log.write(record, sync=sync, plain=plain)
             self._notify(record)
 
+        def emit_safe(record: dict[str, Any]) -> None:
+            """:func:`emit` where a failing log must not stop what follows (the abort
+            record, the rollback): the error is reported and kept for the summary."""
+            try:
+                emit(record)
+            except Exception as err:
+                text = f"{record.get('type')} record: {type(err).__name__}: {err}"
+                self._log_errors.append(text)
+                self._notify(record)  # not written; shown all the same
+                if len(self._log_errors) == 1:
+                    with contextlib.suppress(Exception):
+                        self.announce(f"run log: could not write the {text}; going on")
+
+        self._log_errors = []
         t_run = time.perf_counter()
         abort: SafetyAbort | None = None
         initial: dict[str, float] | None = None
@@ -482,18 +503,19 @@ class Controller:
         emit(self._start_record(initial))
         reason, steps, writes, last_error = StopReason.abort, 0, 0, None
         if abort is None:
-            reason, steps, writes, last_error, abort = self._loop(emit)
+            reason, steps, writes, last_error, abort = self._loop(emit, emit_safe)
         rollback = None
         if initial is not None and (
             abort is not None or (self.rollback_on_stop and self.safety.writes > 0)
         ):
-            rollback = self._rollback(emit)
+            rollback = self._rollback(emit_safe)
         return self._finish(log, reason, steps, writes, initial, last_error, abort, rollback, t_run)
 
     def _loop(
-        self, emit: Callable[..., None]
+        self, emit: Callable[..., None], emit_safe: Callable[[dict[str, Any]], None]
     ) -> tuple[StopReason, int, int, dict[str, float] | None, SafetyAbort | None]:
-        """The steps: ``(reason, steps, writes, last error, abort)``."""
+        """The steps: ``(reason, steps, writes, last error, abort)``. The abort record goes
+        out through ``emit_safe``: a disk error writing it must not stop the rollback."""
         steps = writes = 0
         last_error: dict[str, float] | None = None
         rec: dict[str, Any] = {}
@@ -506,7 +528,7 @@ class Controller:
                         return StopReason.operator_stop, steps, writes, last_error, None
                     rec = {"type": "step", "step": steps, "time": time.time()}
                     outcome = self.step(steps, rec)
-                    emit(rec, sync=False)  # on disk before the next write (step)
+                    emit(rec, sync=False, plain=True)  # on disk before the next write (step)
                     last_error = outcome.error
                     if outcome.decision == "target_reached":
                         return StopReason.target_reached, steps, writes, last_error, None
@@ -527,7 +549,7 @@ class Controller:
         rec.update(type="step", step=steps, decision="abort")
         rec.setdefault("time", time.time())
         rec["abort"] = {"reason": abort.reason.value, "detail": abort.detail}
-        emit(rec)
+        emit_safe(rec)
         return StopReason.abort, steps, writes, last_error, abort
 
     def _rollback(self, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -593,9 +615,18 @@ class Controller:
             "final_mae": None if last_error is None else mae(last_error),
             "target": self._named(self.beam_names, self.target),
             "wall_s": time.perf_counter() - t_run,
+            "log_errors": self._log_errors,
         }
         if log is not None:
-            summary = log.finish(summary, plot=self.plot)
+            try:
+                summary = log.finish(summary, plot=self.plot)
+            except Exception as err:  # the run is over: report, and return its result
+                text = f"end record: {type(err).__name__}: {err}"
+                self._log_errors.append(text)
+                with contextlib.suppress(Exception):
+                    log.close()
+                with contextlib.suppress(Exception):
+                    self.announce(f"run log: could not write the {text}")
         self._notify({"type": "end", **summary})
         return RunResult(
             reason=reason,

@@ -60,6 +60,19 @@ PLOT_FILE = "run.png"
 
 def jsonable(value: Any) -> Any:
     """``value`` as strict JSON: numpy -> Python, non-finite floats -> strings."""
+    # Python's own floats, strings, ints, dicts and lists first (a step record is made of
+    # them): the same result as the general rules below, by type alone.
+    kind = type(value)
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
+        return {k if type(k) is str else str(k): jsonable(v) for k, v in value.items()}
+    if kind is list or kind is tuple:
+        return [jsonable(v) for v in value]
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -103,24 +116,37 @@ class RunLog:
                 f"{self.path} exists: {self.directory} already holds a run; choose a new folder"
             ) from None
         self._fsync = fsync
-        self.records: list[dict[str, Any]] = []
+        self._lines: list[str] = []  # every record as written (read back by records)
         # background fsync: records written (requested) and on disk (done), by count
         self._cv = threading.Condition()
         self._requested = self._done = 0
         self._error: OSError | None = None
         self._worker: threading.Thread | None = None
 
-    def write(self, record: Mapping[str, Any], sync: bool = True) -> None:
+    def write(self, record: Mapping[str, Any], sync: bool = True, plain: bool = False) -> None:
         """Append one record, flushed at once.
 
         :param sync: fsync it (and every record before it) before returning; ``False``:
             fsync it in the background (:meth:`sync` waits for that).
+        :param plain: The caller's promise that the record's keys are all ``str``: then it is
+            written as ``json`` writes it whenever that is what :func:`jsonable` would make of
+            it (Python's own numbers, strings, lists, tuples and dicts, finite floats), without
+            the copy; anything else still goes through :func:`jsonable`.
         :raises OSError: If writing fails, or an earlier background fsync failed.
         """
-        data = jsonable(record)
-        self._file.write(json.dumps(data, allow_nan=False) + "\n")
+        line = None
+        if plain:
+            try:
+                line = json.dumps(record, allow_nan=False)
+            except (TypeError, ValueError):  # numpy scalars, paths, NaN/inf, ...
+                line = None
+        if line is None:
+            data = jsonable(record)  # a new tree of dicts and lists: it cannot hold a cycle
+            line = json.dumps(data, allow_nan=False, check_circular=False)
+        line += "\n"
+        self._file.write(line)
         self._file.flush()
-        self.records.append(data)
+        self._lines.append(line)
         if not self._fsync:
             return
         if sync:
@@ -134,6 +160,11 @@ class RunLog:
             self._worker = threading.Thread(target=self._fsync_loop, daemon=True,
                                             name="runlog-fsync")  # fmt: skip
             self._worker.start()
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Every record written so far, as it reads back."""
+        return [json.loads(line) for line in self._lines]
 
     def sync(self) -> None:
         """Return once every record written so far is on disk (the background fsyncs done).

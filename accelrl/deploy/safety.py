@@ -230,7 +230,7 @@ class SafetyLayer:
         return np.array([float(values[n]) for n in self.names], np.float64)
 
     def _dict(self, values: np.ndarray) -> dict[str, float]:
-        return {n: float(v) for n, v in zip(self.names, values, strict=True)}
+        return dict(zip(self.names, np.asarray(values, np.float64).tolist(), strict=True))
 
     @property
     def reach(self) -> np.ndarray:
@@ -394,11 +394,12 @@ class SafetyLayer:
                 raise SafetyAbort(AbortReason.machine_error, "the machine returned no readbacks")
         else:
             reading = machine_call("read knobs", self.machine.read_knobs)
+        values = reading.values
         try:
-            v = self._vector(reading.values)
+            v = [float(values[n]) for n in self.names]
         except KeyError as err:
             raise SafetyAbort(AbortReason.machine_error, str(err)) from err
-        if not np.all(np.isfinite(v)):
+        if not all(map(math.isfinite, v)):
             raise SafetyAbort(
                 AbortReason.nonfinite_reading, f"readbacks not finite: {reading.values}"
             )
@@ -425,18 +426,22 @@ class SafetyLayer:
         a = np.asarray(action, np.float64).reshape(-1)
         if a.shape != (len(self.names),):
             raise ValueError(f"action must have {len(self.names)} values, got {np.shape(action)}")
-        bad = ~np.isfinite(a)
-        if bad.any():
+        if not np.isfinite(a).all():
+            bad = ~np.isfinite(a)
             raise SafetyAbort(
                 AbortReason.nonfinite_action,
                 "policy output is not finite: "
                 + ", ".join(f"{self.names[i]}={a[i]!r}" for i in np.flatnonzero(bad)),
             )
-        base_d = {n: holdings.latest(n) for n in self.names}
-        base = self._vector(base_d)
-        with np.errstate(over="ignore", invalid="ignore"):
-            requested = base + a if mode == "delta" else a.copy()
-        initial = self._vector(self.initial or base_d)
+        base_l = [holdings.latest(n) for n in self.names]
+        base_d = dict(zip(self.names, base_l, strict=True))
+        base = np.array(base_l, np.float64)
+        if mode == "delta":
+            with np.errstate(over="ignore", invalid="ignore"):
+                requested = base + a
+        else:
+            requested = a.copy()
+        initial = base if self.initial is None else self._vector(self.initial)
         limited = self.steps.apply(
             requested, base, reach=(initial - self.reach, initial + self.reach)
         )

@@ -243,6 +243,63 @@ def test_nan_from_the_policy_aborts_and_rolls_back(policy, tmp_path):
     assert step["requested"]["Q2"] == "nan"  # strict JSON
 
 
+def test_a_disk_error_on_the_abort_record_does_not_stop_the_rollback(policy, tmp_path, monkeypatch):
+    """The disk fails from the abort on: the abort record, the rollback records and the end
+    record cannot be written; the rollback runs all the same, each record still reaches
+    ``on_record``, and the failures are announced and listed in the summary."""
+    from accelrl.deploy.runlog import RunLog
+
+    real_write = RunLog.write
+
+    def failing_write(self, record, sync=True, **kwargs):
+        if record.get("decision") == "abort" or record.get("type") in ("rollback", "end"):
+            raise OSError(28, "No space left on device")
+        real_write(self, record, sync=sync, **kwargs)
+
+    monkeypatch.setattr(RunLog, "write", failing_write)
+    seen, lines = [], []
+    controller, machine, plant = make(
+        policy, faults=[Fault("interlock", after_puts=3)], trial=0, log=tmp_path / "r",
+        on_record=seen.append, announce=lines.append,
+    )  # fmt: skip
+    result = controller.run()
+    assert result.reason is StopReason.abort and result.abort_reason is AbortReason.interlock
+    assert result.rollback is not None and result.rollback["complete"], result.rollback
+    assert plant.knobs() == pytest.approx(START, abs=1e-12)
+    errors = result.summary["log_errors"]
+    assert errors[0].startswith("step record: OSError") and "No space left" in errors[0]
+    assert any(e.startswith("rollback record") for e in errors)
+    assert errors[-1].startswith("end record: OSError")
+    assert sum("run log: could not write" in line for line in lines) == 2  # first, and end
+    assert [r.get("decision") for r in seen if r["type"] == "step"][-1] == "abort"
+    assert any(r["type"] == "rollback" for r in seen) and seen[-1]["type"] == "end"
+    # the log holds what was written before the disk failed
+    kinds = [r["type"] for r in read_run(tmp_path / "r")]
+    assert kinds[0] == "start" and "rollback" not in kinds and "end" not in kinds
+
+
+def test_a_step_record_that_cannot_be_written_ends_the_run_in_a_rollback(
+    policy, tmp_path, monkeypatch
+):
+    from accelrl.deploy.runlog import RunLog
+
+    real_write = RunLog.write
+
+    def failing_write(self, record, sync=True, **kwargs):
+        if record.get("type") == "step" and record.get("step") == 2:
+            raise OSError(5, "Input/output error")
+        real_write(self, record, sync=sync, **kwargs)
+
+    monkeypatch.setattr(RunLog, "write", failing_write)
+    controller, machine, plant = make(policy, trial=0, log=tmp_path / "r", announce=print)
+    result = controller.run()
+    assert result.abort_reason is AbortReason.internal_error
+    assert "Input/output error" in result.abort_detail
+    assert result.rollback is not None and result.rollback["complete"], result.rollback
+    assert plant.knobs() == pytest.approx(START, abs=1e-12)
+    assert result.summary["log_errors"] == ["step record: OSError: [Errno 5] Input/output error"]
+
+
 def test_persistent_disconnect_reports_an_incomplete_rollback(policy, tmp_path):
     config = machine_config(settle_timeout_s=0.05, reading_timeout_s=0.05, outage_deadline_s=0.1)
     faults = [Fault("disconnect", after_puts=2)]

@@ -130,6 +130,49 @@ def test_nothing_answers_on_a_wrong_port(ioc, ca_client):
         machine.close()
 
 
+def test_caproto_client_search_backs_off_and_restarts_on_a_beacon():
+    """An unanswered search goes out again after 30 ms, 60 ms, 120 ms, ... (caproto 1.3's own
+    loop sends it once, then not for 7.65 s), and a beacon of a new or restarted server sends
+    it again at once (no IOC: a UDP socket stands in for it)."""
+    import socket
+
+    import caproto as ca
+
+    from accelrl.deploy.epics import CaChannels
+
+    def searches_until(deadline: float) -> list[float]:
+        times = []
+        while (left := deadline - time.monotonic()) > 0:
+            server.settimeout(left)
+            try:
+                data = server.recvfrom(4096)[0]
+            except TimeoutError:
+                break
+            assert b"NOPE:PV" in data
+            times.append(time.monotonic())
+        return times
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        port = server.getsockname()[1]
+        channels = CaChannels([f"127.0.0.1:{port}"])
+        try:
+            start = time.monotonic()
+            assert channels.connect(["NOPE:PV"], 0.0) == ["NOPE:PV"]
+            # searches at 0, 0.03, 0.09, 0.21, 0.45, 0.93 and 1.89 s; the next at 3.81 s
+            times = searches_until(start + 2.3)
+            assert len(times) >= 6, [round(t - start, 3) for t in times]
+            assert times[-1] - start > 1.5, [round(t - start, 3) for t in times]
+            client_port = channels._context.broadcaster.udp_sock.getsockname()[1]
+            beacon = ca.Beacon(13, server_port=port, beacon_id=0, address="127.0.0.1")
+            sent = time.monotonic()
+            server.sendto(bytes(beacon), ("127.0.0.1", client_port))
+            after = searches_until(sent + 0.5)  # well before the 3.81 s search
+            assert after and after[0] - sent < 0.5
+        finally:
+            channels.close()
+
+
 def test_environment_addresses_are_used_by_default(ioc, ca_client, monkeypatch):
     for key, value in ioc.env.items():
         monkeypatch.setenv(key, value)

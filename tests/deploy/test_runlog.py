@@ -102,3 +102,29 @@ def test_every_record_is_on_disk_before_the_next_write(tmp_path: Path, monkeypat
     assert unsynced_at_put == [0] * len(unsynced_at_put)
     kinds = [r["type"] for r in read_run(tmp_path / "run")]
     assert kinds[0] == "start" and kinds.count("step") == 6 and kinds[-1] == "end"
+
+
+def test_a_plain_record_is_written_as_jsonable_makes_it(tmp_path: Path) -> None:
+    """``plain=True`` (the controller's step records) skips the copy, never the rules: the
+    line is the one ``jsonable`` gives, and what JSON cannot write as is still goes through
+    it (numpy scalars, non-finite floats)."""
+    import json
+
+    import numpy as np
+
+    from accelrl.deploy.runlog import jsonable
+
+    records = [
+        {"type": "step", "step": 1, "knobs": {"Q1": 1.5, "CV": -2e-4}, "clips": [],
+         "pair": (1, 2.5), "time": np.float64(3.25), "flag": True, "none": None},
+        {"type": "step", "observation": {"mu_x": float("nan")}, "n": np.int64(3)},
+        {"type": "step", "k": np.float32(0.5), "inf": -float("inf")},
+    ]  # fmt: skip
+    log = RunLog(tmp_path / "run", fsync=False)
+    for record in records:
+        log.write(record, plain=True)
+    log.close()
+    lines = (tmp_path / "run" / "run.jsonl").read_text().splitlines()
+    assert lines == [json.dumps(jsonable(r), allow_nan=False) for r in records]
+    assert log.records == [json.loads(line) for line in lines]
+    assert log.records[1]["observation"]["mu_x"] == "nan"

@@ -294,15 +294,16 @@ def test_documented_fault_syntax_with_caproto_put(va):
     if not os.path.exists(exe):
         pytest.skip("caproto-put not installed")
     env = {**os.environ, **va.env}
-    # no pipes: a CA repeater caproto-put may start outlives it and would hold them open
-    subprocess.run(
-        [exe, va.sim_pv("FAULT"), "'reject_put:2'"],
-        check=True,
+    # --no-repeater: caproto-put would start a CA repeater (a process that outlives it, and
+    # its pipes) wherever EPICS_CA_REPEATER_PORT is free; the IOC's repeater holds it here
+    result = subprocess.run(
+        [exe, "--no-repeater", va.sim_pv("FAULT"), "'reject_put:2'"],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
+    assert result.returncode == 0, result.stderr[-3000:]
     assert va.faults() == {"reject_put"}
     setpoint = va.machine_config.knob("Q1").setpoint
     for _ in range(2):
@@ -515,10 +516,11 @@ def test_frozen_ioc_libca_client_resumes_within_2_s(start_ioc):
 def test_outage_fault_clients_reconnect(start_ioc, monkeypatch):
     """``disconnect`` for 1 s: the IOC process closes every circuit and a standby process
     serves again after 1 s plus iocInit (0.7 s; many seconds on a loaded machine). Both client
-    libraries search again on their own schedules, which beacons do not shorten for the
-    channels of a closed circuit: caproto's client (the deployment client) retries at
-    intervals doubling from 30 ms to 5 s, libca's disconnect governor releases them to its
-    search every 10 s. Bounds after the IOC serves again: caproto 5 s, libca 10 s (+1 s)."""
+    libraries search again on their own schedules: caproto's client (the deployment client)
+    at intervals doubling from 30 ms to 5 s, restarted at the IOC's first beacon (it comes
+    through the IOC's CA repeater); libca's disconnect governor releases them to its search
+    every 10 s, which beacons do not shorten for the channels of a closed circuit. Bounds
+    after the IOC serves again: caproto 5 s, libca 10 s (+1 s)."""
     settings = {**SETTINGS, "faults": {"stuck_knob": "Q1", "disconnect_s": 1.0}}
     with start_ioc(**settings) as ioc:
         monkeypatch.setenv("EPICS_CA_REPEATER_PORT", str(ioc.repeater_port))

@@ -6,10 +6,11 @@ put-callback writes in one TCP send per call; monitors whose updates go to a
 :class:`~accelrl.deploy.epics.cache.MonitorCache` in order, on the client's receive thread;
 and the barrier round trip that proves a circuit's monitors caught up.
 
-This module needs numpy and caproto only. Its size (~580 lines) is one class and the
+This module needs numpy and caproto only. Its size (~640 lines) is one class and the
 caproto internals it must reach into: error responses handed to the waiting request (the
-threading client drops them), monitor updates taken on the receive thread, and requests
-sent in one TCP send per call.
+threading client drops them), monitor updates taken on the receive thread, requests sent in
+one TCP send per call, and the search schedule (the back-off caproto documents, and a
+search as soon as a beacon says a server is (back) up).
 """
 
 from __future__ import annotations
@@ -148,12 +149,69 @@ class CaChannels:
         self.stats = {"cached": 0, "round_trips": 0, "barriers": 0}
 
     def _make_context(self, timeout: float) -> Any:
+        from caproto._constants import SEARCH_MAX_DATAGRAM_BYTES as max_datagram
+        from caproto._utils import batch_requests
+        from caproto.client import common
+
         ca, client = self._ca, self._client
         addresses = self._addresses
         host_port_of = self._host_port
 
         class _Broadcaster(client.SharedBroadcaster):
-            """Searches only ``addresses`` (instead of the process environment's list)."""
+            """Searches only ``addresses`` (instead of the process environment's list), with
+            the back-off caproto documents, and at once when a beacon announces a new or
+            restarted server."""
+
+            def _retry_unanswered_searches(self) -> None:
+                # caproto's search loop (same retirement rules) with the back-off it
+                # describes: an unanswered search goes out again after 30 ms, 60 ms, ... and
+                # then every 5 s. caproto 1.3 compares a search's last send with the interval
+                # it is about to wait (twice the one it waited), so it sends a search once and
+                # then not again for 7.65 s: a client whose IOC was back after 1.7 s waited
+                # 6 s more for its channels.
+                shortest = common.MIN_RETRY_SEARCHES_INTERVAL
+                waited = wait = shortest
+                check_retired_at = time.monotonic() + common.RETRY_RETIRED_SEARCHES_INTERVAL
+                version = ca.VersionRequest(0, ca.DEFAULT_PROTOCOL_VERSION)
+                while not self._close_event.is_set():
+                    if not self._searching_enabled.wait(0.5):
+                        continue
+                    t = time.monotonic()
+                    retired_too = t >= check_retired_at
+                    if retired_too:
+                        check_retired_at = t + common.RETRY_RETIRED_SEARCHES_INTERVAL
+                    with self._search_lock:
+                        # [name, queue, last sent, retirement deadline]; not sent in the
+                        # last half interval (a burst of new searches sends each once)
+                        due = [
+                            (search_id, item)
+                            for search_id, item in self.unanswered_searches.items()
+                            if (retired_too or item[3] > t) and item[2] <= t - waited / 2
+                        ]
+                        for _, item in due:
+                            item[2] = t
+                    requests = [
+                        ca.SearchRequest(item[0], search_id, ca.DEFAULT_PROTOCOL_VERSION)
+                        for search_id, item in due
+                    ]
+                    if requests:
+                        self.search_log.debug("Sending %d SearchRequests", len(requests))
+                    for batch in batch_requests(requests, max_datagram - len(version)):
+                        self.send(version, *batch)
+                    if self._search_now.wait(max(0.0, wait - (time.monotonic() - t))):
+                        self._search_now.clear()  # new searches: start the back-off again
+                        check_retired_at = t
+                        waited = wait = shortest
+                    else:
+                        waited, wait = wait, min(2 * wait, common.MAX_RETRY_SEARCHES_INTERVAL)
+
+            def _new_server_found(self) -> None:
+                # caproto calls this for the first beacon of a server and for a beacon
+                # anomaly (a restarted server), and only re-activates retired searches.
+                # Like libca on a beacon anomaly, search for every unanswered name again now
+                # (the channels of a closed circuit among them) and back off from there.
+                super()._new_server_found()
+                self.search_now()
 
             def send(self, *commands: Any) -> None:
                 if addresses is None:

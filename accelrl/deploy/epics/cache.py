@@ -136,14 +136,15 @@ class MonitorCache:
         """
         out: dict[str, ChannelValue] = {}
         confirmed = []
+        latest, synced, writes = self._latest, self._synced, self._written
         with self._changed:
             for name in names:
-                entry = self.latest(name, circuit_of(name))
-                if entry is None:
+                entry = latest.get(name)  # served only from the channel's current circuit
+                if entry is None or entry.circuit is None or entry.circuit != circuit_of(name):
                     return None
-                if max_lag is not None and now - self.synced_since(entry.circuit) > max_lag:
+                if max_lag is not None and now - synced.get(entry.circuit, -math.inf) > max_lag:
                     return None  # updates may be on their way (or the server went silent)
-                written = self._written.get(name)
+                written = writes.get(name)
                 if written is not None:
                     value, seq = written
                     if entry.seq <= seq or entry.value.value != value:

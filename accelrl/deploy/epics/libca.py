@@ -10,7 +10,7 @@ libca calls itself, in a libca context of its own (preemptive callbacks), so tha
   independently of any other context in the process (pyepics's own included);
 * a read of many PVs is one *synchronous group* (``ca_sg_array_get`` for each, one flush,
   ``ca_sg_block``): one round trip whose waiting happens in C, without a Python callback
-  per PV;
+  per PV, its answers written into one buffer and decoded with :mod:`struct`;
 * writes are put-callbacks (``ca_array_put_callback``) whose completion status is looked
   at (``ECA_PUTFAIL`` is a refusal; pyepics's ``caput(wait=True)`` would return 1), and
   whose completions may be collected later (:meth:`LibcaChannels.start_write`);
@@ -36,6 +36,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import struct
 import threading
 import time
 import weakref
@@ -74,6 +75,15 @@ log = logging.getLogger("accelrl.deploy.epics")
 #: Serialises the moments this process's environment names a context's search addresses.
 _ENV_LOCK = threading.Lock()
 
+#: ``struct dbr_time_double`` (db_access.h): status and severity (short), the time stamp's
+#: seconds and nanoseconds (unsigned 32-bit), a pad, then the value(s) (double) at
+#: :data:`_VALUE_OFFSET`; an array of ``count`` values takes ``_VALUE_OFFSET + 8 * count``
+#: bytes. :func:`_check_layout` compares it with pyepics's ctypes definition.
+_TIME_HEAD = struct.Struct("=hhII")
+_VALUE_OFFSET = 16
+_DOUBLE = struct.Struct("=d")
+_SEVERITY = struct.Struct("=h")  # at offset 2
+
 
 class _Channel:
     """One libca channel and its connection state."""
@@ -92,17 +102,18 @@ class _Channel:
 
 
 class _Waiter:
-    """Counts the callbacks a call waits for; keeps their statuses."""
+    """Counts the callbacks a call waits for; keeps their statuses. ``_done`` is held until
+    the last one came (a lock as a one-shot event: lighter than ``threading.Event``)."""
 
-    __slots__ = ("left", "done", "status", "lock")
+    __slots__ = ("left", "_done", "status", "lock")
 
     def __init__(self, count: int) -> None:
         self.left = count
-        self.done = threading.Event()
+        self._done = threading.Lock()
         self.status: dict[int, int] = {}
         self.lock = threading.Lock()
-        if count <= 0:
-            self.done.set()
+        if count > 0:
+            self._done.acquire()
 
     def complete(self, key: int, status: int) -> None:
         with self.lock:
@@ -110,8 +121,15 @@ class _Waiter:
                 return
             self.status[key] = status
             self.left -= 1
-            if self.left <= 0:
-                self.done.set()
+            if self.left == 0:
+                self._done.release()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether every callback came, waiting at most ``timeout`` [s]."""
+        if self._done.acquire(True, max(0.0, timeout)):
+            self._done.release()
+            return True
+        return False
 
 
 _LIVE: weakref.WeakSet[LibcaChannels] = weakref.WeakSet()
@@ -138,6 +156,7 @@ class LibcaChannels:
 
         self._lib = load_libca()
         self._dbr = dbr
+        _check_layout(dbr)
         self._addresses = addresses
         self._context: int | None = None
         self._lock = threading.RLock()  # one libca call sequence at a time
@@ -162,27 +181,10 @@ class LibcaChannels:
         _LIVE.add(self)
 
     # ------------------------------------------------------------------ context
-    @contextlib.contextmanager
-    def _attached(self) -> Iterator[Any]:
+    def _attached(self) -> _Attached:
         """This transport's context attached to the calling thread (its previous one
-        restored after), under the transport's lock; yields libca."""
-        lib = self._lib
-        with self._lock:
-            if self._context is None:
-                raise Disconnected("the channels are closed")
-            previous = lib.ca_current_context()
-            if previous == self._context:
-                yield lib
-                return
-            if previous:
-                lib.ca_detach_context()
-            lib.ca_attach_context(self._context)
-            try:
-                yield lib
-            finally:
-                lib.ca_detach_context()
-                if previous:
-                    lib.ca_attach_context(previous)
+        restored after), under the transport's lock; ``with`` gives libca."""
+        return _Attached(self)
 
     def _ensure_context(self) -> None:
         lib = self._lib
@@ -251,13 +253,9 @@ class LibcaChannels:
 
     def _decode_time(self, address: int, count: int) -> ChannelValue:
         """A ``DBR_TIME_DOUBLE`` of ``count`` elements at ``address``."""
-        head = self._dbr.time_double.from_address(address)
-        offset = self._dbr.time_double.value.offset
-        if count == 1:
-            value: Any = float(head.value)
-        else:
-            value = tuple((ctypes.c_double * count).from_address(address + offset))
-        return ChannelValue(value, stamp(head.stamp.secs, head.stamp.nsec), int(head.severity))
+        return _decode(
+            (ctypes.c_char * (_VALUE_OFFSET + 8 * count)).from_address(address), 0, count
+        )
 
     def _on_update(self, args: EventArgs) -> None:
         """A monitor update (libca's receive thread, in the circuit's order)."""
@@ -387,17 +385,46 @@ class LibcaChannels:
 
     def read(self, names: Sequence[str], timeout: float) -> dict[str, ChannelValue]:
         """Values of ``names`` with their server time stamps and alarm severities
-        (``DBR_TIME_DOUBLE``), in one round trip.
+        (``DBR_TIME_DOUBLE``), in one round trip: one synchronous group, every answer
+        written into one buffer (each channel's part marked unfilled until libca fills it).
 
         :raises Disconnected: If a channel is not connected, its circuit closes, or the
             server does not answer within ``timeout`` [s].
         """
         self.stats["round_trips"] += 1
-        size = ctypes.sizeof(self._dbr.time_double)
-        raw = self._group_read(names, DBR_TIME_DOUBLE, size, 8, timeout)
+        chans = [self._require(n) for n in dict.fromkeys(names)]
+        offsets, size = [], 0
+        for ch in chans:
+            offsets.append(size)
+            size += _VALUE_OFFSET + 8 * ch.count  # a multiple of 8: every part aligned
+        buf = ctypes.create_string_buffer(size)
+        address = ctypes.addressof(buf)
+        for offset in offsets:
+            _SEVERITY.pack_into(buf, offset + 2, UNFILLED)
+        with self._attached() as lib:
+            group = self._group.value
+            get = lib.ca_sg_array_get
+            for ch, offset in zip(chans, offsets, strict=True):
+                status = get(group, DBR_TIME_DOUBLE, ch.count, ch.chid, address + offset)
+                if status != ECA_NORMAL:
+                    lib.ca_sg_reset(group)
+                    raise Disconnected(f"{ch.name}: read failed: {lib.ca_message(status).decode()}")
+            status = lib.ca_sg_block(group, max(timeout, 1e-3))
+            if status != ECA_NORMAL:
+                lib.ca_sg_reset(group)
+        unfilled = [
+            ch.name
+            for ch, offset in zip(chans, offsets, strict=True)
+            if _SEVERITY.unpack_from(buf, offset + 2)[0] == UNFILLED
+        ]
+        if status == ECA_TIMEOUT:
+            raise Disconnected(f"{unfilled}: no answer to a read within {timeout:.3g} s")
+        if status != ECA_NORMAL or unfilled:
+            name = chans[0].name if status != ECA_NORMAL else unfilled[0]
+            raise Disconnected(f"{name}: the circuit closed before the server answered")
         return {
-            name: self._decode_time(ctypes.addressof(buf), ch.count)
-            for name, (ch, buf) in raw.items()
+            ch.name: _decode(buf, offset, ch.count)
+            for ch, offset in zip(chans, offsets, strict=True)
         }
 
     def read_control(self, names: Sequence[str], timeout: float) -> dict[str, ControlInfo]:
@@ -512,7 +539,7 @@ class LibcaChannels:
                 else:
                     events.append(event)
             lib.ca_flush_io()
-        answered = waiter.done.wait(max(0.0, timeout))
+        answered = waiter.wait(timeout)
         with self._attached() as lib:
             for event in events:
                 lib.ca_clear_subscription(event)
@@ -552,6 +579,67 @@ class LibcaChannels:
         _LIVE.discard(self)
 
 
+class _Attached:
+    """:meth:`LibcaChannels._attached`: a context manager of its own (called several times
+    a step; lighter than a generator's)."""
+
+    __slots__ = ("_channels", "_previous", "_switched")
+
+    def __init__(self, channels: LibcaChannels) -> None:
+        self._channels = channels
+        self._previous: Any = None
+        self._switched = False
+
+    def __enter__(self) -> Any:
+        channels = self._channels
+        lib = channels._lib
+        channels._lock.acquire()
+        try:
+            if channels._context is None:
+                raise Disconnected("the channels are closed")
+            previous = lib.ca_current_context()
+            if previous != channels._context:
+                if previous:
+                    lib.ca_detach_context()
+                lib.ca_attach_context(channels._context)
+                self._previous, self._switched = previous, True
+        except BaseException:
+            channels._lock.release()
+            raise
+        return lib
+
+    def __exit__(self, *exc: object) -> None:
+        channels = self._channels
+        try:
+            if self._switched:
+                lib = channels._lib
+                lib.ca_detach_context()
+                if self._previous:
+                    lib.ca_attach_context(self._previous)
+        finally:
+            channels._lock.release()
+
+
+def _decode(buf: Any, offset: int, count: int) -> ChannelValue:
+    """The ``DBR_TIME_DOUBLE`` of ``count`` elements at ``offset`` of ``buf``."""
+    _, severity, secs, nsec = _TIME_HEAD.unpack_from(buf, offset)
+    if count == 1:
+        value: Any = _DOUBLE.unpack_from(buf, offset + _VALUE_OFFSET)[0]
+    else:
+        value = struct.unpack_from(f"={count}d", buf, offset + _VALUE_OFFSET)
+    return ChannelValue(value, stamp(secs, nsec), severity)
+
+
+def _check_layout(dbr: Any) -> None:
+    """Raise :class:`MachineError` unless pyepics's ``time_double`` is the layout
+    :func:`_decode` reads (the C structure's, on every platform libca supports)."""
+    td = dbr.time_double
+    layout = (td.status.offset, td.severity.offset, td.stamp.offset, td.value.offset)
+    stamp_layout = (td.stamp.size, ctypes.sizeof(td))
+    if layout != (0, 2, 4, _VALUE_OFFSET) or stamp_layout != (8, _VALUE_OFFSET + 8):
+        raise MachineError(f"libca: unexpected dbr_time_double layout {layout} {stamp_layout}")
+
+
 def _unfilled(buf: Any) -> bool:
     """Whether libca left the read buffer untouched (its severity still the marker)."""
     return ctypes.c_short.from_buffer(buf, 2).value == UNFILLED
@@ -581,7 +669,7 @@ class _LibcaPending:
         :raises Disconnected: If the circuit closed before a completion, or none came within
             ``timeout``.
         """
-        self._waiter.done.wait(max(0.0, timeout))
+        self._waiter.wait(timeout)
         status = dict(self._waiter.status)
         for key, name in enumerate(self._names):
             value = self.values[name]

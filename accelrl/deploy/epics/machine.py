@@ -177,6 +177,9 @@ class EpicsMachine:
         self._readbacks: dict[str, Any] = {k.name: k.readback_pv for k in config.knobs}
         self._setpoints: dict[str, Any] = {k.name: k.setpoint for k in config.knobs}
         self._observations: dict[str, Any] = {o.name: o.pv for o in config.observations}
+        self._knobs = {k.name: k for k in config.knobs}
+        # the PVs of each read_state (knobs, setpoints, health), computed once
+        self._state_names: dict[tuple[bool, bool, bool], tuple[str, ...]] = {}
         self._channels: Channels | None = None
         self._timeout = config.timing.reading_timeout_s
         self._pending: tuple[PendingWrite, float] | None = None  # (writes, their deadline)
@@ -344,10 +347,6 @@ class EpicsMachine:
         else:
             time.sleep(max(0.0, timeout))
 
-    def _reading(self, raw: Mapping[str, ChannelValue], pvs: Mapping[str, Any]) -> Reading:
-        values = {name: float(raw[pv].value) for name, pv in pvs.items()}
-        return Reading(values, min(raw[pv].timestamp for pv in pvs.values()))
-
     # ----------------------------------------------------------------- reads
     def read_knobs(self) -> Reading:
         """Readbacks of all knobs (SI), time-stamped by the IOC."""
@@ -370,15 +369,20 @@ class EpicsMachine:
         self._wait_for = (self._frames.pvs, channels.cache.updates) if monitored else None
         return self._frames.read(channels, monitored, self._timeout)
 
-    def _state_pvs(self, knobs: bool, setpoints: bool, health: bool) -> list[str]:
-        names = []
-        if knobs:
-            names += list(self._readbacks.values())
-        if setpoints:
-            names += list(self._setpoints.values())
-        if health:
-            names += self._health_pvs()
-        return list(dict.fromkeys(names))
+    def _state_pvs(self, knobs: bool, setpoints: bool, health: bool) -> tuple[str, ...]:
+        """The PVs of a :meth:`read_state` (each once), computed once per combination."""
+        key = (knobs, setpoints, health)
+        names = self._state_names.get(key)
+        if names is None:
+            found: list[str] = []
+            if knobs:
+                found += self._readbacks.values()
+            if setpoints:
+                found += self._setpoints.values()
+            if health:
+                found += self._health_pvs()
+            names = self._state_names[key] = tuple(dict.fromkeys(found))
+        return names
 
     def read_state(self, knobs: bool = True, setpoints: bool = True, health: bool = True) -> State:
         """:meth:`read_knobs`, :meth:`read_setpoints` and :meth:`health` (those asked for)
@@ -391,17 +395,26 @@ class EpicsMachine:
         """
         names = self._state_pvs(knobs, setpoints, health)
         raw = self._fetch(names, True) if names else {}
-        out: dict[str, Any] = {}
-        for part, pvs, wanted in (
-            ("knobs", self._readbacks, knobs),
-            ("setpoints", self._setpoints, setpoints),
-        ):
-            if wanted:
-                require_valid(raw, pvs.values())
-                out[part] = self._reading(raw, pvs)
-        if health:
-            out["health"] = self._health(raw)
-        return State(**out)
+        return State(
+            knobs=self._valid_reading(raw, self._readbacks) if knobs else None,
+            setpoints=self._valid_reading(raw, self._setpoints) if setpoints else None,
+            health=self._health(raw) if health else None,
+        )
+
+    @staticmethod
+    def _valid_reading(raw: Mapping[str, ChannelValue], pvs: Mapping[str, Any]) -> Reading:
+        """The reading of ``pvs`` (name -> PV) from ``raw``, time-stamped by the oldest;
+        :class:`~accelrl.deploy.machine.MachineError` for a value in INVALID alarm."""
+        values: dict[str, float] = {}
+        oldest = math.inf
+        for name, pv in pvs.items():
+            v = raw[pv]
+            if v.severity >= INVALID_SEVERITY:
+                require_valid(raw, [pv])  # raises, naming it
+            values[name] = float(v.value)
+            if v.timestamp < oldest:
+                oldest = v.timestamp
+        return Reading(values, oldest)
 
     # ----------------------------------------------------------------- writes
     def put(self, setpoints: Mapping[str, float]) -> None:
@@ -417,7 +430,7 @@ class EpicsMachine:
         """
         pvs = {}
         for name, value in setpoints.items():
-            knob = self.config.knob(name)
+            knob = self._knob(name)
             if not math.isfinite(float(value)):
                 raise ValueError(f"knob {name!r}: setpoint must be finite, got {value!r}")
             pvs[knob.setpoint] = float(value)
@@ -429,6 +442,11 @@ class EpicsMachine:
             channels.cache.before_put(pvs)
         pending = channels.start_write(pvs, self._timeout)
         self._pending = (pending, time.monotonic() + self._timeout)
+
+    def _knob(self, name: str) -> Any:
+        """The config of knob ``name`` (``KeyError`` listing the known names)."""
+        knob = self._knobs.get(name)
+        return self.config.knob(name) if knob is None else knob
 
     def _complete_puts(self) -> None:
         """Wait for the completions of the last put (within ``timing.reading_timeout_s`` of
@@ -454,7 +472,7 @@ class EpicsMachine:
         :raises Disconnected: If a channel drops meanwhile, or a put is not confirmed.
         """
         timeout = self.config.timing.settle_timeout_s if timeout is None else float(timeout)
-        knobs = [self.config.knob(n) for n in names]
+        knobs = [self._knob(n) for n in names]
         deadline = time.monotonic() + timeout
         self._complete_puts()
         poll = self.config.timing.poll_interval_s
@@ -463,6 +481,7 @@ class EpicsMachine:
         while True:
             seen = cache.updates if cache is not None else 0
             moving, raised = self._moving(knobs)
+            flags = list(raised)  # the busy flags read set: their updates may end the wait
             next_read = time.monotonic() + poll
             while moving:
                 left = deadline - time.monotonic()
@@ -477,7 +496,10 @@ class EpicsMachine:
                 if cache is None:
                     time.sleep(pause)
                     continue
-                cache.wait(None, seen, pause)
+                if not flags:  # nothing an update could clear: wait for the next read
+                    time.sleep(pause)
+                    continue
+                cache.wait(flags, seen, pause)
                 seen = cache.updates
                 moving = [k for k in moving if not self._cleared(channels, k, raised)]
             if not moving:
@@ -530,7 +552,8 @@ class EpicsMachine:
         """The health of the interlock, beam-loss and heartbeat values ``raw`` (PV -> value)
         and of the channels' connection state now."""
         channels = self._ch()
-        return self._judge.judge(raw, [n for n in self._pv_names if not channels.connected(n)])
+        connected = channels.connected
+        return self._judge.judge(raw, [n for n in self._pv_names if not connected(n)])
 
     def __repr__(self) -> str:
         state = "connected" if self._channels is not None else "not connected"
