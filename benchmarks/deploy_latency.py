@@ -34,12 +34,15 @@ Targets: onnxruntime p50 <= 25 us; controller overhead <= 2 ms per step for the 
 transport. The last line is one line of JSON::
 
     {"onnx_p50_us": ..., "onnx_p99_us": ..., "torch_p50_us": ..., "sb3_p50_us": ...,
-     "loop_overhead_ms": ..., "best_transport": ..., "loop_overhead_by_transport_ms": {...},
-     "loop_overhead_monitors_all_ms": ..., "log_write_p50_ms": ..., "load_average": [...]}
+     "loop_overhead_ms": ..., "best_transport": ..., "best_monitors": ...,
+     "loop_overhead_by_transport_ms": {...}, "loop_overhead_monitors_all_ms": ...,
+     "log_write_p50_ms": ..., "load_average": [...]}
 
-``loop_overhead_ms`` is the median over steps of the best transport with its default
-monitors when the virtual accelerator ran, else on SimMachine (the table says which);
-``loop_overhead_by_transport_ms`` the same per transport (``caproto``, ``pyepics``, ``pva``);
+``loop_overhead_ms`` is the median over steps of the best configuration of the EPICS-base
+runs (transport and monitors: ``best_transport``, ``best_monitors``) when the virtual
+accelerator ran, else on SimMachine (the table says which); the target is judged on it.
+``loop_overhead_by_transport_ms`` is the same per transport with its default monitors
+(``caproto``, ``pyepics``: ``"observations"``; ``pva``: none);
 ``loop_overhead_monitors_all_ms`` the best Channel Access client's with ``monitors="all"``
 (``null`` without the virtual accelerator); ``log_write_p50_ms`` the median time of writing one
 step record over all runs (included in the overheads); ``load_average`` the host's
@@ -391,15 +394,21 @@ def main() -> None:
         print(
             f"virtual accelerator not measured ({epics_error or 'accelrl.deploy.virtual missing'})"
         )
-        loop, best, where, all_mode = sim["overhead_p50_ms"], None, "SimMachine", None
+        loop, best, best_monitors, all_mode = sim["overhead_p50_ms"], None, None, None
+        where = "SimMachine"
     else:
         for (label, monitors), r in epics.items():
             default = "none" if label == "pva" else "observations"
             if monitors == default:
                 by_transport[label] = round(r["overhead_p50_ms"], 3)
-        best = min(by_transport, key=by_transport.__getitem__)
-        loop = by_transport[best]
-        where = f"the best transport, {names[best]} (default monitors), EPICS-base IOC"
+        best, best_monitors = min(epics, key=lambda key: epics[key]["overhead_p50_ms"])
+        loop = epics[(best, best_monitors)]["overhead_p50_ms"]
+        default_best = min(by_transport, key=by_transport.__getitem__)
+        where = (
+            f"the best configuration, {names[best]}, monitors={best_monitors!r}, EPICS-base IOC"
+            f" (best with default monitors: {names[default_best]}, "
+            f"{by_transport[default_best]:.3f} ms)"
+        )
         ca_best = min(("caproto", "pyepics"), key=by_transport.__getitem__)
         all_mode = epics[(ca_best, "all")]["overhead_p50_ms"]
     print(f"loop_overhead_ms from {where}; target <= 2 ms -> {'met' if loop <= 2 else 'MISSED'}")
@@ -418,6 +427,7 @@ def main() -> None:
                 "sb3_p50_us": round(rows["SB3 TD3.predict (deterministic)"][0], 2),
                 "loop_overhead_ms": round(loop, 3),
                 "best_transport": best,
+                "best_monitors": best_monitors,
                 "loop_overhead_by_transport_ms": by_transport,
                 "loop_overhead_monitors_all_ms": None if all_mode is None else round(all_mode, 3),
                 "log_write_p50_ms": round(log_write, 3),
