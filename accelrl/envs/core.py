@@ -161,6 +161,14 @@ class TuningCore:
         self._step_noise = spec.screen.reading_noise > 0 or r.drift.mu > 0 or r.drift.mu_p > 0
         self._range = self.high - self.low
         self._threshold_list = [float(v) for v in self._thresholds]
+        self._last_error: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # single-environment fast path: the hidden state as lists (with the arrays they are
+        # of), the off-screen clip bounds, and the two possible on-screen flags (read-only)
+        self._hidden_lists: tuple[Any, ...] = (None, None, [], [])
+        self._off_lists = (self._off_low.tolist(), self._off_high.tolist())
+        self._one_on_screen = {flag: np.array((flag,)) for flag in (False, True)}
+        for flags in self._one_on_screen.values():
+            flags.flags.writeable = False
         self._half = (float(self.half_extent[0]), float(self.half_extent[1]))
         # One environment on the compiled map without reading noise: the reading is taken
         # on Python floats (the numbers of the batched path, without its array overhead).
@@ -411,22 +419,31 @@ class TuningCore:
         applied = self.magnets[0]
         if self.spec.randomisation.gain_error > 0:
             applied = applied * (1.0 + h.gain[0])
-        out = self.beamline.scalar(
-            applied.tolist(), h.incoming[0].tolist(), h.misalignments[0].tolist()
-        )
+        if self._hidden_lists[0] is not h.incoming or self._hidden_lists[1] is not h.misalignments:
+            # state arrays are replaced, never changed: their lists are valid until then
+            self._hidden_lists = (
+                h.incoming,
+                h.misalignments,
+                h.incoming[0].tolist(),
+                h.misalignments[0].tolist(),
+            )
+        out = self.beamline.scalar(applied.tolist(), self._hidden_lists[2], self._hidden_lists[3])
         beam = np.array((out,))
+        beam.flags.writeable = False
         hx, hy = self._half
         on = abs(out[0]) < hx and abs(out[2]) < hy
-        if not on:
-            reading = np.minimum(np.maximum(beam, self._off_low), self._off_high)
+        if not on:  # clip(beam, _off_low, _off_high), on floats
+            reading = np.array(
+                ([min(max(v, lo), hi) for v, lo, hi in zip(out, *self._off_lists, strict=True)],)
+            )
+            reading.flags.writeable = False
         elif self.spec.screen.quantise:
             reading = np.round(beam / self._pixel) * self._pixel
+            reading.flags.writeable = False
         else:
             reading = beam
-        self.beam = _put(self.beam, ALL, beam, fresh=True)
-        self.reading = _put(self.reading, ALL, reading, fresh=True)
-        self.on_screen = _put(self.on_screen, ALL, np.array((on,)), fresh=True)
-        self.readout_on_screen = self.on_screen
+        self.beam, self.reading = beam, reading
+        self.on_screen = self.readout_on_screen = self._one_on_screen[on]
 
     def _measure_world(self, index: np.ndarray | slice, w: WorldModel) -> None:
         """:meth:`_measure` in a world: fields from the magnets, a jittered incoming beam,
@@ -538,6 +555,7 @@ class TuningCore:
             else:
                 incoming = h.incoming.copy()
                 incoming[idx[:, None], _MU] += step
+                incoming.flags.writeable = False
                 h.incoming = incoming
         if w is not None:
             self._step_world(index, w, steps, target)
@@ -565,7 +583,11 @@ class TuningCore:
         """:meth:`step` of the one environment of a plain batch (no world, failures or
         drift): the same numbers, with the per-environment flags on Python scalars."""
         reading, target, previous_magnets = self.reading, self.target, self.magnets
-        previous_error = reading - target
+        last = self._last_error  # (reading, target, error) of the previous step
+        if last is not None and last[0] is reading and last[1] is target:
+            previous_error = last[2]  # state arrays are replaced, never changed
+        else:
+            previous_error = reading - target
         if self.action_mode == "delta":
             magnets = np.minimum(np.maximum(previous_magnets + actions, self.low), self.high)
         else:
@@ -575,6 +597,8 @@ class TuningCore:
         self.steps = _put(self.steps, ALL, steps, fresh=True)
         self._measure_one()
         error = self.reading - target
+        error.flags.writeable = False
+        self._last_error = (self.reading, target, error)
         reward = self.reward(
             RewardInputs(
                 error=error,
