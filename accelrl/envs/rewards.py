@@ -54,8 +54,24 @@ class RewardInputs:
         return self.initial_reading - self.target
 
 
+#: The last read-only error and its objective: a step's ``previous_error`` is often the
+#: previous step's ``error`` (the single environment hands the same read-only array on),
+#: whose objective is then not computed again. Read-only arrays cannot change, the
+#: reference held here keeps the array (and so its identity) alive, and the pair is one
+#: tuple, read and replaced whole (safe with environments stepped in several threads).
+_last_objective: tuple[np.ndarray, np.ndarray] | None = None
+
+
 def _icml_objective(error: np.ndarray) -> np.ndarray:
-    return np.maximum(np.abs(error) @ _ICML_WEIGHTS, EPS)
+    global _last_objective
+    last = _last_objective
+    if last is not None and last[0] is error:
+        return last[1]
+    value = np.maximum(np.abs(error) @ _ICML_WEIGHTS, EPS)
+    if not error.flags.writeable:
+        value.flags.writeable = False
+        _last_objective = (error, value)
+    return value
 
 
 def _distance(d: np.ndarray, norm: str) -> np.ndarray:

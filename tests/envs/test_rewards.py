@@ -66,6 +66,32 @@ def test_icml_weights_sizes_twice():
     np.testing.assert_allclose(Reward("icml")(x), [0.0, 0.0], atol=1e-12)
 
 
+def test_icml_reuses_an_objective_only_for_an_unchanged_array():
+    """The objective of the last read-only error is reused when the same array comes back as
+    the previous error; a writeable array is never reused (it may have changed since)."""
+    reward = Reward("icml")
+    frozen = np.stack([E_NEW, E_PREV])
+    frozen.flags.writeable = False
+    x = inputs()
+    x.error = frozen
+    first = reward(x)
+    y = inputs()
+    y.previous_error, y.error = frozen, np.stack([E_PREV, E_NEW])
+    reused = reward(y)
+    np.testing.assert_allclose(reused, [2 * math.log(3.5 / 9), math.log(9 / 3.5)], rtol=RTOL)
+    y.previous_error = frozen.copy()  # the same values in a new array: computed afresh
+    np.testing.assert_array_equal(reward(y), reused)
+    assert first[0] == pytest.approx(math.log(9 / 3.5), rel=RTOL)
+    writeable = np.stack([E_NEW, E_PREV])
+    z = inputs()
+    z.error = writeable
+    reward(z)
+    writeable[:] = np.stack([E_PREV, E_NEW])  # changed in place after its objective was taken
+    w = inputs()
+    w.previous_error, w.error = writeable, np.stack([E_NEW, E_PREV])
+    np.testing.assert_allclose(reward(w), [math.log(9 / 3.5), 2 * math.log(3.5 / 9)], rtol=RTOL)
+
+
 def test_icml_zero_error_is_floored():
     x = inputs()
     x.error = np.zeros((2, 4))
