@@ -71,12 +71,20 @@ class StepAverager:
         max_count: int = DEFAULT_MAX_COUNT,
         reset_fraction: float = DEFAULT_RESET_FRACTION,
     ) -> None:
-        if not (isinstance(max_count, int | np.integer) and 1 <= max_count <= MAX_COUNT_LIMIT):
+        if not (
+            isinstance(max_count, int | np.integer)
+            and not isinstance(max_count, bool)
+            and 1 <= max_count <= MAX_COUNT_LIMIT
+        ):
             raise ValueError(
                 f"max_count must be an integer in [1, {MAX_COUNT_LIMIT}], got {max_count!r}"
             )
-        if not (0.0 < float(reset_fraction) <= 1.0):
-            raise ValueError(f"reset_fraction must be in (0, 1], got {reset_fraction!r}")
+        if not (
+            isinstance(reset_fraction, int | float | np.integer | np.floating)
+            and not isinstance(reset_fraction, bool)
+            and 0.0 < float(reset_fraction) <= 1.0
+        ):
+            raise ValueError(f"reset_fraction must be a number in (0, 1], got {reset_fraction!r}")
         self.max_count = int(max_count)
         self.reset_fraction = float(reset_fraction)
         self._count: np.ndarray | None = None  # [N, K] current divisor n
@@ -88,14 +96,25 @@ class StepAverager:
         """The averager of a policy's ``averaging`` entry (``{"max_count": 8,
         "reset_fraction": 0.3}``); ``None``: no averaging (``max_count = 1``).
 
-        :raises ValueError: For unknown keys or bad values, naming them.
+        Both keys are required, so that every reader of the entry (this class, a bundle's
+        manifest) averages the same way.
+
+        :raises ValueError: For an entry that is not a mapping, missing or unknown keys, or
+            bad values, naming them.
         """
         if spec is None:
             return cls(max_count=1)
-        unknown = sorted(set(spec) - {"max_count", "reset_fraction"})
-        if unknown:
+        if not isinstance(spec, Mapping):
             raise ValueError(
-                f"averaging: unknown keys {unknown}; allowed: max_count, reset_fraction"
+                "averaging must be a mapping {max_count, reset_fraction} or null, got "
+                f"{type(spec).__name__} {spec!r}"
+            )
+        keys = {"max_count", "reset_fraction"}
+        unknown, missing = sorted(set(spec) - keys), sorted(keys - set(spec))
+        if unknown or missing:
+            raise ValueError(
+                f"averaging: unknown keys {unknown}, missing keys {missing}; "
+                "needs exactly max_count and reset_fraction"
             )
         return cls(**dict(spec))
 
@@ -128,13 +147,17 @@ class StepAverager:
             self._sign = np.zeros_like(d)
             self._run = np.zeros_like(d)
         assert self._sign is not None and self._run is not None
+        # A non-finite proposal passes through (the caller refuses it) and leaves that
+        # actuator's state as it was, so that it cannot disable the trend reset.
+        finite = np.isfinite(d)
         sign = np.sign(d)
-        reversal = sign * self._sign < 0
-        self._run = np.where(reversal, d, self._run + d)
-        trend = np.abs(self._run) > self.reset_fraction * np.asarray(max_delta, np.float64)
+        reversal = (sign * self._sign < 0) & finite
+        run = np.where(reversal, d, self._run + d)
+        trend = np.abs(run) > self.reset_fraction * np.asarray(max_delta, np.float64)
         grown = np.minimum(self._count + reversal, self.max_count)
-        self._count = np.where(trend, 1.0, grown)
-        self._sign = np.where(sign != 0, sign, self._sign)
+        self._run = np.where(finite, run, self._run)
+        self._count = np.where(finite, np.where(trend, 1.0, grown), self._count)
+        self._sign = np.where(finite & (sign != 0), sign, self._sign)
         return base + d / self._count
 
     def next_settings(

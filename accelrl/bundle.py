@@ -35,7 +35,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from accelrl.averaging import MAX_COUNT_LIMIT
 from accelrl.config import format_validation_error
@@ -151,8 +159,15 @@ class AveragingInfo(_Model):
         must exceed to be followed at full gain, in ``(0, 1]``.
     """
 
-    max_count: int = Field(ge=1, le=MAX_COUNT_LIMIT)
+    max_count: StrictInt = Field(ge=1, le=MAX_COUNT_LIMIT)
     reset_fraction: float = Field(gt=0.0, le=1.0)
+
+    @field_validator("reset_fraction", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError(f"must be a number in (0, 1], got {v!r}")
+        return v
 
 
 class Manifest(_Model):
@@ -365,9 +380,15 @@ def read_selftest(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 def check_target_size_floor(floor: float | None) -> None:
     """:raises ValueError: Unless ``floor`` is ``None`` or in ``[0,``
     :data:`MAX_TARGET_SIZE_FLOOR` ``]`` m."""
-    if floor is not None and not (math.isfinite(floor) and 0.0 <= floor <= MAX_TARGET_SIZE_FLOOR):
+    if floor is not None and not (
+        isinstance(floor, int | float | np.integer | np.floating)
+        and not isinstance(floor, bool)
+        and math.isfinite(floor)
+        and 0.0 <= floor <= MAX_TARGET_SIZE_FLOOR
+    ):
         raise ValueError(
-            f"target_size_floor must be in [0, {MAX_TARGET_SIZE_FLOOR}] m, got {floor!r}"
+            f"target_size_floor must be a number in [0, {MAX_TARGET_SIZE_FLOOR}] m or null, "
+            f"got {floor!r}"
         )
 
 

@@ -88,11 +88,46 @@ def test_clear_starts_a_new_episode() -> None:
         ({"max_count": 8, "reset_fraction": 0.0}, "reset_fraction"),
         ({"max_count": 8, "reset_fraction": float("nan")}, "reset_fraction"),
         ({"max_count": 8, "window": 3}, "unknown keys \\['window'\\]"),
+        ({}, "missing keys \\['max_count', 'reset_fraction'\\]"),
+        ({"max_count": 4}, "missing keys \\['reset_fraction'\\]"),
+        ({"max_count": True, "reset_fraction": 0.3}, "max_count"),
+        ({"max_count": 8, "reset_fraction": "x"}, "reset_fraction"),
+        ({"max_count": 8, "reset_fraction": None}, "reset_fraction"),
+        (5, "mapping"),
+        ("max_count", "mapping"),
     ],
 )
 def test_bad_averaging_entries_are_named(spec, match) -> None:
     with pytest.raises(ValueError, match=match):
         StepAverager.from_spec(spec)
+
+
+def test_a_non_finite_proposal_leaves_the_state_alone() -> None:
+    """A NaN proposal passes through (the caller refuses it) and does not disable the trend
+    reset: a persistent request afterwards is still followed at full gain."""
+    runs = []
+    for nan in (False, True):
+        avg = StepAverager(**AVERAGING)
+        base = np.zeros((1, 1))
+        for d in (0.2, -0.2, 0.2, -0.2, 0.2, -0.2):
+            avg.apply(base, base + d, np.ones(1))
+        if nan:
+            assert np.isnan(avg.apply(base, np.full((1, 1), np.nan), np.ones(1))[0, 0])
+        runs.append([float(avg.apply(base, base + 1.0, np.ones(1))[0, 0]) for _ in range(3)])
+    assert runs[1] == runs[0] == [1.0, 1.0, 1.0]
+
+
+def test_bad_entries_in_a_policy_file_name_the_file(tmp_path: Path) -> None:
+    shipped = ROOT / "agents" / "apg-ares-ea-averaged"
+    for key, value in (("averaging", {}), ("target_size_floor", "2e-5"), ("averaging", 5)):
+        meta = json.loads((shipped / "policy.json").read_text())
+        meta[key] = value
+        folder = tmp_path / f"{key}-{type(value).__name__}"
+        folder.mkdir()
+        (folder / "policy.json").write_text(json.dumps(meta))
+        (folder / "policy.pt").write_bytes((shipped / "policy.pt").read_bytes())
+        with pytest.raises(ValueError, match=f"{folder / 'policy.json'}.*{key}"):
+            MLPPolicy.load(folder)
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +211,9 @@ def test_target_size_floor() -> None:
     np.testing.assert_array_equal(floor_target_sizes(t, 0.0), t)
     np.testing.assert_array_equal(t[0], [0.0, 0.0, 1e-3, 5e-6])  # the input is not changed
     meta = MLPPolicy.load(ROOT / "agents" / "apg-ares-ea").meta
-    with pytest.raises(ValueError, match="target_size_floor"):
-        MLPPolicy(dataclasses.replace(meta, target_size_floor=-1.0))
+    for bad in (-1.0, float("nan"), "2e-5", True):
+        with pytest.raises(ValueError, match="target_size_floor"):
+            MLPPolicy(dataclasses.replace(meta, target_size_floor=bad))
 
 
 def test_floor_keeps_the_policy_at_zero_size_targets(averaged_policy) -> None:

@@ -199,8 +199,12 @@ class MLPPolicy(nn.Module):
         for name in ("policy.pt", "policy.json"):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} not found: not a policy directory")
-        meta = PolicyMeta(**json.loads((directory / "policy.json").read_text()))
-        policy = cls(meta)
+        path = directory / "policy.json"
+        try:
+            meta = PolicyMeta(**json.loads(path.read_text()))
+            policy = cls(meta)
+        except (ValueError, TypeError) as err:  # JSON syntax, fields, values
+            raise ValueError(f"{path}: {err}") from err
         policy.load_state_dict(torch.load(directory / "policy.pt", weights_only=True))
         return policy.eval()
 
@@ -284,7 +288,10 @@ class PolicyOptimiser:
         obs = self._history.push(obs[None])[0]
         p = self._problem
         delta = np.clip(self.policy.act(obs), -p.max_delta, p.max_delta)
-        base = observation.setpoints if observation.setpoints is not None else observation.magnets
+        base = np.asarray(
+            observation.setpoints if observation.setpoints is not None else observation.magnets,
+            np.float64,
+        )
         proposal = np.clip(base + delta, p.low, p.high)
         return self._averager.next_settings(base[None], proposal[None], p.max_delta, p.low, p.high)[
             0

@@ -132,7 +132,9 @@ class RunLog:
             written as ``json`` writes it whenever that is what :func:`jsonable` would make of
             it (Python's own numbers, strings, lists, tuples and dicts, finite floats), without
             the copy; anything else still goes through :func:`jsonable`.
-        :raises OSError: If writing fails, or an earlier background fsync failed.
+        :raises OSError: If writing fails, or an earlier background fsync failed (with
+            ``sync``, this record is then written and synced all the same, and the message
+            says so).
         """
         line = None
         if plain:
@@ -150,7 +152,15 @@ class RunLog:
         if not self._fsync:
             return
         if sync:
-            self.sync()
+            try:
+                self.sync()
+            except OSError as err:  # an earlier record's: this one is written, sync it too
+                os.fsync(self._file.fileno())
+                raise OSError(
+                    err.errno,
+                    f"an earlier record's background fsync failed ({err}); this "
+                    f"{record.get('type', 'record')} record is written and synced",
+                ) from err
             os.fsync(self._file.fileno())
             return
         with self._cv:
@@ -212,6 +222,9 @@ class RunLog:
                 data["plot"] = str(plot_run(records, self.directory / PLOT_FILE))
             except ImportError as err:  # matplotlib is optional at run time
                 data["plot_error"] = f"no plot: {err}"
+            except Exception as err:  # a figure must not cost the end record
+                data["plot"] = None
+                data["plot_error"] = f"no plot: {type(err).__name__}: {err}"
         self.write({"type": "end", **data})
         tmp = self.directory / (SUMMARY_FILE + ".tmp")
         with tmp.open("w", encoding="utf-8") as f:

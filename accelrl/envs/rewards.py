@@ -54,21 +54,28 @@ class RewardInputs:
         return self.initial_reading - self.target
 
 
-#: The last read-only error and its objective: a step's ``previous_error`` is often the
-#: previous step's ``error`` (the single environment hands the same read-only array on),
-#: whose objective is then not computed again. Read-only arrays cannot change, the
-#: reference held here keeps the array (and so its identity) alive, and the pair is one
-#: tuple, read and replaced whole (safe with environments stepped in several threads).
+#: The last frozen error and its objective: a step's ``previous_error`` is often the
+#: previous step's ``error`` (the single environment hands the same array on), whose
+#: objective is then not computed again. Only a read-only array that owns its data is
+#: remembered (a read-only view would change with the array it views), and it is used again
+#: only while still read-only (an owner can be made writeable again; state arrays of the
+#: environments never are). The reference held here keeps the array, and so its identity,
+#: alive; the pair is one tuple, read and replaced whole (safe with environments stepped in
+#: several threads).
 _last_objective: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def _frozen(a: np.ndarray) -> bool:
+    return a.base is None and not a.flags.writeable
 
 
 def _icml_objective(error: np.ndarray) -> np.ndarray:
     global _last_objective
     last = _last_objective
-    if last is not None and last[0] is error:
+    if last is not None and last[0] is error and _frozen(error):
         return last[1]
     value = np.maximum(np.abs(error) @ _ICML_WEIGHTS, EPS)
-    if not error.flags.writeable:
+    if _frozen(error):
         value.flags.writeable = False
         _last_objective = (error, value)
     return value

@@ -95,6 +95,16 @@ def test_policy_optimiser_bounds_and_actuator_check(tmp_path) -> None:
     settings = opt.ask(obs)
     assert np.all(settings <= -low) and np.all(settings >= low)
     assert np.all(np.abs(settings - obs.magnets) <= problem.max_delta + 1e-12)
+    # plain sequences are observations too (as for the bundle runtime)
+    as_lists = Observation(
+        beam=obs.beam.tolist(),
+        magnets=obs.magnets.tolist(),
+        target=obs.target.tolist(),
+        on_screen=True,
+        step=0,
+    )
+    opt.reset(problem)
+    np.testing.assert_array_equal(opt.ask(as_lists), settings)
     with pytest.raises(ValueError, match="actuators"):
         opt.reset(Problem(**{**problem.__dict__, "actuator_names": ("A", "B", "C", "D", "E")}))
 

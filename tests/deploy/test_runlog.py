@@ -63,6 +63,43 @@ def test_a_failed_background_fsync_is_raised_once(tmp_path: Path, monkeypatch) -
     assert [r["step"] for r in read_run(tmp_path / "run")] == [0, 1]
 
 
+def test_a_synced_record_after_a_failed_background_fsync_is_written(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The earlier failure is reported on the next synced write, which says that its own
+    record is written and synced (it is on disk and reads back)."""
+    real_fsync, calls = os.fsync, []
+
+    def fail_once(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    log = RunLog(tmp_path / "run")
+    monkeypatch.setattr(os, "fsync", fail_once)
+    log.write({"type": "step", "step": 0}, sync=False)
+    with pytest.raises(OSError, match="earlier record.*abort record is written and synced"):
+        log.write({"type": "abort", "reason": "stale_reading"})
+    assert len(calls) == 2  # the abort record was synced
+    log.close()
+    assert [r["type"] for r in read_run(tmp_path / "run")] == ["step", "abort"]
+
+
+def test_a_failing_plot_does_not_cost_the_end_record(tmp_path: Path, monkeypatch) -> None:
+    import accelrl.deploy.runlog as runlog
+
+    def broken_plot(records, path):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(runlog, "plot_run", broken_plot)
+    log = RunLog(tmp_path / "run")
+    summary = log.finish({"steps": 0})
+    assert summary["plot"] is None and "RuntimeError: no display" in summary["plot_error"]
+    assert read_run(tmp_path / "run")[-1]["type"] == "end"
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
 def test_every_record_is_on_disk_before_the_next_write(tmp_path: Path, monkeypatch) -> None:
     """The controller's step records are fsync'ed in the background, and each is on disk
     before the next put (and before the rollback's first write)."""

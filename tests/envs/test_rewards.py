@@ -92,6 +92,28 @@ def test_icml_reuses_an_objective_only_for_an_unchanged_array():
     np.testing.assert_allclose(reward(w), [math.log(9 / 3.5), 2 * math.log(3.5 / 9)], rtol=RTOL)
 
 
+def test_icml_never_reuses_a_view_or_an_array_made_writeable_again():
+    reward = Reward("icml")
+    base = np.stack([E_NEW, E_PREV])
+    view = base[:]
+    view.flags.writeable = False
+    owner = np.stack([E_NEW, E_PREV])
+    owner.flags.writeable = False
+    for error, change in ((view, lambda: base.__setitem__(slice(None), 2 * base)), (owner, None)):
+        x = inputs()
+        x.error = error
+        reward(x)  # its objective is taken
+        if change is None:
+            error.flags.writeable = True
+            error *= 2
+        else:
+            change()
+        y = inputs()
+        y.previous_error, y.error = error, np.stack([E_NEW, E_PREV])
+        # o_prev doubled: log(2) better than an unchanged error
+        np.testing.assert_allclose(reward(y), [math.log(2), math.log(2)], rtol=RTOL)
+
+
 def test_icml_zero_error_is_floored():
     x = inputs()
     x.error = np.zeros((2, 4))

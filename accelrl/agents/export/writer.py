@@ -475,10 +475,12 @@ def export_policy(
     selftest_obs = sample_observations(observation, SELFTEST_COUNT, seed=seed, history=history)
     selftest_action = policy.act(selftest_obs)
     env_version = meta.env_id.rsplit("-", 1)[-1] if "-v" in meta.env_id else ""
+    # version 3: averaging or a target-size floor; 2: a history; 1: neither
+    version = 3 if meta.averaging is not None or meta.target_size_floor else 2 if history else 1
     manifest = Manifest(
-        format_version=3 if meta.averaging or meta.target_size_floor else 2 if history else 1,
+        format_version=version,
         history=history,
-        averaging=AveragingInfo(**meta.averaging) if meta.averaging else None,
+        averaging=None if meta.averaging is None else AveragingInfo(**meta.averaging),
         target_size_floor=meta.target_size_floor or None,
         env_id=meta.env_id,
         env_version=env_version,
