@@ -293,9 +293,10 @@ class PolicyOptimiser:
             np.float64,
         )
         proposal = np.clip(base + delta, p.low, p.high)
-        return self._averager.next_settings(base[None], proposal[None], p.max_delta, p.low, p.high)[
-            0
-        ]
+        settings = self._averager.next_settings(
+            base[None], proposal[None], p.max_delta, p.low, p.high
+        )
+        return settings[0]
 
     def reset_batch(self, problems: Sequence[Problem]) -> None:
         for problem in problems:

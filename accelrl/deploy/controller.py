@@ -267,6 +267,16 @@ class Controller:
         #: summary): the abort record, rollback records, the end record.
         self._log_errors: list[str] = []
 
+    def _note_log_error(self, what: str, err: Exception, first_only: bool = False) -> None:
+        """Keep a run-log failure for the summary (``log_errors``) and announce it (with
+        ``first_only``, only the run's first such failure: the run goes on)."""
+        text = f"{what}: {type(err).__name__}: {err}"
+        self._log_errors.append(text)
+        if not first_only or len(self._log_errors) == 1:
+            going_on = "; going on" if first_only else ""
+            with contextlib.suppress(Exception):
+                self.announce(f"run log: could not write the {text}{going_on}")
+
     # ------------------------------------------------------------------ operator stop
     def request_stop(self) -> None:
         """Ask the run to stop after the current step (what the first Ctrl-C does)."""
@@ -481,12 +491,8 @@ class Controller:
             try:
                 emit(record)
             except Exception as err:
-                text = f"{record.get('type')} record: {type(err).__name__}: {err}"
-                self._log_errors.append(text)
+                self._note_log_error(f"{record.get('type')} record", err, first_only=True)
                 self._notify(record)  # not written; shown all the same
-                if len(self._log_errors) == 1:
-                    with contextlib.suppress(Exception):
-                        self.announce(f"run log: could not write the {text}; going on")
 
         self._log_errors = []
         t_run = time.perf_counter()
@@ -621,12 +627,9 @@ class Controller:
             try:
                 summary = log.finish(summary, plot=self.plot)
             except Exception as err:  # the run is over: report, and return its result
-                text = f"end record: {type(err).__name__}: {err}"
-                self._log_errors.append(text)
                 with contextlib.suppress(Exception):
                     log.close()
-                with contextlib.suppress(Exception):
-                    self.announce(f"run log: could not write the {text}")
+                self._note_log_error("end record", err)
         self._notify({"type": "end", **summary})
         return RunResult(
             reason=reason,

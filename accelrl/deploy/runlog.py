@@ -141,7 +141,7 @@ class RunLog:
             try:
                 line = json.dumps(record, allow_nan=False)
             except (TypeError, ValueError):  # numpy scalars, paths, NaN/inf, ...
-                line = None
+                pass
         if line is None:
             data = jsonable(record)  # a new tree of dicts and lists: it cannot hold a cycle
             line = json.dumps(data, allow_nan=False, check_circular=False)
@@ -223,7 +223,6 @@ class RunLog:
             except ImportError as err:  # matplotlib is optional at run time
                 data["plot_error"] = f"no plot: {err}"
             except Exception as err:  # a figure must not cost the end record
-                data["plot"] = None
                 data["plot_error"] = f"no plot: {type(err).__name__}: {err}"
         self.write({"type": "end", **data})
         tmp = self.directory / (SUMMARY_FILE + ".tmp")
