@@ -173,6 +173,42 @@ def test_caproto_client_search_backs_off_and_restarts_on_a_beacon():
             channels.close()
 
 
+def test_caproto_client_takes_search_answers_only_from_its_servers():
+    """Another client's search request with the id of one of ours (it reads as a search
+    response for a server at port 5) must not bind the channel: only datagrams from the
+    searched server's port answer a search (no IOC: UDP sockets stand in)."""
+    import socket
+
+    import caproto as ca
+
+    from accelrl.deploy.epics import CaChannels
+
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other,
+    ):
+        server.bind(("127.0.0.1", 0))
+        other.bind(("127.0.0.1", 0))
+        server.settimeout(2.0)
+        channels = CaChannels([f"127.0.0.1:{server.getsockname()[1]}"])
+        try:
+            assert channels.connect(["NOPE:PV"], 0.0) == ["NOPE:PV"]
+            server.recvfrom(4096)  # the first search
+            broadcaster = channels._context.broadcaster
+            (cid,) = [k for k, v in broadcaster.unanswered_searches.items() if v[0] == "NOPE:PV"]
+            client = ("127.0.0.1", broadcaster.udp_sock.getsockname()[1])
+            stray = ca.SearchRequest("OTHER:PV", cid, 13)  # another client's, our id
+            other.sendto(bytes(ca.VersionRequest(0, 13)) + bytes(stray), client)
+            time.sleep(0.3)
+            assert "NOPE:PV" in [v[0] for v in broadcaster.unanswered_searches.values()]
+            assert "NOPE:PV" not in broadcaster.search_results
+            while True:  # and it is still searched for
+                if b"NOPE:PV" in server.recvfrom(4096)[0]:
+                    break
+        finally:
+            channels.close()
+
+
 def test_environment_addresses_are_used_by_default(ioc, ca_client, monkeypatch):
     for key, value in ioc.env.items():
         monkeypatch.setenv(key, value)

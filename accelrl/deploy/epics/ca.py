@@ -156,6 +156,13 @@ class CaChannels:
         ca, client = self._ca, self._client
         addresses = self._addresses
         host_port_of = self._host_port
+        # the ports the servers of ``addresses`` answer searches from (None: any server)
+        default_port = ca.get_environment_variables()["EPICS_CA_SERVER_PORT"]
+        server_ports = (
+            None
+            if addresses is None
+            else {host_port_of(item, default_port)[1] for item in addresses}
+        )
 
         class _Broadcaster(client.SharedBroadcaster):
             """Searches only ``addresses`` (instead of the process environment's list), with
@@ -212,6 +219,24 @@ class CaChannels:
                 # (the channels of a closed circuit among them) and back off from there.
                 super()._new_server_found()
                 self.search_now()
+
+            def received(self, bytes_recv: bytes, address: Any) -> int:
+                # caproto's own method, but with a search restricted to ``addresses`` only
+                # their servers' answers are taken: a server answers a search from the port
+                # it was sent to. A datagram from elsewhere (another client's search request,
+                # which reads as a search response with a nonsense address when its id
+                # matches one of ours: port 5, the request's DONT_REPLY flag) would otherwise
+                # send the channel to that address, and the failed connection there stops
+                # caproto's search-result thread for good. Beacons (forwarded by the CA
+                # repeater from its own port) are kept.
+                if not bytes_recv:
+                    return 0
+                commands = self.broadcaster.recv(bytes_recv, address)
+                if server_ports is not None and address[1] not in server_ports:
+                    commands = [c for c in commands if not isinstance(c, ca.SearchResponse)]
+                if commands:
+                    self.command_bundle_queue.put(commands)
+                return 0
 
             def send(self, *commands: Any) -> None:
                 if addresses is None:
