@@ -28,6 +28,9 @@ from accelrl.envs.trials import load_trials
 ROOT = Path(__file__).resolve().parents[1]
 AVERAGING = {"max_count": 8, "reset_fraction": 0.3}
 FLOOR = 20e-6
+#: Target-size floors of the shipped averaged and robust policies [m] (benchmarks/target_floor.py).
+SHIPPED_FLOOR = 60e-6
+ROBUST_FLOOR = 40e-6
 
 
 @settings(max_examples=200, deadline=None)
@@ -171,10 +174,18 @@ def test_bundle_carries_the_averaging(averaged_bundle: Path) -> None:
 
 
 def test_policy_without_averaging_reads_as_before() -> None:
-    """The shipped bundles without averaging keep format versions 1/2 and act unaveraged."""
-    text = (ROOT / "agents" / "apg-ares-ea-robust" / "bundle" / "manifest.json").read_text()
-    assert "averaging" not in json.loads(text)
-    assert OnnxPolicy(ROOT / "agents" / "apg-ares-ea-robust" / "bundle").averager.spec is None
+    """A bundle without averaging or floor keeps format version 1 and acts as before; the
+    robust policy's has the floor (version 3) and no averaging."""
+    plain = json.loads((ROOT / "agents" / "apg-ares-ea" / "bundle" / "manifest.json").read_text())
+    assert plain["format_version"] == 1
+    assert "averaging" not in plain and "target_size_floor" not in plain
+    assert OnnxPolicy(ROOT / "agents" / "apg-ares-ea" / "bundle").averager.spec is None
+    robust = ROOT / "agents" / "apg-ares-ea-robust"
+    manifest = json.loads((robust / "bundle" / "manifest.json").read_text())
+    assert "averaging" not in manifest and manifest["format_version"] == 3
+    assert manifest["target_size_floor"] == ROBUST_FLOOR
+    assert MLPPolicy.load(robust).meta.target_size_floor == ROBUST_FLOOR
+    assert OnnxPolicy(robust / "bundle").averager.spec is None
 
 
 def _noisy_env(n: int, steps: int) -> TransverseTuningVectorEnv:
@@ -262,7 +273,7 @@ def test_shipped_averaged_policy_is_the_ideal_policy_with_averaging() -> None:
         assert torch.equal(a, b), name
     recipe = yaml.safe_load((ROOT / "agents" / "apg-averaged.yaml").read_text())
     assert policy.meta.averaging == recipe["apg"]["averaging"] == AVERAGING
-    assert policy.meta.target_size_floor == recipe["apg"]["target_size_floor"] == FLOOR
+    assert policy.meta.target_size_floor == recipe["apg"]["target_size_floor"] == SHIPPED_FLOOR
     bundle = OnnxPolicy(directory / "bundle")  # hashes, embedded manifest, self-test
     assert bundle.averager.spec == AVERAGING
-    assert bundle.manifest.target_size_floor == FLOOR
+    assert bundle.manifest.target_size_floor == SHIPPED_FLOOR

@@ -1,0 +1,126 @@
+"""How the target-size floor of the shipped policies was chosen, and what it gives.
+
+A target size of zero ("as small as possible") asks a policy for a beam the optics cannot
+make; below some size the ideal-world MLP policies stop converging and drive Q1 to its limit
+(:func:`accelrl.bundle.floor_target_sizes`, ``docs/training.md``). This benchmark scans the
+floor on **validation trials** drawn like the ``rl4aa25`` protocol's (challenge ranges,
+target 0, misalignments +-500 um, 150 steps, ideal world) but from another seed
+(``--val-seed``, default 1; the protocol's own trials use seed 2025), chooses per policy the
+floor with the lowest validation score, and scores each policy with its floor on the
+protocol's 20 trials, which played no part in the choice.
+
+Per floor and policy: the RL4AA'25 challenge score (lower is better;
+:mod:`accelrl.agents.evaluation.challenge`), its median final MAE, steps to convergence and
+normalised magnet change, and how many trials end worse than they started. Prints tables
+and ends with one JSON line ``{"validation": {policy: {floor_um: {...}}}, "chosen_floor_m":
+{policy: F}, "test": {policy: {...}}}``.
+
+    PYTHONPATH=. python benchmarks/target_floor.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from accelrl.agents.evaluation.challenge import challenge_score  # noqa: E402
+from accelrl.agents.evaluation.loop import run_trials  # noqa: E402
+from accelrl.agents.evaluation.protocols import RL4AA25_SEED, RL4AA25_TRIALS, rl4aa25_trials  # noqa: E402
+from accelrl.agents.policy import MLPPolicy  # noqa: E402
+from accelrl.agents.registry import make_optimiser  # noqa: E402
+from accelrl.envs import TransverseTuningVectorEnv, Trial  # noqa: E402
+from accelrl.envs.ares_ea import ares_ea_spec  # noqa: E402
+from accelrl.resources import resolve  # noqa: E402
+
+#: Steps per trial (the ``rl4aa25`` protocol's).
+STEPS = 150
+#: Floors scanned [m].
+FLOORS = (2e-5, 4e-5, 5e-5, 6e-5, 7e-5, 8e-5, 1e-4)
+POLICIES = ("agents/apg-ares-ea-averaged", "agents/apg-ares-ea-robust")
+
+
+def score(policy_dir: str, floor: float, trials: list[Trial], seed: int) -> dict[str, Any]:
+    """The challenge score of the policy in ``policy_dir`` asked for sizes >= ``floor`` [m]."""
+    policy = MLPPolicy.load(resolve(policy_dir))
+    policy.meta.target_size_floor = floor
+    with tempfile.TemporaryDirectory() as tmp:
+        policy.save(tmp)
+        env = TransverseTuningVectorEnv(
+            ares_ea_spec(), len(trials), max_episode_steps=STEPS, action_mode="direct",
+            terminate_on_target=False,
+        )  # fmt: skip
+        records = run_trials(env, make_optimiser(f"policy:{tmp}"), trials, STEPS, seed)
+    s = challenge_score([r["mae"] for r in records], [r["settings"] for r in records])
+    worse = sum(int(r["mae"][-1] > r["mae"][0]) for r in records)
+    return {**s.as_dict(), "worse_than_start": worse}
+
+
+def row(label: str, floor: float, s: dict[str, Any], wall: float) -> str:
+    return (
+        f"{label:28s} {floor * 1e6:6.0f} {s['score']:8.4f} {s['median_final_mae'] * 1e6:9.1f} "
+        f"{s['median_steps_to_convergence']:6.1f} {s['median_magnet_change']:7.2f} "
+        f"{s['worse_than_start']:3d}/{s['n']:<3d} {wall:6.1f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--val-trials", type=int, default=50, help="validation trials")
+    parser.add_argument("--val-seed", type=int, default=1, help="validation seed (not 2025)")
+    parser.add_argument("--seed", type=int, default=0, help="evaluation seed")
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES))
+    parser.add_argument("--floors", nargs="+", type=float, default=list(FLOORS), help="[m]")
+    parser.add_argument("--out", type=Path, help="write the JSON there too")
+    args = parser.parse_args()
+    if args.val_seed == RL4AA25_SEED:
+        parser.error(f"--val-seed {RL4AA25_SEED} is the protocol's own: choose another")
+    if any(not np.isfinite(f) or f <= 0 or f > 1e-3 for f in args.floors):
+        parser.error(f"--floors must lie in (0, 1e-3] m, got {args.floors}")
+    torch.set_num_threads(1)
+    head = f"{'policy':28s} {'floor':>6s} {'score':>8s} {'final um':>9s} {'steps':>6s} "
+    head += f"{'change':>7s} {'worse':>7s} {'wall s':>6s}"
+    val_trials = rl4aa25_trials(args.val_trials, args.val_seed)
+    print(f"validation: {len(val_trials)} rl4aa25-distributed trials, seed {args.val_seed}, "
+          f"{STEPS} steps, ideal world")  # fmt: skip
+    print(head)
+    validation: dict[str, dict[str, Any]] = {}
+    for policy in args.policies:
+        validation[policy] = {}
+        for floor in args.floors:
+            start = time.perf_counter()
+            s = score(policy, floor, val_trials, args.seed)
+            validation[policy][f"{floor * 1e6:g}"] = s
+            print(row(policy, floor, s, time.perf_counter() - start), flush=True)
+    chosen = {
+        policy: min(args.floors, key=lambda f, v=scan: v[f"{f * 1e6:g}"]["score"])
+        for policy, scan in validation.items()
+    }
+    test_trials = rl4aa25_trials(RL4AA25_TRIALS, RL4AA25_SEED)
+    print(f"\ntest: the rl4aa25 protocol's {len(test_trials)} trials (seed {RL4AA25_SEED}), "
+          "each policy with its chosen floor")  # fmt: skip
+    print(head)
+    test: dict[str, Any] = {}
+    for policy in args.policies:
+        start = time.perf_counter()
+        test[policy] = score(policy, chosen[policy], test_trials, args.seed)
+        print(row(policy, chosen[policy], test[policy], time.perf_counter() - start), flush=True)
+    result = {"validation": validation, "chosen_floor_m": chosen, "test": test}
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
