@@ -25,10 +25,10 @@ and ends with one JSON line ``{"validation": {policy: {floor_um: {...}}}, "chose
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,12 +41,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from accelrl.agents.evaluation.challenge import challenge_score  # noqa: E402
-from accelrl.agents.evaluation.loop import run_trials  # noqa: E402
+from accelrl.agents.evaluation.loop import evaluation_env, run_trials  # noqa: E402
 from accelrl.agents.evaluation.protocols import RL4AA25_SEED, RL4AA25_TRIALS, rl4aa25_trials  # noqa: E402
-from accelrl.agents.policy import MLPPolicy  # noqa: E402
-from accelrl.agents.registry import make_optimiser  # noqa: E402
-from accelrl.envs import TransverseTuningVectorEnv, Trial  # noqa: E402
-from accelrl.envs.ares_ea import ares_ea_spec  # noqa: E402
+from accelrl.agents.policy import MLPPolicy, PolicyOptimiser  # noqa: E402
+from accelrl.envs import Trial  # noqa: E402
+from accelrl.names import ARES_EA_ID  # noqa: E402
 from accelrl.resources import resolve  # noqa: E402
 
 #: Steps per trial (the ``rl4aa25`` protocol's).
@@ -58,17 +57,13 @@ TIE = 0.02
 POLICIES = ("agents/apg-ares-ea-averaged", "agents/apg-ares-ea-robust")
 
 
-def score(policy_dir: str, floor: float, trials: list[Trial], seed: int) -> dict[str, Any]:
-    """The challenge score of the policy in ``policy_dir`` asked for sizes >= ``floor`` [m]."""
-    policy = MLPPolicy.load(resolve(policy_dir))
-    policy.meta.target_size_floor = floor
-    with tempfile.TemporaryDirectory() as tmp:
-        policy.save(tmp)
-        env = TransverseTuningVectorEnv(
-            ares_ea_spec(), len(trials), max_episode_steps=STEPS, action_mode="direct",
-            terminate_on_target=False,
-        )  # fmt: skip
-        records = run_trials(env, make_optimiser(f"policy:{tmp}"), trials, STEPS, seed)
+def score(policy: MLPPolicy, floor: float, trials: list[Trial], seed: int) -> dict[str, Any]:
+    """The challenge score of ``policy`` asked for sizes >= ``floor`` [m] (its weights with
+    that floor; the ideal-world evaluation environment of the protocol)."""
+    floored = MLPPolicy(dataclasses.replace(policy.meta, target_size_floor=floor))
+    floored.load_state_dict(policy.state_dict())
+    env = evaluation_env(ARES_EA_ID, "fast", len(trials), STEPS)
+    records = run_trials(env, PolicyOptimiser(floored), trials, STEPS, seed)
     s = challenge_score([r["mae"] for r in records], [r["settings"] for r in records])
     worse = sum(int(r["mae"][-1] > r["mae"][0]) for r in records)
     return {**s.as_dict(), "worse_than_start": worse}
@@ -97,9 +92,11 @@ def row(label: str, floor: float, s: dict[str, Any], wall: float) -> str:
     )
 
 
-def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Fail through ``parser.error`` (exit 2, one line) on arguments the run cannot use,
-    before anything runs."""
+def check_arguments(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> dict[str, MLPPolicy]:
+    """The policies of ``--policies`` by name; fails through ``parser.error`` (exit 2, one
+    line) on arguments the run cannot use, before anything runs."""
     if args.val_trials < 1:
         parser.error(f"--val-trials must be >= 1, got {args.val_trials}")
     if args.val_seed < 0 or args.seed < 0:
@@ -111,13 +108,15 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     keys = [f"{f * 1e6:g}" for f in args.floors]
     if len(set(keys)) != len(keys):
         parser.error(f"--floors has repeats (equal to 6 significant digits in um): {args.floors}")
-    for policy in args.policies:
-        try:
-            MLPPolicy.load(resolve(policy))
-        except (OSError, ValueError) as err:
-            parser.error(f"--policies {policy}: not a policy directory ({err})")
     if args.out is not None and not args.out.parent.is_dir():
         parser.error(f"--out {args.out}: the folder {args.out.parent} does not exist")
+    policies = {}
+    for name in args.policies:
+        try:
+            policies[name] = MLPPolicy.load(resolve(name))
+        except (OSError, ValueError) as err:
+            parser.error(f"--policies {name}: not a policy directory ({err})")
+    return policies
 
 
 def main() -> None:
@@ -133,7 +132,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--out", type=Path, help="write the JSON there too")
     args = parser.parse_args()
-    check_arguments(parser, args)
+    policies = check_arguments(parser, args)
     args.floors = sorted(args.floors)
     torch.set_num_threads(1)
     head = f"{'policy':28s} {'floor':>6s} {'score':>8s} {'final um':>9s} {'steps':>6s} "
@@ -147,7 +146,7 @@ def main() -> None:
         validation[policy] = {}
         for floor in args.floors:
             start = time.perf_counter()
-            s = score(policy, floor, val_trials, args.seed)
+            s = score(policies[policy], floor, val_trials, args.seed)
             validation[policy][f"{floor * 1e6:g}"] = s
             print(row(policy, floor, s, time.perf_counter() - start), flush=True)
     chosen = {policy: choose(args.floors, scan) for policy, scan in validation.items()}
@@ -158,7 +157,7 @@ def main() -> None:
     test: dict[str, Any] = {}
     for policy in args.policies:
         start = time.perf_counter()
-        test[policy] = score(policy, chosen[policy], test_trials, args.seed)
+        test[policy] = score(policies[policy], chosen[policy], test_trials, args.seed)
         print(row(policy, chosen[policy], test[policy], time.perf_counter() - start), flush=True)
     result = {"validation": validation, "chosen_floor_m": chosen, "test": test}
     line = json.dumps(result)

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from accelrl.agents.evaluation.loop import run_trials
+from accelrl.agents.evaluation.loop import evaluation_env, run_trials
 from accelrl.agents.export.writer import export_policy
 from accelrl.agents.policy import MLPPolicy, PolicyOptimiser
 from accelrl.averaging import StepAverager
@@ -24,6 +24,7 @@ from accelrl.deploy.runtime import OnnxPolicy
 from accelrl.envs import TransverseTuningVectorEnv
 from accelrl.envs.ares_ea import ares_ea_spec
 from accelrl.envs.trials import load_trials
+from accelrl.names import ARES_EA_ID
 
 ROOT = Path(__file__).resolve().parents[1]
 AVERAGING = {"max_count": 8, "reset_fraction": 0.3}
@@ -133,6 +134,13 @@ def test_bad_entries_in_a_policy_file_name_the_file(tmp_path: Path) -> None:
             MLPPolicy.load(folder)
 
 
+def with_floor(policy: MLPPolicy, floor: float | None) -> MLPPolicy:
+    """``policy``'s weights with target-size floor ``floor`` [m] (``None``: none)."""
+    out = MLPPolicy(dataclasses.replace(policy.meta, target_size_floor=floor))
+    out.load_state_dict(policy.state_dict())
+    return out
+
+
 @pytest.fixture(scope="module")
 def averaged_policy() -> MLPPolicy:
     shipped = MLPPolicy.load(ROOT / "agents" / "apg-ares-ea")
@@ -233,11 +241,8 @@ def test_floor_keeps_the_policy_at_zero_size_targets(averaged_policy) -> None:
     with it, below a fifth of the start (do-nothing's final)."""
     trials = [t for t in load_trials() if t.target[1] == 0 or t.target[3] == 0]
     assert len(trials) == 27
-    unfloored = dataclasses.replace(averaged_policy.meta, target_size_floor=None)
-    plain = MLPPolicy(unfloored)
-    plain.load_state_dict(averaged_policy.state_dict())
     finals, starts = [], []
-    for policy in (plain, averaged_policy):
+    for policy in (with_floor(averaged_policy, None), averaged_policy):
         env = TransverseTuningVectorEnv(
             ares_ea_spec(), len(trials), max_episode_steps=150, action_mode="direct",
             terminate_on_target=False,
@@ -311,13 +316,8 @@ def test_shipped_floor_keeps_zero_targets_converged(name: str, floor: float) -> 
     assert shipped.meta.target_size_floor == floor
     scores = []
     for f in (floor, FLOOR):
-        policy = MLPPolicy(dataclasses.replace(shipped.meta, target_size_floor=f))
-        policy.load_state_dict(shipped.state_dict())
-        env = TransverseTuningVectorEnv(
-            ares_ea_spec(), len(trials), max_episode_steps=150, action_mode="direct",
-            terminate_on_target=False,
-        )  # fmt: skip
-        records = run_trials(env, PolicyOptimiser(policy), trials, 150, 0)
+        env = evaluation_env(ARES_EA_ID, "fast", len(trials), 150)
+        records = run_trials(env, PolicyOptimiser(with_floor(shipped, f)), trials, 150, 0)
         scores.append(
             challenge_score([r["mae"] for r in records], [r["settings"] for r in records])
         )
