@@ -11,12 +11,17 @@ ARES-EA trials through the evaluation protocol's own loop
 * ``noise-10um``: the ideal world with Gaussian reading noise of 10 um on every read
   parameter (the task spec's ``screen.reading_noise``);
 * ``jitter`` (on request, ``--settings jitter``): the ideal world with ``ares-realistic``'s
-  shot-to-shot beam jitter alone (exact readings of the jittered beam).
+  shot-to-shot beam jitter alone (exact readings of the jittered beam);
+* ``no-jitter`` (on request): ``ares-realistic`` without its shot-to-shot beam jitter (camera,
+  magnets and drift kept): how much of the final/best ratio the jitter makes.
 
 A reference row, ``hold-optimum``, holds for every trial the settings the ideal-world policy
 ends at after ``--steps`` steps in the ideal world (its optimum there, median 0.8 um) and
 never moves: the final/best ratio that beam jitter and drift alone give a perfectly placed,
-motionless optimiser in each setting.
+motionless optimiser in each setting. A second, ``averaged-frozen``, runs the averaged policy
+for :data:`FREEZE_STEP` steps and then holds the setting it has reached: were the policy's
+later moves chasing the noise, holding would lower its final MAE; tracking the drift, they
+raise it.
 
 Per setting and optimiser: median best MAE, median final MAE (mean of the last 10 steps),
 median steps to 20 um (trials that never get there count as ``max_steps``), the fraction
@@ -51,7 +56,9 @@ from accelrl.envs.world import load_world
 FINAL_STEPS = 10
 SETTINGS = ("ares-realistic", "ideal", "noise-10um")
 #: Settings run on request.
-EXTRA_SETTINGS = ("jitter",)
+EXTRA_SETTINGS = ("jitter", "no-jitter")
+#: Step after which ``averaged-frozen`` holds its setting.
+FREEZE_STEP = 20
 OPTIMISERS = {
     "do-nothing": "do-nothing",
     "apg-ares-ea": "policy:agents/apg-ares-ea",
@@ -70,6 +77,10 @@ def setting_env(setting: str, n: int, steps: int) -> TransverseTuningVectorEnv:
     elif setting == "jitter":
         jitter = load_world("ares-realistic").model_dump()["beam"]["jitter"]
         world = {"name": "ares-realistic-jitter", "beam": {"jitter": jitter}}
+    elif setting == "no-jitter":
+        world = load_world("ares-realistic").model_dump()
+        world["beam"]["jitter"] = dict.fromkeys(world["beam"]["jitter"], 0.0)
+        world["name"] = "ares-realistic-no-jitter"
     elif setting != "ideal":
         world = setting
     return TransverseTuningVectorEnv(
@@ -122,6 +133,40 @@ class HoldSettings:
         return self.settings.copy()
 
 
+class FreezeAfter:
+    """A batch optimiser that asks ``inner`` for ``steps`` steps, then holds the settings of
+    its last answer (the ``averaged-frozen`` row).
+
+    :param inner: A batch optimiser.
+    :param steps: Steps answered by ``inner`` (>= 1).
+    """
+
+    name = "frozen"
+
+    def __init__(self, inner: Any, steps: int) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.inner, self.steps = inner, steps
+        self._asked = 0
+        self._last: np.ndarray | None = None
+
+    def reset(self, problem: Any) -> None:
+        raise NotImplementedError("averaged-frozen answers for the whole batch only")
+
+    def ask(self, observation: Any) -> np.ndarray:
+        raise NotImplementedError("averaged-frozen answers for the whole batch only")
+
+    def reset_batch(self, problems: Any) -> None:
+        self._asked, self._last = 0, None
+        self.inner.reset_batch(problems)
+
+    def ask_batch(self, observations: Any) -> np.ndarray:
+        if self._asked < self.steps or self._last is None:
+            self._last = np.asarray(self.inner.ask_batch(observations), np.float64)
+        self._asked += 1
+        return self._last.copy()
+
+
 def ideal_optimum(trials: list[Any], steps: int, seed: int) -> np.ndarray:
     """The ideal-world policy's final settings ``[N, K]`` after ``steps`` ideal steps."""
     env = setting_env("ideal", len(trials), steps)
@@ -158,10 +203,17 @@ def main() -> None:
     optimum = ideal_optimum(trials, args.steps, args.seed)
     for setting in args.settings:
         results[setting] = {}
-        for label, spec in {**OPTIMISERS, "hold-optimum": None}.items():
+        references = {"hold-optimum": None, "averaged-frozen": None}
+        for label, spec in {**OPTIMISERS, **references}.items():
             env = setting_env(setting, len(trials), args.steps)
             start = time.perf_counter()
-            optimiser = HoldSettings(optimum) if spec is None else make_optimiser(spec)
+            if label == "hold-optimum":
+                optimiser: Any = HoldSettings(optimum)
+            elif label == "averaged-frozen":
+                averaged = make_optimiser(OPTIMISERS["apg-ares-ea-averaged"])
+                optimiser = FreezeAfter(averaged, FREEZE_STEP)
+            else:
+                optimiser = make_optimiser(spec)
             records = run_trials(env, optimiser, trials, args.steps, args.seed)
             wall = time.perf_counter() - start
             s = summary(records, args.steps)

@@ -54,7 +54,7 @@ STEPS = 150
 FLOORS = (2e-5, 3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 8e-5, 1e-4, 1.5e-4)
 #: Validation scores within this fraction of the lowest are a tie; ties go to the larger floor.
 TIE = 0.02
-POLICIES = ("agents/apg-ares-ea-averaged", "agents/apg-ares-ea-robust")
+POLICIES = ("agents/apg-ares-ea-averaged", "agents/apg-ares-ea-robust", "agents/apg-ares-ea")
 
 
 def score(policy: MLPPolicy, floor: float, trials: list[Trial], seed: int) -> dict[str, Any]:

@@ -29,9 +29,11 @@ from accelrl.names import ARES_EA_ID
 ROOT = Path(__file__).resolve().parents[1]
 AVERAGING = {"max_count": 8, "reset_fraction": 0.3}
 FLOOR = 20e-6
-#: Target-size floors of the shipped averaged and robust policies [m] (benchmarks/target_floor.py).
+#: Target-size floors of the shipped averaged, robust and ideal-world policies [m]
+#: (benchmarks/target_floor.py).
 SHIPPED_FLOOR = 70e-6
 ROBUST_FLOOR = 40e-6
+PLAIN_FLOOR = 60e-6
 
 
 @settings(max_examples=200, deadline=None)
@@ -181,19 +183,24 @@ def test_bundle_carries_the_averaging(averaged_bundle: Path) -> None:
     assert "averaging=" in repr(OnnxPolicy(averaged_bundle))
 
 
-def test_policy_without_averaging_reads_as_before() -> None:
-    """A bundle without averaging or floor keeps format version 1 and acts as before; the
-    robust policy's has the floor (version 3) and no averaging."""
-    plain = json.loads((ROOT / "agents" / "apg-ares-ea" / "bundle" / "manifest.json").read_text())
-    assert plain["format_version"] == 1
-    assert "averaging" not in plain and "target_size_floor" not in plain
-    assert OnnxPolicy(ROOT / "agents" / "apg-ares-ea" / "bundle").averager.spec is None
-    robust = ROOT / "agents" / "apg-ares-ea-robust"
-    manifest = json.loads((robust / "bundle" / "manifest.json").read_text())
-    assert "averaging" not in manifest and manifest["format_version"] == 3
-    assert manifest["target_size_floor"] == ROBUST_FLOOR
-    assert MLPPolicy.load(robust).meta.target_size_floor == ROBUST_FLOOR
-    assert OnnxPolicy(robust / "bundle").averager.spec is None
+def test_policy_without_averaging_reads_as_before(tmp_path: Path) -> None:
+    """A policy without averaging or floor exports a format-version-1 bundle that reads as
+    before; the shipped ideal-world and robust policies carry their floors (version 3) and no
+    averaging."""
+    bare = with_floor(MLPPolicy.load(ROOT / "agents" / "apg-ares-ea"), None)
+    bundle = export_policy(bare, tmp_path / "bundle")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["format_version"] == 1
+    assert "averaging" not in manifest and "target_size_floor" not in manifest
+    runtime = OnnxPolicy(bundle)
+    assert runtime.averager.spec is None and runtime.manifest.target_size_floor is None
+    for name, floor in (("apg-ares-ea", PLAIN_FLOOR), ("apg-ares-ea-robust", ROBUST_FLOOR)):
+        directory = ROOT / "agents" / name
+        manifest = json.loads((directory / "bundle" / "manifest.json").read_text())
+        assert "averaging" not in manifest and manifest["format_version"] == 3, name
+        assert manifest["target_size_floor"] == floor, name
+        assert MLPPolicy.load(directory).meta.target_size_floor == floor, name
+        assert OnnxPolicy(directory / "bundle").averager.spec is None, name
 
 
 def _noisy_env(n: int, steps: int) -> TransverseTuningVectorEnv:
@@ -289,6 +296,8 @@ def test_shipped_floors_agree_in_every_recipe() -> None:
     import yaml
 
     for recipe, floor in (
+        ("agents/apg.yaml", PLAIN_FLOOR),
+        ("agents/apg-ares-ea/recipe.yaml", PLAIN_FLOOR),
         ("agents/apg-averaged.yaml", SHIPPED_FLOOR),
         ("agents/apg-ares-ea-averaged/recipe.yaml", SHIPPED_FLOOR),
         ("agents/apg-robust.yaml", ROBUST_FLOOR),
@@ -300,7 +309,11 @@ def test_shipped_floors_agree_in_every_recipe() -> None:
 
 @pytest.mark.parametrize(
     ("name", "floor"),
-    [("apg-ares-ea-averaged", SHIPPED_FLOOR), ("apg-ares-ea-robust", ROBUST_FLOOR)],
+    [
+        ("apg-ares-ea-averaged", SHIPPED_FLOOR),
+        ("apg-ares-ea-robust", ROBUST_FLOOR),
+        ("apg-ares-ea", PLAIN_FLOOR),
+    ],
 )
 def test_shipped_floor_keeps_zero_targets_converged(name: str, floor: float) -> None:
     """On 50 trials drawn like the RL4AA'25 protocol's (target 0, misalignments +-500 um;

@@ -33,9 +33,10 @@ HISTORY = 3
 @pytest.fixture(scope="module")
 def history_policy() -> MLPPolicy:
     """The shipped policy with a history whose weights matter (small random weights on the
-    past features)."""
+    past features), without its target-size floor (a history alone: format version 2)."""
     shipped = MLPPolicy.load(ROOT / "agents" / "apg-ares-ea")
-    policy = MLPPolicy(dataclasses.replace(shipped.meta, history=HISTORY, provenance={}))
+    meta = dataclasses.replace(shipped.meta, history=HISTORY, target_size_floor=None, provenance={})
+    policy = MLPPolicy(meta)
     initialise_from(policy, ROOT / "agents" / "apg-ares-ea")
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
