@@ -16,7 +16,7 @@ ARES-EA trials through the evaluation protocol's own loop
   magnets and drift kept): how much of the final/best ratio the jitter makes.
 
 A reference row, ``hold-optimum``, holds for every trial the settings the ideal-world policy
-ends at after ``--steps`` steps in the ideal world (its optimum there, median 0.8 um) and
+ends at after ``--steps`` steps in the ideal world (its optimum there, median 1.0 um) and
 never moves: the final/best ratio that beam jitter and drift alone give a perfectly placed,
 motionless optimiser in each setting. A second, ``averaged-frozen``, runs the averaged policy
 for :data:`FREEZE_STEP` steps and then holds the setting it has reached: were the policy's
