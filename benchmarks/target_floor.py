@@ -25,7 +25,6 @@ and ends with one JSON line ``{"validation": {policy: {floor_um: {...}}}, "chose
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -60,8 +59,7 @@ POLICIES = ("agents/apg-ares-ea-averaged", "agents/apg-ares-ea-robust", "agents/
 def score(policy: MLPPolicy, floor: float, trials: list[Trial], seed: int) -> dict[str, Any]:
     """The challenge score of ``policy`` asked for sizes >= ``floor`` [m] (its weights with
     that floor; the ideal-world evaluation environment of the protocol)."""
-    floored = MLPPolicy(dataclasses.replace(policy.meta, target_size_floor=floor))
-    floored.load_state_dict(policy.state_dict())
+    floored = policy.with_meta(target_size_floor=floor)
     env = evaluation_env(ARES_EA_ID, "fast", len(trials), STEPS)
     records = run_trials(env, PolicyOptimiser(floored), trials, STEPS, seed)
     s = challenge_score([r["mae"] for r in records], [r["settings"] for r in records])

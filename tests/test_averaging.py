@@ -136,23 +136,10 @@ def test_bad_entries_in_a_policy_file_name_the_file(tmp_path: Path) -> None:
             MLPPolicy.load(folder)
 
 
-def with_floor(policy: MLPPolicy, floor: float | None) -> MLPPolicy:
-    """``policy``'s weights with target-size floor ``floor`` [m] (``None``: none)."""
-    out = MLPPolicy(dataclasses.replace(policy.meta, target_size_floor=floor))
-    out.load_state_dict(policy.state_dict())
-    return out
-
-
 @pytest.fixture(scope="module")
 def averaged_policy() -> MLPPolicy:
     shipped = MLPPolicy.load(ROOT / "agents" / "apg-ares-ea")
-    policy = MLPPolicy(
-        dataclasses.replace(
-            shipped.meta, averaging=AVERAGING, target_size_floor=FLOOR, provenance={}
-        )
-    )
-    policy.load_state_dict(shipped.state_dict())
-    return policy.eval()
+    return shipped.with_meta(averaging=AVERAGING, target_size_floor=FLOOR, provenance={})
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +174,7 @@ def test_policy_without_averaging_reads_as_before(tmp_path: Path) -> None:
     """A policy without averaging or floor exports a format-version-1 bundle that reads as
     before; the shipped ideal-world and robust policies carry their floors (version 3) and no
     averaging."""
-    bare = with_floor(MLPPolicy.load(ROOT / "agents" / "apg-ares-ea"), None)
+    bare = MLPPolicy.load(ROOT / "agents" / "apg-ares-ea").with_meta(target_size_floor=None)
     bundle = export_policy(bare, tmp_path / "bundle")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["format_version"] == 1
@@ -242,6 +229,19 @@ def test_target_size_floor() -> None:
             MLPPolicy(dataclasses.replace(meta, target_size_floor=bad))
 
 
+def test_with_meta_keeps_the_weights_and_checks_the_entries() -> None:
+    shipped = MLPPolicy.load(ROOT / "agents" / "apg-ares-ea")
+    floored = shipped.with_meta(target_size_floor=FLOOR)
+    assert floored.meta.target_size_floor == FLOOR and not floored.training
+    for a, b in zip(floored.state_dict().values(), shipped.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert shipped.meta.target_size_floor == PLAIN_FLOOR  # the source is not changed
+    with pytest.raises(ValueError, match="target_size_floor"):
+        shipped.with_meta(target_size_floor=-1.0)
+    with pytest.raises(RuntimeError):
+        shipped.with_meta(hidden=[64])
+
+
 def test_floor_keeps_the_policy_at_zero_size_targets(averaged_policy) -> None:
     """The 27 published trials with a zero target size (ideal world, 150 steps): without
     the floor the policy ends millimetres away in the median (worse than where it started);
@@ -249,7 +249,7 @@ def test_floor_keeps_the_policy_at_zero_size_targets(averaged_policy) -> None:
     trials = [t for t in load_trials() if t.target[1] == 0 or t.target[3] == 0]
     assert len(trials) == 27
     finals, starts = [], []
-    for policy in (with_floor(averaged_policy, None), averaged_policy):
+    for policy in (averaged_policy.with_meta(target_size_floor=None), averaged_policy):
         env = TransverseTuningVectorEnv(
             ares_ea_spec(), len(trials), max_episode_steps=150, action_mode="direct",
             terminate_on_target=False,
@@ -330,7 +330,9 @@ def test_shipped_floor_keeps_zero_targets_converged(name: str, floor: float) -> 
     scores = []
     for f in (floor, FLOOR):
         env = evaluation_env(ARES_EA_ID, "fast", len(trials), 150)
-        records = run_trials(env, PolicyOptimiser(with_floor(shipped, f)), trials, 150, 0)
+        records = run_trials(
+            env, PolicyOptimiser(shipped.with_meta(target_size_floor=f)), trials, 150, 0
+        )
         scores.append(
             challenge_score([r["mae"] for r in records], [r["settings"] for r in records])
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,19 @@ class MLPPolicy(nn.Module):
         torch.save(self.state_dict(), directory / "policy.pt")
         (directory / "policy.json").write_text(json.dumps(asdict(self.meta), indent=2))
         return directory
+
+    def with_meta(self, **changes: Any) -> MLPPolicy:
+        """This policy's weights with ``changes`` to its :class:`PolicyMeta` (the entries
+        that act when it runs, such as ``target_size_floor``, ``averaging`` or
+        ``provenance``), checked as for a new policy; in evaluation mode.
+
+        :raises ValueError: For a bad entry, naming it.
+        :raises RuntimeError: For a change of the architecture (``hidden``, ``history``, ...)
+            that the weights do not fit.
+        """
+        out = MLPPolicy(replace(self.meta, **changes))
+        out.load_state_dict(self.state_dict())
+        return out.eval()
 
     @classmethod
     def load(cls, directory: str | Path) -> MLPPolicy:
